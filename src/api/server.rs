@@ -1,0 +1,176 @@
+//! `VpsServer`: one virtual private server, reconciled by the operator into a KubeVirt
+//! `VirtualMachine` and served by the gateway as a REST server object.
+
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::conditions::{Condition, conditions_schema};
+
+/// What a customer ordered and what they want it to do.
+#[derive(CustomResource, Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[kube(
+    group = "vps.org",
+    version = "v1alpha1",
+    kind = "VpsServer",
+    namespaced,
+    shortname = "vps",
+    category = "hosting",
+    status = "VpsServerStatus",
+    printcolumn(name = "ID", type_ = "integer", json_path = ".status.id"),
+    printcolumn(name = "Name", type_ = "string", json_path = ".spec.name"),
+    printcolumn(name = "Status", type_ = "string", json_path = ".status.phase"),
+    printcolumn(name = "IP", type_ = "string", json_path = ".status.ipAddress"),
+    printcolumn(name = "Plan", type_ = "string", json_path = ".spec.plan"),
+    printcolumn(name = "Location", type_ = "string", json_path = ".spec.location"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct VpsServerSpec {
+    /// Display name: 1–63 letters, digits and hyphens, not starting or ending with a hyphen.
+    #[schemars(length(min = 1, max = 63), regex(pattern = "^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$"))]
+    pub name: String,
+    /// Name of the `VpsPlan`. Cannot be changed.
+    #[schemars(length(min = 1, max = 63), regex(pattern = "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"))]
+    #[schemars(extend("x-kubernetes-validations" = [{"rule": "self == oldSelf", "message": "plan is immutable"}]))]
+    pub plan: String,
+    /// Name of the `VpsImage` the root disk is cloned from. Cannot be changed.
+    #[schemars(length(min = 1, max = 63), regex(pattern = "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"))]
+    #[schemars(extend("x-kubernetes-validations" = [{"rule": "self == oldSelf", "message": "os is immutable"}]))]
+    pub os: String,
+    /// Name (code) of the `VpsLocation`. Cannot be changed.
+    #[schemars(length(min = 1, max = 63), regex(pattern = "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"))]
+    #[schemars(extend("x-kubernetes-validations" = [{"rule": "self == oldSelf", "message": "location is immutable"}]))]
+    pub location: String,
+    /// Fully qualified host name (RFC 1123) given to the guest by cloud-init.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        length(max = 253),
+        regex(
+            pattern = "^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)+$"
+        )
+    )]
+    pub hostname: Option<String>,
+    /// Name of a `VpsSshKey` in the same namespace, installed for the default user.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub ssh_key: Option<String>,
+    /// Take scheduled snapshots of the server.
+    #[serde(default)]
+    pub backups_enabled: bool,
+    /// Whether the server should be running.
+    #[serde(default)]
+    pub power_state: PowerState,
+    /// Set to a new value (a timestamp, by convention) to ask for one reboot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64))]
+    pub reboot_requested_at: Option<String>,
+    /// An administrator's hold (e.g. an unpaid account): the server is halted while set.
+    #[serde(default)]
+    pub suspended: bool,
+}
+
+/// The desired power state of a server.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+pub enum PowerState {
+    #[default]
+    Running,
+    Stopped,
+}
+
+/// What the operator observed.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct VpsServerStatus {
+    /// The server's integer id in the REST API; never reused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<i64>,
+    /// Lifecycle phase.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<Phase>,
+    /// The guest's IPv4 address, once it reports one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip_address: Option<String>,
+    /// The guest's IPv6 address, once it reports one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipv6_address: Option<String>,
+    /// Name of the KubeVirt VirtualMachine.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vm_name: Option<String>,
+    /// When the newest backup snapshot was taken (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_backup_time: Option<String>,
+    /// The `spec.rebootRequestedAt` that was last acted on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_reboot_request: Option<String>,
+    /// UID of the VM instance a reboot replaced; `Rebooting` lasts until another one is ready.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reboot_from_instance: Option<String>,
+    /// The `metadata.generation` the status was computed from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// `Ready` and friends, keyed by type.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "conditions_schema")]
+    pub conditions: Vec<Condition>,
+}
+
+/// A server's lifecycle phase; its lowercase form is the REST API's `status`.
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, JsonSchema, PartialEq, Eq, Hash)]
+pub enum Phase {
+    Provisioning,
+    Active,
+    Starting,
+    Stopping,
+    Stopped,
+    Rebooting,
+    Suspended,
+    Error,
+}
+
+impl Phase {
+    /// Every phase, in the order the REST API documents them.
+    pub const ALL: [Phase; 8] = [
+        Phase::Provisioning,
+        Phase::Active,
+        Phase::Starting,
+        Phase::Stopping,
+        Phase::Stopped,
+        Phase::Rebooting,
+        Phase::Suspended,
+        Phase::Error,
+    ];
+
+    /// The REST API's lowercase status string.
+    pub fn as_api_str(self) -> &'static str {
+        match self {
+            Phase::Provisioning => "provisioning",
+            Phase::Active => "active",
+            Phase::Starting => "starting",
+            Phase::Stopping => "stopping",
+            Phase::Stopped => "stopped",
+            Phase::Rebooting => "rebooting",
+            Phase::Suspended => "suspended",
+            Phase::Error => "error",
+        }
+    }
+
+    /// Parses the REST API's lowercase status string.
+    pub fn from_api_str(s: &str) -> Option<Phase> {
+        Phase::ALL.into_iter().find(|p| p.as_api_str() == s)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn api_status_strings_round_trip() {
+        for phase in Phase::ALL {
+            assert_eq!(Phase::from_api_str(phase.as_api_str()), Some(phase));
+        }
+        assert_eq!(Phase::from_api_str("Active"), None);
+        assert_eq!(Phase::from_api_str("running"), None);
+    }
+}

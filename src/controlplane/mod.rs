@@ -1,0 +1,360 @@
+//! A real Kubernetes control plane on loopback, built from source: etcd, kube-apiserver,
+//! kube-controller-manager and (optionally) kube-scheduler, as child processes that die with
+//! us. Used by the integration tests (one per test binary) and by the local run.
+
+mod binaries;
+mod certs;
+mod install;
+mod process;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use kube::Client;
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use serde::{Deserialize, Serialize};
+
+pub use binaries::{Binaries, KUBERNETES_VERSION, KUBEVIRT_VERSION, source_root};
+pub use certs::{Authority, Pem};
+pub use install::{apply_crds, apply_yaml, wait_for_default_service_account};
+pub use process::{Process, free_port};
+
+/// How to start a control plane.
+#[derive(Clone, Debug, Default)]
+pub struct Options {
+    /// Keep state here (etcd data, certificates, ports) so a restart finds it again;
+    /// a fresh temporary folder when unset.
+    pub data_dir: Option<PathBuf>,
+    /// Also run kube-scheduler.
+    pub scheduler: bool,
+}
+
+/// Ports and secrets that stay the same across restarts of a persistent control plane.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+struct Layout {
+    etcd_client: u16,
+    etcd_peer: u16,
+    apiserver: u16,
+    controller_manager: u16,
+    scheduler: u16,
+    token: String,
+}
+
+/// A running control plane. Dropping it stops every process, newest first.
+pub struct ControlPlane {
+    dir: PathBuf,
+    temporary: bool,
+    layout: Layout,
+    binaries: Binaries,
+    scheduler: bool,
+    processes: Vec<Process>,
+}
+
+impl ControlPlane {
+    /// Starts etcd, kube-apiserver and kube-controller-manager (and kube-scheduler when asked)
+    /// and returns once `/readyz` answers and the `default` namespace has its service account.
+    pub async fn start(binaries: Binaries, options: Options) -> Result<ControlPlane> {
+        let mut plane = Self::start_api(binaries, options).await?;
+        plane.start_controllers().await?;
+        Ok(plane)
+    }
+
+    /// Starts etcd and kube-apiserver only, and returns once `/readyz` answers. CRDs installed
+    /// before [`ControlPlane::start_controllers`] are known to the garbage collector from its
+    /// start (it rediscovers resources only every 30 s).
+    pub async fn start_api(binaries: Binaries, options: Options) -> Result<ControlPlane> {
+        let (dir, temporary) = match &options.data_dir {
+            Some(dir) => (dir.clone(), false),
+            None => (new_temp_dir()?, true),
+        };
+        std::fs::create_dir_all(dir.join("pki"))?;
+        let layout = prepare(&dir)?;
+        let mut plane =
+            ControlPlane { dir, temporary, layout, binaries, scheduler: options.scheduler, processes: Vec::new() };
+        plane.spawn_etcd()?;
+        plane.spawn_apiserver()?;
+        plane.wait_ready().await?;
+        Ok(plane)
+    }
+
+    /// Starts kube-controller-manager (and kube-scheduler when asked) and waits until the
+    /// `default` namespace has its service account.
+    pub async fn start_controllers(&mut self) -> Result<()> {
+        self.spawn_controller_manager()?;
+        if self.scheduler {
+            self.spawn_scheduler()?;
+        }
+        let client = self.client().await?;
+        wait_for_default_service_account(&client, "default").await?;
+        self.check_running()
+    }
+
+    /// The folder holding certificates, logs, the kubeconfig and etcd's data.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// `https://127.0.0.1:PORT`.
+    pub fn server_url(&self) -> String {
+        format!("https://127.0.0.1:{}", self.layout.apiserver)
+    }
+
+    /// A kubeconfig with cluster-admin rights.
+    pub fn kubeconfig_path(&self) -> PathBuf {
+        self.dir.join("kubeconfig")
+    }
+
+    /// The cluster CA (signs the API server's serving certificate and client certificates).
+    pub fn ca_path(&self) -> PathBuf {
+        self.dir.join("pki/ca.crt")
+    }
+
+    /// The binaries this control plane runs.
+    pub fn binaries(&self) -> &Binaries {
+        &self.binaries
+    }
+
+    /// The cluster CA and its key, to issue further certificates (for virt-api, say).
+    pub fn pki_dir(&self) -> PathBuf {
+        self.dir.join("pki")
+    }
+
+    /// A cluster-admin client.
+    pub async fn client(&self) -> Result<Client> {
+        client_from_kubeconfig(&self.kubeconfig_path()).await
+    }
+
+    /// Runs kubectl against this control plane and returns its stdout.
+    pub fn kubectl(&self, args: &[&str]) -> Result<String> {
+        let output = std::process::Command::new(self.binaries.kube("kubectl"))
+            .arg("--kubeconfig")
+            .arg(self.kubeconfig_path())
+            .args(args)
+            .output()
+            .context("run kubectl")?;
+        if !output.status.success() {
+            bail!("kubectl {} failed: {}", args.join(" "), String::from_utf8_lossy(&output.stderr));
+        }
+        Ok(String::from_utf8(output.stdout)?)
+    }
+
+    /// Adds a process that stops together with the control plane (before it).
+    pub fn adopt(&mut self, process: Process) {
+        self.processes.push(process);
+    }
+
+    /// Fails if any of the processes has exited.
+    pub fn check_running(&mut self) -> Result<()> {
+        self.processes.iter_mut().try_for_each(Process::check_running)
+    }
+
+    /// Stops every process, newest first, each with SIGTERM and then SIGKILL.
+    pub fn stop(&mut self) {
+        while let Some(mut process) = self.processes.pop() {
+            process.stop(Duration::from_secs(15));
+        }
+    }
+
+    fn spawn(&mut self, name: &str, args: Vec<String>) -> Result<()> {
+        let log = self.dir.join(format!("{name}.log"));
+        let process = Process::spawn(name, &self.binaries.kube(name), &args, &log)?;
+        self.processes.push(process);
+        Ok(())
+    }
+
+    fn spawn_etcd(&mut self) -> Result<()> {
+        let l = &self.layout;
+        let client = format!("http://127.0.0.1:{}", l.etcd_client);
+        let peer = format!("http://127.0.0.1:{}", l.etcd_peer);
+        let args = vec![
+            format!("--data-dir={}", self.dir.join("etcd").display()),
+            format!("--listen-client-urls={client}"),
+            format!("--advertise-client-urls={client}"),
+            format!("--listen-peer-urls={peer}"),
+            format!("--initial-advertise-peer-urls={peer}"),
+            format!("--initial-cluster=default={peer}"),
+            "--unsafe-no-fsync".into(),
+            "--quota-backend-bytes=8589934592".into(),
+            "--log-level=warn".into(),
+        ];
+        self.spawn("etcd", args)
+    }
+
+    fn spawn_apiserver(&mut self) -> Result<()> {
+        let l = &self.layout;
+        let pki = self.dir.join("pki");
+        let p = |f: &str| pki.join(f).display().to_string();
+        let args = vec![
+            format!("--etcd-servers=http://127.0.0.1:{}", l.etcd_client),
+            format!("--secure-port={}", l.apiserver),
+            "--bind-address=127.0.0.1".into(),
+            "--advertise-address=127.0.0.1".into(),
+            format!("--cert-dir={}", p("apiserver-generated")),
+            format!("--tls-cert-file={}", p("apiserver.crt")),
+            format!("--tls-private-key-file={}", p("apiserver.key")),
+            format!("--client-ca-file={}", p("ca.crt")),
+            format!("--token-auth-file={}", p("tokens.csv")),
+            "--authorization-mode=RBAC".into(),
+            "--service-cluster-ip-range=10.0.0.0/24".into(),
+            "--allow-privileged=true".into(),
+            "--service-account-issuer=https://kubernetes.default.svc".into(),
+            format!("--service-account-key-file={}", p("sa.pub")),
+            format!("--service-account-signing-key-file={}", p("sa.key")),
+            format!("--requestheader-client-ca-file={}", p("front-proxy-ca.crt")),
+            "--requestheader-allowed-names=front-proxy-client".into(),
+            "--requestheader-username-headers=X-Remote-User".into(),
+            "--requestheader-group-headers=X-Remote-Group".into(),
+            "--requestheader-extra-headers-prefix=X-Remote-Extra-".into(),
+            format!("--proxy-client-cert-file={}", p("front-proxy-client.crt")),
+            format!("--proxy-client-key-file={}", p("front-proxy-client.key")),
+            "--enable-priority-and-fairness=false".into(),
+            "--profiling=false".into(),
+            "--v=1".into(),
+        ];
+        self.spawn("kube-apiserver", args)
+    }
+
+    fn spawn_controller_manager(&mut self) -> Result<()> {
+        let kubeconfig = self.kubeconfig_path().display().to_string();
+        let pki = self.dir.join("pki");
+        let args = vec![
+            format!("--kubeconfig={kubeconfig}"),
+            format!("--authentication-kubeconfig={kubeconfig}"),
+            format!("--authorization-kubeconfig={kubeconfig}"),
+            "--bind-address=127.0.0.1".into(),
+            format!("--secure-port={}", self.layout.controller_manager),
+            format!("--service-account-private-key-file={}", pki.join("sa.key").display()),
+            format!("--root-ca-file={}", pki.join("ca.crt").display()),
+            "--use-service-account-credentials=true".into(),
+            "--controllers=*".into(),
+            "--leader-elect=false".into(),
+            "--kube-api-qps=200".into(),
+            "--kube-api-burst=400".into(),
+            "--concurrent-gc-syncs=10".into(),
+            "--v=1".into(),
+        ];
+        self.spawn("kube-controller-manager", args)
+    }
+
+    fn spawn_scheduler(&mut self) -> Result<()> {
+        let kubeconfig = self.kubeconfig_path().display().to_string();
+        let args = vec![
+            format!("--kubeconfig={kubeconfig}"),
+            format!("--authentication-kubeconfig={kubeconfig}"),
+            format!("--authorization-kubeconfig={kubeconfig}"),
+            "--bind-address=127.0.0.1".into(),
+            format!("--secure-port={}", self.layout.scheduler),
+            "--leader-elect=false".into(),
+            "--kube-api-qps=200".into(),
+            "--kube-api-burst=400".into(),
+            "--v=1".into(),
+        ];
+        self.spawn("kube-scheduler", args)
+    }
+
+    async fn wait_ready(&mut self) -> Result<()> {
+        let client = self.client().await?;
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            // Fail fast if our own apiserver or etcd died (a port taken by another process
+            // would otherwise let some other server answer /readyz).
+            self.check_running()?;
+            let request = http::Request::get("/readyz").body(Vec::new())?;
+            match client.request_text(request).await {
+                Ok(body) if body.trim() == "ok" => return Ok(()),
+                Ok(_) | Err(_) if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(250)).await,
+                Ok(body) => bail!("kube-apiserver is not ready after 120 s: {body}"),
+                Err(e) => bail!("kube-apiserver is not ready after 120 s: {e}"),
+            }
+        }
+    }
+}
+
+impl Drop for ControlPlane {
+    fn drop(&mut self) {
+        self.stop();
+        if self.temporary {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+/// A client from a kubeconfig file.
+pub async fn client_from_kubeconfig(path: &Path) -> Result<Client> {
+    let kubeconfig = Kubeconfig::read_from(path).with_context(|| format!("read {}", path.display()))?;
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await?;
+    Ok(Client::try_from(config)?)
+}
+
+/// Writes certificates, keys, the token file and the kubeconfig on first use; reads the
+/// saved layout afterwards.
+fn prepare(dir: &Path) -> Result<Layout> {
+    let saved = dir.join("layout.json");
+    if saved.exists() {
+        return Ok(serde_json::from_slice(&std::fs::read(&saved)?)?);
+    }
+    let layout = Layout {
+        etcd_client: free_port()?,
+        etcd_peer: free_port()?,
+        apiserver: free_port()?,
+        controller_manager: free_port()?,
+        scheduler: free_port()?,
+        token: random_token(),
+    };
+    let pki = dir.join("pki");
+    let write = |name: &str, contents: &str| std::fs::write(pki.join(name), contents);
+    let ca = Authority::new("vps-local-ca")?;
+    write("ca.crt", &ca.cert)?;
+    let serving = ca.serving("kube-apiserver", &["127.0.0.1", "localhost", "kubernetes", "kubernetes.default.svc"])?;
+    write("apiserver.crt", &serving.cert)?;
+    write("apiserver.key", &serving.key)?;
+    let front = Authority::new("vps-front-proxy-ca")?;
+    write("front-proxy-ca.crt", &front.cert)?;
+    let proxy = front.client("front-proxy-client", None)?;
+    write("front-proxy-client.crt", &proxy.cert)?;
+    write("front-proxy-client.key", &proxy.key)?;
+    let (sa_key, sa_pub) = certs::service_account_key()?;
+    write("sa.key", &sa_key)?;
+    write("sa.pub", &sa_pub)?;
+    write("tokens.csv", &format!("{},admin,admin-uid,\"system:masters\"\n", layout.token))?;
+    std::fs::write(
+        dir.join("kubeconfig"),
+        kubeconfig_yaml(&format!("https://127.0.0.1:{}", layout.apiserver), &pki.join("ca.crt"), &layout.token),
+    )?;
+    std::fs::write(&saved, serde_json::to_vec_pretty(&layout)?)?;
+    Ok(layout)
+}
+
+/// A kubeconfig for one cluster and one bearer-token user.
+pub fn kubeconfig_yaml(server: &str, ca: &Path, token: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: local\n  cluster:\n    server: {server}\n    certificate-authority: {ca}\n\
+         users:\n- name: admin\n  user:\n    token: {token}\ncontexts:\n- name: local\n  context:\n    cluster: local\n    user: admin\n\
+         current-context: local\n",
+        ca = ca.display()
+    )
+}
+
+fn random_token() -> String {
+    use rand::RngExt as _;
+    let bytes: [u8; 24] = rand::rng().random();
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A new folder under the system temp dir; folders left by dead processes are removed.
+fn new_temp_dir() -> Result<PathBuf> {
+    let base = std::env::temp_dir();
+    if let Ok(entries) = std::fs::read_dir(&base) {
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if let Some(pid) = name.strip_prefix("vps-cp-").and_then(|rest| rest.split('-').next())
+                && let Ok(pid) = pid.parse::<u32>()
+                && !Path::new(&format!("/proc/{pid}")).exists()
+            {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
+    }
+    Ok(tempfile::Builder::new().prefix(&format!("vps-cp-{}-", std::process::id())).tempdir_in(&base)?.keep())
+}

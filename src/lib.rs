@@ -1,0 +1,16 @@
+//! A Kubernetes operator and REST gateway that turn a cluster running KubeVirt into a VPS
+//! provider.
+//!
+//! - [`api`]: the `vps.org/v1alpha1` custom resources.
+//! - [`controlplane`]: builds and starts a real control plane (etcd, kube-apiserver,
+//!   kube-controller-manager) for tests and the local run.
+//! - [`testbed`]: the CRDs such a control plane needs (ours, KubeVirt's, CDI's).
+//! - [`local`]: the all-in-one local run.
+#![deny(rust_2018_idioms)]
+// kube-derive's repeated `printcolumn(type_ = ...)` attributes trip this lint.
+#![allow(clippy::duplicated_attributes)]
+
+pub mod api;
+pub mod controlplane;
+pub mod local;
+pub mod testbed;
