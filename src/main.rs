@@ -16,6 +16,23 @@ enum Command {
     Crdgen,
     /// Run everything locally: a control plane built from source, with the CRDs installed.
     Local(vps_operator::local::LocalArgs),
+    /// Serve the VPS REST API (the gateway).
+    Gateway(vps_operator::gateway::GatewayArgs),
+    /// Create or revoke API tokens of accounts.
+    Token(vps_operator::tokens::TokenArgs),
+    /// Run the operator: reconcile VpsServers into KubeVirt VirtualMachines.
+    Operator(OperatorArgs),
+    /// Play the hosts for KubeVirt (kubelet, virt-handler, CDI, snapshots); starts no VM.
+    Simulator(vps_operator::simulator::SimulatorConfig),
+}
+
+#[derive(clap::Args)]
+struct OperatorArgs {
+    #[command(flatten)]
+    config: vps_operator::operator::OperatorConfig,
+    /// Where to serve /metrics, /healthz and /readyz.
+    #[arg(long, env = "VPS_OPERATOR_METRICS", default_value = "0.0.0.0:9090")]
+    metrics_listen: std::net::SocketAddr,
 }
 
 #[tokio::main]
@@ -30,5 +47,21 @@ async fn main() -> Result<()> {
             Ok(())
         }
         Command::Local(args) => vps_operator::local::run(args).await,
+        Command::Gateway(args) => vps_operator::gateway::run(args).await,
+        Command::Token(args) => vps_operator::tokens::run(args).await,
+        Command::Operator(args) => {
+            let config = kube::Config::infer().await?;
+            tokio::select! {
+                r = vps_operator::operator::run(config, args.config, Some(args.metrics_listen)) => r,
+                _ = vps_operator::local::wait_for_shutdown_signal() => Ok(()),
+            }
+        }
+        Command::Simulator(config) => {
+            let client = kube::Client::try_default().await?;
+            tokio::select! {
+                r = vps_operator::simulator::run(client, config) => r,
+                _ = vps_operator::local::wait_for_shutdown_signal() => Ok(()),
+            }
+        }
     }
 }

@@ -12,6 +12,14 @@ pub const CDI_CRDS: &str = include_str!("../tests/crds/cdi.yaml");
 /// The CSI snapshotter's CRDs.
 pub const VOLUME_SNAPSHOT_CRDS: &str = include_str!("../tests/crds/volume-snapshot.yaml");
 
+/// The demo catalog (plans, images, locations) that matches the API documentation's samples.
+pub const DEMO_CATALOG: &str = include_str!("../deploy/samples/catalog.yaml");
+
+/// Installs the demo catalog.
+pub async fn install_demo_catalog(client: &Client) -> Result<()> {
+    apply_yaml(client, DEMO_CATALOG, "default").await
+}
+
 /// KubeVirt's CRDs as printed by KubeVirt's own generator (built with the control plane).
 pub fn kubevirt_crds_yaml(binaries: &Binaries) -> Result<String> {
     let generator = binaries.kubevirt("kubevirt-crds")?;

@@ -99,3 +99,11 @@ pub async fn wait_for_default_service_account(client: &Client, namespace: &str) 
     }
     bail!("namespace {namespace} got no default ServiceAccount within 60 s (is kube-controller-manager running?)")
 }
+
+/// Creates the namespace if it does not exist.
+pub async fn ensure_namespace(client: &Client, name: &str) -> Result<()> {
+    let api: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
+    let ns = serde_json::json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}});
+    api.patch(name, &PatchParams::apply(FIELD_MANAGER), &Patch::Apply(&ns)).await?;
+    Ok(())
+}

@@ -5,6 +5,7 @@
 mod binaries;
 mod certs;
 mod install;
+mod kubevirt;
 mod process;
 
 use std::path::{Path, PathBuf};
@@ -17,8 +18,9 @@ use serde::{Deserialize, Serialize};
 
 pub use binaries::{Binaries, KUBERNETES_VERSION, KUBEVIRT_VERSION, source_root};
 pub use certs::{Authority, Pem};
-pub use install::{apply_crds, apply_yaml, wait_for_default_service_account};
-pub use process::{Process, free_port};
+pub use install::{apply_crds, apply_yaml, ensure_namespace, wait_for_default_service_account};
+pub use kubevirt::KUBEVIRT_NAMESPACE;
+pub use process::{Process, Supervised, free_port};
 
 /// How to start a control plane.
 #[derive(Clone, Debug, Default)]
@@ -49,6 +51,7 @@ pub struct ControlPlane {
     binaries: Binaries,
     scheduler: bool,
     processes: Vec<Process>,
+    supervised: Vec<Supervised>,
 }
 
 impl ControlPlane {
@@ -70,8 +73,15 @@ impl ControlPlane {
         };
         std::fs::create_dir_all(dir.join("pki"))?;
         let layout = prepare(&dir)?;
-        let mut plane =
-            ControlPlane { dir, temporary, layout, binaries, scheduler: options.scheduler, processes: Vec::new() };
+        let mut plane = ControlPlane {
+            dir,
+            temporary,
+            layout,
+            binaries,
+            scheduler: options.scheduler,
+            processes: Vec::new(),
+            supervised: Vec::new(),
+        };
         plane.spawn_etcd()?;
         plane.spawn_apiserver()?;
         plane.wait_ready().await?;
@@ -144,6 +154,16 @@ impl ControlPlane {
         self.processes.push(process);
     }
 
+    /// Adds a supervised process (stopped first, together with the control plane).
+    pub fn adopt_supervised(&mut self, process: Supervised) {
+        self.supervised.push(process);
+    }
+
+    /// Kills the named supervised process once; its supervisor starts it again.
+    pub fn kill_supervised(&self, name: &str) {
+        self.supervised.iter().filter(|s| s.name() == name).for_each(Supervised::kill_current);
+    }
+
     /// Fails if any of the processes has exited.
     pub fn check_running(&mut self) -> Result<()> {
         self.processes.iter_mut().try_for_each(Process::check_running)
@@ -151,6 +171,9 @@ impl ControlPlane {
 
     /// Stops every process, newest first, each with SIGTERM and then SIGKILL.
     pub fn stop(&mut self) {
+        while let Some(mut supervised) = self.supervised.pop() {
+            supervised.stop();
+        }
         while let Some(mut process) = self.processes.pop() {
             process.stop(Duration::from_secs(15));
         }

@@ -150,3 +150,76 @@ fn signal(pid: u32, sig: i32) {
 pub fn free_port() -> Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
+
+/// A process that is started again whenever it exits (as its Deployment would restart it
+/// in a cluster: virt-controller exits when it loses its leader lease), until stopped.
+pub struct Supervised {
+    name: String,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    current: std::sync::Arc<Mutex<Option<u32>>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Supervised {
+    pub fn spawn(name: &str, program: &Path, args: &[String], log: &Path) -> Result<Supervised> {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let mut first = Process::spawn(name, program, args, log)?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let current = Arc::new(Mutex::new(Some(first.pid())));
+        let (n, p, a, l) = (name.to_string(), program.to_path_buf(), args.to_vec(), log.to_path_buf());
+        let (stop2, current2) = (stop.clone(), current.clone());
+        let thread = std::thread::Builder::new().name(format!("supervise-{name}")).spawn(move || {
+            loop {
+                let _ = first.child.wait();
+                if stop2.load(Ordering::SeqCst) {
+                    return;
+                }
+                tracing::info!(name = %n, "Process exited; starting it again");
+                std::thread::sleep(Duration::from_secs(1));
+                match Process::spawn(&n, &p, &a, &l) {
+                    Ok(next) => {
+                        *current2.lock().expect("lock") = Some(next.pid());
+                        first = next;
+                    }
+                    Err(e) => {
+                        tracing::error!(name = %n, "Could not restart: {e:#}");
+                        return;
+                    }
+                }
+                if stop2.load(Ordering::SeqCst) {
+                    signal(first.pid(), libc::SIGTERM);
+                }
+            }
+        })?;
+        Ok(Supervised { name: name.to_string(), stop, current, thread: Some(thread) })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Kills the current process without stopping supervision (to test restarts).
+    pub fn kill_current(&self) {
+        if let Some(pid) = *self.current.lock().expect("lock") {
+            signal(pid, libc::SIGKILL);
+        }
+    }
+
+    /// Stops supervising and terminates the process.
+    pub fn stop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        if let Some(pid) = *self.current.lock().expect("lock") {
+            signal(pid, libc::SIGTERM);
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for Supervised {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

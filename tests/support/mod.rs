@@ -6,6 +6,8 @@
 //! with the test binary (see `vps_operator::controlplane::Process`), also after a panic.
 #![allow(dead_code)]
 
+pub mod gateway;
+
 use std::path::PathBuf;
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -14,53 +16,152 @@ use k8s_openapi::api::core::v1::Namespace;
 use kube::Client;
 use kube::api::{Api, ObjectMeta, PostParams};
 use vps_operator::controlplane::{self, Binaries, ControlPlane, Options};
+use vps_operator::operator::OperatorConfig;
+use vps_operator::simulator::SimulatorConfig;
 
 /// What tests need to reach the shared control plane.
 pub struct Shared {
     pub kubeconfig: PathBuf,
     pub kubectl: PathBuf,
     pub binaries: Binaries,
+    /// Present when started with [`system`].
+    pub system: Option<System>,
 }
 
 /// Starts the control plane on first call (building the binaries if the cache is cold) and
 /// installs every CRD.
 pub fn shared() -> &'static Shared {
-    static SHARED: OnceLock<Result<Shared, String>> = OnceLock::new();
-    let started = SHARED.get_or_init(|| match std::thread::spawn(start).join() {
+    init(false)
+}
+
+/// Like [`shared`], plus KubeVirt's virt-api and virt-controller, the demo catalog, the
+/// operator and the node simulator (in a runtime of their own). `VPS_SIM_DELAY` (e.g.
+/// `300ms`) sets every simulated step's delay.
+pub fn system() -> &'static Shared {
+    init(true)
+}
+
+static SHARED: OnceLock<Result<Shared, String>> = OnceLock::new();
+
+/// Whatever this binary started ([`shared`] unless [`system`] came first).
+pub fn current() -> &'static Shared {
+    match SHARED.get() {
+        Some(Ok(shared)) => shared,
+        _ => shared(),
+    }
+}
+
+fn init(system: bool) -> &'static Shared {
+    let started = SHARED.get_or_init(|| match std::thread::spawn(move || start(system)).join() {
         Ok(Ok(shared)) => Ok(shared),
         Ok(Err(e)) => Err(format!("could not start the control plane: {e:?}")),
         Err(_) => Err("starting the control plane panicked".into()),
     });
     match started {
-        Ok(shared) => shared,
+        Ok(shared) => {
+            assert_eq!(shared.system.is_some(), system, "one test binary uses either shared() or system()");
+            shared
+        }
         Err(e) => panic!("{e}"),
     }
 }
 
-fn start() -> anyhow::Result<Shared> {
+/// The operator and simulator of [`system`], running in a runtime that outlives every test.
+pub struct System {
+    pub runtime: tokio::runtime::Runtime,
+    pub operator: std::sync::Mutex<tokio::task::JoinHandle<()>>,
+    pub operator_config: OperatorConfig,
+    pub plane: std::sync::Mutex<ControlPlane>,
+}
+
+impl System {
+    /// Stops the operator (as a crash would: in the middle of whatever it does).
+    pub fn kill_operator(&self) {
+        self.operator.lock().unwrap().abort();
+    }
+
+    /// Starts the operator again.
+    pub fn start_operator(&self, kubeconfig: &std::path::Path) {
+        let handle = self.runtime.spawn(run_operator(kubeconfig.to_path_buf(), self.operator_config.clone()));
+        *self.operator.lock().unwrap() = handle;
+    }
+}
+
+async fn run_operator(kubeconfig: PathBuf, config: OperatorConfig) {
+    let kubeconfig = kube::config::Kubeconfig::read_from(&kubeconfig).expect("kubeconfig");
+    let kube_config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await.expect("config");
+    if let Err(e) = vps_operator::operator::run(kube_config, config, None).await {
+        panic!("the operator stopped: {e:?}");
+    }
+}
+
+/// The simulator configuration of the test run (`VPS_SIM_DELAY` for every step).
+pub fn simulator_config() -> SimulatorConfig {
+    let mut config = SimulatorConfig::default();
+    if let Ok(delay) = std::env::var("VPS_SIM_DELAY") {
+        let d = vps_operator::operator::humantime_duration(&delay).expect("VPS_SIM_DELAY is a duration");
+        config.pod_start_delay = d;
+        config.boot_delay = d;
+        config.shutdown_delay = d;
+        config.import_delay = d;
+        config.snapshot_delay = d;
+    }
+    config
+}
+
+fn start(system: bool) -> anyhow::Result<Shared> {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
         .with_test_writer()
         .try_init();
     let binaries = Binaries::ensure(&controlplane::source_root())?;
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     let plane = runtime.block_on(async {
         let mut plane =
             ControlPlane::start_api(binaries.clone(), Options { scheduler: true, ..Options::default() }).await?;
         let client = plane.client().await?;
         vps_operator::testbed::install_crds(&client, &binaries).await?;
         plane.start_controllers().await?;
+        if system {
+            plane.start_kubevirt().await?;
+            vps_operator::testbed::install_demo_catalog(&client).await?;
+            controlplane::ensure_namespace(&client, "vps-system").await?;
+        }
         anyhow::Ok(plane)
     })?;
-    let shared = Shared { kubeconfig: plane.kubeconfig_path(), kubectl: binaries.kube("kubectl"), binaries };
-    // Lives until the test binary exits; its processes die with it.
-    std::mem::forget(plane);
-    Ok(shared)
+    let kubeconfig = plane.kubeconfig_path();
+    let system = if system {
+        let operator_config = OperatorConfig {
+            backup_interval: std::time::Duration::from_secs(6),
+            backup_keep: 2,
+            reference_retry: std::time::Duration::from_secs(1),
+            ..OperatorConfig::default()
+        };
+        let client = runtime.block_on(plane.client())?;
+        runtime.spawn(async move {
+            if let Err(e) = vps_operator::simulator::run(client, simulator_config()).await {
+                panic!("the simulator stopped: {e:?}");
+            }
+        });
+        let operator = runtime.spawn(run_operator(kubeconfig.clone(), operator_config.clone()));
+        Some(System {
+            runtime,
+            operator: std::sync::Mutex::new(operator),
+            operator_config,
+            plane: std::sync::Mutex::new(plane),
+        })
+    } else {
+        // Lives until the test binary exits; its processes die with it.
+        std::mem::forget(plane);
+        std::mem::forget(runtime);
+        None
+    };
+    Ok(Shared { kubeconfig, kubectl: binaries.kube("kubectl"), binaries, system })
 }
 
 /// A cluster-admin client, bound to the calling test's runtime.
 pub async fn client() -> Client {
-    controlplane::client_from_kubeconfig(&shared().kubeconfig).await.expect("client for the shared control plane")
+    controlplane::client_from_kubeconfig(&current().kubeconfig).await.expect("client for the shared control plane")
 }
 
 /// A fresh namespace for one test, named after it.
@@ -81,7 +182,7 @@ pub async fn namespace(client: &Client, test: &str) -> String {
 
 /// Runs kubectl against the shared control plane; returns (success, stdout, stderr).
 pub fn kubectl(args: &[&str]) -> (bool, String, String) {
-    let s = shared();
+    let s = current();
     let out = std::process::Command::new(&s.kubectl)
         .arg("--kubeconfig")
         .arg(&s.kubeconfig)

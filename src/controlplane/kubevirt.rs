@@ -1,0 +1,203 @@
+//! KubeVirt's own control-plane components on the local control plane: virt-api (its
+//! admission webhooks, registered by URL) and virt-controller (restarted whenever it exits).
+//! What real hosts do is left to the node simulator.
+
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use k8s_openapi::ByteString;
+use k8s_openapi::api::admissionregistration::v1::{
+    MutatingWebhook, MutatingWebhookConfiguration, RuleWithOperations, ValidatingWebhook,
+    ValidatingWebhookConfiguration, WebhookClientConfig,
+};
+use kube::api::{Api, ObjectMeta, Patch, PatchParams};
+use serde_json::json;
+
+use super::process::{Supervised, free_port};
+use super::{Authority, ControlPlane};
+
+/// The namespace KubeVirt's components and its `KubeVirt` object live in.
+pub const KUBEVIRT_NAMESPACE: &str = "kubevirt";
+
+impl ControlPlane {
+    /// Starts virt-api and virt-controller (KubeVirt's CRDs must be installed) and registers
+    /// virt-api's webhooks. Returns once the webhooks answer.
+    pub async fn start_kubevirt(&mut self) -> Result<()> {
+        let client = self.client().await?;
+        let params = PatchParams::apply("vps-testbed").force();
+        let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
+        namespaces
+            .patch(
+                KUBEVIRT_NAMESPACE,
+                &params,
+                &Patch::Apply(
+                    json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": KUBEVIRT_NAMESPACE}}),
+                ),
+            )
+            .await?;
+        super::apply_yaml(&client, KUBEVIRT_OBJECT, KUBEVIRT_NAMESPACE).await.context("create the KubeVirt object")?;
+
+        let pki = self.pki_dir();
+        let ca = Authority::new("virt-api-webhook-ca")?;
+        let serving = ca.serving("virt-api", &["127.0.0.1", "localhost"])?;
+        std::fs::write(pki.join("virt-api.crt"), &serving.cert)?;
+        std::fs::write(pki.join("virt-api.key"), &serving.key)?;
+        let kubeconfig = self.kubeconfig_path().display().to_string();
+
+        let api_port = free_port()?;
+        let args = vec![
+            format!("--kubeconfig={kubeconfig}"),
+            "--listen=127.0.0.1".into(),
+            format!("--port={api_port}"),
+            format!("--console-server-port={}", free_port()?),
+            format!("--tls-cert-file={}", pki.join("virt-api.crt").display()),
+            format!("--tls-key-file={}", pki.join("virt-api.key").display()),
+            format!("--handler-cert-file={}", pki.join("virt-api.crt").display()),
+            format!("--handler-key-file={}", pki.join("virt-api.key").display()),
+        ];
+        let virt_api = self.binaries().kubevirt("virt-api")?;
+        let log = self.dir().join("virt-api.log");
+        self.adopt_supervised(Supervised::spawn("virt-api", &virt_api, &args, &log)?);
+        wait_for_port(api_port).await.context("virt-api did not listen")?;
+        register_webhooks(&client, &format!("https://127.0.0.1:{api_port}"), &ca.cert).await?;
+
+        let controller_port = free_port()?;
+        let args = vec![
+            format!("--kubeconfig={kubeconfig}"),
+            "--listen=127.0.0.1".into(),
+            format!("--port={controller_port}"),
+            "--launcher-image=quay.io/kubevirt/virt-launcher:v1.7.0".into(),
+            "--vm-controller-threads=6".into(),
+            "--vmi-controller-threads=6".into(),
+        ];
+        let virt_controller = self.binaries().kubevirt("virt-controller")?;
+        let log = self.dir().join("virt-controller.log");
+        self.adopt_supervised(Supervised::spawn("virt-controller", &virt_controller, &args, &log)?);
+        Ok(())
+    }
+}
+
+/// The `KubeVirt` object virt-controller and virt-api read their configuration from:
+/// emulation (no /dev/kvm needed) and the Snapshot feature gate.
+const KUBEVIRT_OBJECT: &str = r#"
+apiVersion: kubevirt.io/v1
+kind: KubeVirt
+metadata:
+  name: kubevirt
+  namespace: kubevirt
+spec:
+  configuration:
+    developerConfiguration:
+      useEmulation: true
+      featureGates: [Snapshot]
+"#;
+
+async fn wait_for_port(port: u16) -> Result<()> {
+    for _ in 0..600 {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    anyhow::bail!("nothing listens on 127.0.0.1:{port} after 60 s")
+}
+
+fn rule(operations: &[&str], group: &str, resource: &str) -> RuleWithOperations {
+    RuleWithOperations {
+        operations: Some(operations.iter().map(|s| s.to_string()).collect()),
+        api_groups: Some(vec![group.into()]),
+        api_versions: Some(vec!["*".into()]),
+        resources: Some(vec![resource.into()]),
+        scope: None,
+    }
+}
+
+fn client_config(base: &str, path: &str, ca: &str) -> WebhookClientConfig {
+    WebhookClientConfig {
+        url: Some(format!("{base}{path}")),
+        ca_bundle: Some(ByteString(ca.as_bytes().to_vec())),
+        service: None,
+    }
+}
+
+/// virt-api's admission webhooks for VirtualMachines, VirtualMachineInstances and
+/// VirtualMachineSnapshots, registered by URL (virt-api runs outside the cluster here).
+async fn register_webhooks(client: &kube::Client, base: &str, ca: &str) -> Result<()> {
+    let params = PatchParams::apply("vps-testbed").force();
+    let mutate = |name: &str, ops: &[&str], resource: &str, path: &str| MutatingWebhook {
+        name: name.into(),
+        admission_review_versions: vec!["v1".into()],
+        side_effects: "None".into(),
+        failure_policy: Some("Fail".into()),
+        timeout_seconds: Some(10),
+        rules: Some(vec![rule(ops, "kubevirt.io", resource)]),
+        client_config: client_config(base, path, ca),
+        ..Default::default()
+    };
+    let mutating = MutatingWebhookConfiguration {
+        metadata: ObjectMeta { name: Some("virt-api-mutator".into()), ..Default::default() },
+        webhooks: Some(vec![
+            mutate(
+                "virtualmachines-mutator.kubevirt.io",
+                &["CREATE", "UPDATE"],
+                "virtualmachines",
+                "/virtualmachines-mutate",
+            ),
+            mutate(
+                "virtualmachineinstances-mutator.kubevirt.io",
+                &["CREATE"],
+                "virtualmachineinstances",
+                "/virtualmachineinstances-mutate",
+            ),
+        ]),
+    };
+    let validate = |name: &str, ops: &[&str], group: &str, resource: &str, path: &str| ValidatingWebhook {
+        name: name.into(),
+        admission_review_versions: vec!["v1".into()],
+        side_effects: "None".into(),
+        failure_policy: Some("Fail".into()),
+        timeout_seconds: Some(10),
+        rules: Some(vec![rule(ops, group, resource)]),
+        client_config: client_config(base, path, ca),
+        ..Default::default()
+    };
+    let validating = ValidatingWebhookConfiguration {
+        metadata: ObjectMeta { name: Some("virt-api-validator".into()), ..Default::default() },
+        webhooks: Some(vec![
+            validate(
+                "virtualmachine-validator.kubevirt.io",
+                &["CREATE", "UPDATE"],
+                "kubevirt.io",
+                "virtualmachines",
+                "/virtualmachines-validate",
+            ),
+            validate(
+                "virtualmachineinstances-create-validator.kubevirt.io",
+                &["CREATE"],
+                "kubevirt.io",
+                "virtualmachineinstances",
+                "/virtualmachineinstances-validate-create",
+            ),
+            validate(
+                "virtualmachinesnapshot-validator.snapshot.kubevirt.io",
+                &["CREATE", "UPDATE"],
+                "snapshot.kubevirt.io",
+                "virtualmachinesnapshots",
+                "/virtualmachinesnapshots-validate",
+            ),
+        ]),
+    };
+    let m: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
+    m.patch("virt-api-mutator", &params, &Patch::Apply(&with_types(mutating)?)).await?;
+    let v: Api<ValidatingWebhookConfiguration> = Api::all(client.clone());
+    v.patch("virt-api-validator", &params, &Patch::Apply(&with_types(validating)?)).await?;
+    Ok(())
+}
+
+/// Server-side apply needs apiVersion and kind in the body.
+fn with_types<K: kube::Resource<DynamicType = ()> + serde::Serialize>(object: K) -> Result<serde_json::Value> {
+    let mut value = serde_json::to_value(&object)?;
+    value["apiVersion"] = json!(K::api_version(&()));
+    value["kind"] = json!(K::kind(&()));
+    Ok(value)
+}

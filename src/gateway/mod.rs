@@ -1,0 +1,206 @@
+//! The REST gateway: the VPS API of `shared/API.md`, translated into operations on
+//! `VpsServer` objects in the caller's account namespace.
+//!
+//! - [`cache`]: reflector caches every read is served from.
+//! - [`auth`]: the Bearer-token extractor (tenancy).
+//! - [`servers`], [`catalog`], [`ssh_keys`]: one router per resource.
+//! - [`view`]: the JSON representation, [`validate`]: hand validation with DRF's messages.
+//! - [`idempotency`]: `Idempotency-Key` replay kept in the cluster.
+//! - [`metrics`], [`openapi`]: `/metrics` and `/api/v1/openapi.json`.
+
+pub mod auth;
+pub mod cache;
+pub mod catalog;
+pub mod error;
+pub mod idempotency;
+pub mod metrics;
+pub mod openapi;
+pub mod pagination;
+pub mod servers;
+pub mod ssh_keys;
+pub mod validate;
+pub mod view;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::http::{HeaderMap, Method, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{MethodRouter, get};
+use clap::Args;
+use k8s_openapi::api::core::v1::Namespace;
+use kube::Client;
+use kube::api::{Api, ListParams};
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::cors::{Any, CorsLayer};
+use tower_http::trace::TraceLayer;
+
+use crate::api::VpsServer;
+use crate::ids::IdAllocator;
+use auth::Tenant;
+use cache::Caches;
+use error::ApiError;
+use metrics::Metrics;
+
+/// Largest accepted request body.
+pub const BODY_LIMIT: usize = 64 * 1024;
+/// Field manager of the gateway's writes.
+pub const FIELD_MANAGER: &str = "vps-gateway";
+
+/// Flags of `vps-operator gateway`.
+#[derive(Args, Debug, Clone)]
+pub struct GatewayArgs {
+    /// Address to listen on.
+    #[arg(long, env = "VPS_GATEWAY_LISTEN", default_value = "0.0.0.0:8080")]
+    pub listen: SocketAddr,
+    /// Namespace of the gateway's own objects: token Secrets, id counters, idempotency records.
+    #[arg(long, env = "VPS_SYSTEM_NAMESPACE", default_value = crate::tokens::DEFAULT_SYSTEM_NAMESPACE)]
+    pub system_namespace: String,
+    /// Longest time one request may take, in seconds.
+    #[arg(long, default_value_t = 30)]
+    pub request_timeout_secs: u64,
+}
+
+/// What every handler shares. Cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    pub client: Client,
+    pub system_namespace: String,
+    pub caches: Arc<Caches>,
+    pub ids: IdAllocator,
+    pub metrics: Arc<Metrics>,
+    pub request_timeout: Duration,
+    account_locks: Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
+}
+
+impl AppState {
+    /// Starts the caches; serve requests once [`Caches::wait_ready`] resolves (`/readyz`).
+    pub fn new(client: Client, system_namespace: &str, request_timeout: Duration) -> AppState {
+        AppState {
+            caches: Arc::new(Caches::start(client.clone(), system_namespace)),
+            ids: IdAllocator::new(client.clone(), system_namespace),
+            client,
+            system_namespace: system_namespace.to_string(),
+            metrics: Arc::new(Metrics::new()),
+            request_timeout,
+            account_locks: Arc::default(),
+        }
+    }
+
+    /// Serializes the credit check and create of one account within this gateway.
+    pub fn account_lock(&self, account: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = self.account_locks.lock().expect("account lock table");
+        locks.entry(account.to_string()).or_default().clone()
+    }
+}
+
+/// Registers `path` (ending in `/`) and the same path without the slash, served identically.
+pub(crate) fn route_both(router: Router<AppState>, path: &str, methods: MethodRouter<AppState>) -> Router<AppState> {
+    router.route(path, methods.clone()).route(path.trim_end_matches('/'), methods)
+}
+
+/// A wrong method on an API path: 405, after authentication (as DRF does).
+pub(crate) fn with_405(methods: MethodRouter<AppState>, allow: &'static str) -> MethodRouter<AppState> {
+    methods.fallback(move |_tenant: Tenant, method: Method| async move {
+        ApiError::MethodNotAllowed { method: method.to_string(), allow }
+    })
+}
+
+/// The absolute URL of this gateway as the client addressed it (`http://host:port`).
+pub(crate) fn base_url(headers: &HeaderMap) -> String {
+    let first = |name: &str| {
+        headers.get(name).and_then(|v| v.to_str().ok()).and_then(|v| v.split(',').next()).map(|v| v.trim().to_string())
+    };
+    let scheme = first("x-forwarded-proto").filter(|s| s == "http" || s == "https").unwrap_or_else(|| "http".into());
+    let host = first("x-forwarded-host")
+        .or_else(|| first(header::HOST.as_str()))
+        .filter(|h| !h.is_empty() && h.bytes().all(|b| b.is_ascii_graphic() && b != b'/' && b != b'?' && b != b'#'))
+        .unwrap_or_else(|| "localhost".into());
+    format!("{scheme}://{host}")
+}
+
+/// The whole HTTP surface, with its middleware.
+pub fn app(state: AppState) -> Router {
+    let api = Router::new()
+        .merge(servers::router())
+        .merge(catalog::router())
+        .merge(ssh_keys::router())
+        .route("/api/v1/openapi.json", get(openapi::serve))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics::serve))
+        .fallback(|| async { ApiError::NotFound });
+    api.layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(CatchPanicLayer::custom(|_| {
+            tracing::error!("A request handler panicked");
+            ApiError::detail(StatusCode::INTERNAL_SERVER_ERROR, "A server error occurred.")
+        }))
+        .layer(middleware::from_fn_with_state(state.request_timeout, timeout))
+        .layer(middleware::from_fn_with_state(state.metrics.clone(), metrics::record))
+        .layer(TraceLayer::new_for_http().make_span_with(|req: &Request| {
+            let route = req.extensions().get::<MatchedPath>().map(|p| p.as_str().to_string());
+            tracing::info_span!("request", method = %req.method(), route = route.as_deref().unwrap_or("unmatched"))
+        })
+        // Internal errors are logged where they happen; a 503 from /readyz is no error.
+        .on_failure(tower_http::trace::DefaultOnFailure::new().level(tracing::Level::WARN)))
+        .layer(
+            // Tokens travel in a header, never in cookies: any origin may call the API.
+            CorsLayer::new()
+                .allow_origin(Any)
+                .allow_methods([Method::GET, Method::POST, Method::PUT, Method::PATCH, Method::DELETE])
+                .allow_headers([
+                    header::AUTHORIZATION,
+                    header::CONTENT_TYPE,
+                    header::HeaderName::from_static("idempotency-key"),
+                ])
+                .expose_headers([header::LOCATION]),
+        )
+        .with_state(state)
+}
+
+async fn readyz(State(state): State<AppState>) -> Response {
+    if state.caches.is_ready() {
+        "ready".into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "caches not synced").into_response()
+    }
+}
+
+async fn timeout(State(limit): State<Duration>, req: Request, next: Next) -> Response {
+    match tokio::time::timeout(limit, next.run(req)).await {
+        Ok(res) => res,
+        Err(_) => {
+            tracing::warn!("Request timed out");
+            ApiError::detail(StatusCode::SERVICE_UNAVAILABLE, "Request timed out.")
+        }
+    }
+}
+
+/// Runs the gateway until SIGTERM or Ctrl-C.
+pub async fn run(args: GatewayArgs) -> Result<()> {
+    let client = Client::try_default().await.context("connect to the cluster")?;
+    match Api::<VpsServer>::all(client.clone()).list(&ListParams::default().limit(1)).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(e)) if e.code == 404 => {
+            bail!("the vps.org CRDs are not installed in this cluster; apply crds/vps.org.yaml first")
+        }
+        Err(e) => return Err(e).context("list VpsServers"),
+    }
+    if Api::<Namespace>::all(client.clone()).get_opt(&args.system_namespace).await?.is_none() {
+        bail!("the system namespace {:?} does not exist; create it first", args.system_namespace);
+    }
+    let state = AppState::new(client.clone(), &args.system_namespace, Duration::from_secs(args.request_timeout_secs));
+    tokio::spawn(idempotency::sweep_forever(client, args.system_namespace.clone()));
+    let listener =
+        tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("listen on {}", args.listen))?;
+    tracing::info!(address = %args.listen, "Gateway listening");
+    axum::serve(listener, app(state)).with_graceful_shutdown(crate::local::wait_for_shutdown_signal()).await?;
+    tracing::info!("Gateway stopped");
+    Ok(())
+}

@@ -1,0 +1,332 @@
+//! The REST representation of servers and catalog objects: pure functions of the cached
+//! objects, no client code.
+
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use crate::api::SSH_KEY_ID_LABEL;
+use crate::api::{Phase, PowerState, VpsImage, VpsLocation, VpsPlan, VpsServer, VpsSshKey};
+use kube::ResourceExt;
+
+use super::cache::{Caches, server_id};
+
+/// Annotation the gateway sets on every write it makes to a server.
+pub const UPDATED_AT_ANNOTATION: &str = "vps.org/updated-at";
+
+/// The status the API shows: the operator's phase, corrected by what was just asked for but
+/// not yet acted on, so a GET right after start/stop/reboot shows the transition.
+pub fn api_status(s: &VpsServer) -> &'static str {
+    let Some(phase) = s.status.as_ref().and_then(|st| st.phase) else { return "provisioning" };
+    if s.spec.suspended {
+        return "suspended";
+    }
+    match (s.spec.power_state, phase) {
+        (PowerState::Running, Phase::Stopped) => return "starting",
+        (PowerState::Stopped, Phase::Active | Phase::Starting | Phase::Rebooting) => return "stopping",
+        _ => {}
+    }
+    let observed = s.status.as_ref().and_then(|st| st.observed_reboot_request.as_deref());
+    if phase == Phase::Active
+        && let Some(requested) = s.spec.reboot_requested_at.as_deref()
+        && Some(requested) != observed
+    {
+        return "rebooting";
+    }
+    phase.as_api_str()
+}
+
+/// An RFC 3339 UTC timestamp with a `Z`, to the second.
+pub fn rfc3339(ts: jiff::Timestamp) -> String {
+    ts.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
+}
+
+fn created_at<K: kube::Resource>(obj: &K) -> Option<String> {
+    obj.meta().creation_timestamp.as_ref().map(|t| rfc3339(t.0))
+}
+
+fn updated_at(s: &VpsServer) -> Option<String> {
+    s.annotations().get(UPDATED_AT_ANNOTATION).cloned().or_else(|| created_at(s))
+}
+
+/// A plan as shown in a server list item.
+#[derive(Serialize, ToSchema, Debug, Clone)]
+pub struct PlanSummary {
+    pub id: i64,
+    pub name: String,
+    pub vcpus: i32,
+    /// MiB.
+    pub memory: i64,
+    /// GiB.
+    pub storage: i64,
+}
+
+/// A plan as shown in a server's detail.
+#[derive(Serialize, ToSchema, Debug, Clone)]
+pub struct PlanDetail {
+    pub id: i64,
+    pub name: String,
+    pub vcpus: i32,
+    /// MiB.
+    pub memory: i64,
+    /// GiB.
+    pub storage: i64,
+    /// GiB per month.
+    pub bandwidth: i64,
+}
+
+/// An OS image reference.
+#[derive(Serialize, ToSchema, Debug, Clone)]
+pub struct OsRef {
+    pub id: i64,
+    pub name: String,
+}
+
+/// Live resource usage; `null` until a metrics source is configured.
+#[derive(Serialize, ToSchema, Debug, Clone)]
+pub struct ResourceUsage {
+    pub cpu_percent: f64,
+    pub memory_used: i64,
+    pub disk_used: i64,
+    pub bandwidth_used: i64,
+}
+
+/// A server in a list.
+#[derive(Serialize, ToSchema, Debug, Clone)]
+pub struct ServerListItem {
+    pub id: i64,
+    pub name: String,
+    pub hostname: Option<String>,
+    /// provisioning, active, starting, stopping, stopped, rebooting, suspended or error.
+    pub status: &'static str,
+    pub ip_address: Option<String>,
+    pub location: String,
+    pub plan: Option<PlanSummary>,
+    pub os: Option<OsRef>,
+    pub created_at: Option<String>,
+    pub updated_at: Option<String>,
+}
+
+/// One server in detail.
+#[derive(Serialize, ToSchema, Debug, Clone)]
+pub struct ServerDetail {
+    pub id: i64,
+    pub name: String,
+    pub hostname: Option<String>,
+    /// provisioning, active, starting, stopping, stopped, rebooting, suspended or error.
+    pub status: &'static str,
+    pub ip_address: Option<String>,
+    pub ipv6_address: Option<String>,
+    pub location: String,
+    pub plan: Option<PlanDetail>,
+    pub os: Option<OsRef>,
+    pub backups_enabled: bool,
+    /// Always `null` until a metrics source exists.
+    pub resource_usage: Option<ResourceUsage>,
+    pub created_at: Option<String>,
+    pub updated_at: Option<String>,
+}
+
+/// The answer to a create: the detail and a message.
+#[derive(Serialize, ToSchema, Debug, Clone)]
+pub struct CreatedServer {
+    #[serde(flatten)]
+    pub server: ServerDetail,
+    pub message: &'static str,
+}
+
+/// The server in an action's answer.
+#[derive(Serialize, ToSchema, Debug, Clone)]
+pub struct ActionServer {
+    pub id: i64,
+    pub name: String,
+    pub status: &'static str,
+}
+
+/// The answer to start, stop and reboot.
+#[derive(Serialize, ToSchema, Debug, Clone)]
+pub struct ActionResponse {
+    /// Always `success`.
+    pub status: &'static str,
+    pub message: &'static str,
+    pub server: ActionServer,
+}
+
+/// A page of results, as Django REST Framework's page-number pagination.
+#[derive(Serialize, ToSchema, Debug, Clone)]
+pub struct Page<T> {
+    pub count: usize,
+    pub next: Option<String>,
+    pub previous: Option<String>,
+    pub results: Vec<T>,
+}
+
+/// A plan in the catalog.
+#[derive(Serialize, ToSchema, Debug, Clone)]
+pub struct PlanView {
+    pub id: i64,
+    pub name: String,
+    pub vcpus: i32,
+    /// MiB.
+    pub memory: i64,
+    /// GiB.
+    pub storage: i64,
+    /// GiB per month.
+    pub bandwidth: i64,
+    /// Price per month in cents.
+    pub monthly_price_cents: i64,
+}
+
+/// A location in the catalog.
+#[derive(Serialize, ToSchema, Debug, Clone)]
+pub struct LocationView {
+    /// The location code used by servers (`us-west`).
+    pub code: String,
+    pub name: String,
+}
+
+/// An SSH key of the account.
+#[derive(Serialize, ToSchema, Debug, Clone)]
+pub struct SshKeyView {
+    pub id: i64,
+    pub name: String,
+    pub public_key: String,
+    pub created_at: Option<String>,
+}
+
+pub fn plan_view(p: &VpsPlan) -> PlanView {
+    PlanView {
+        id: p.spec.id,
+        name: p.spec.display_name.clone(),
+        vcpus: p.spec.vcpus,
+        memory: p.spec.memory,
+        storage: p.spec.storage,
+        bandwidth: p.spec.bandwidth,
+        monthly_price_cents: p.spec.monthly_price_cents,
+    }
+}
+
+pub fn os_view(i: &VpsImage) -> OsRef {
+    OsRef { id: i.spec.id, name: i.spec.display_name.clone() }
+}
+
+pub fn location_view(l: &VpsLocation) -> LocationView {
+    LocationView { code: l.name_any(), name: l.spec.display_name.clone() }
+}
+
+/// The key's integer id, from its label.
+pub fn ssh_key_id(k: &VpsSshKey) -> Option<i64> {
+    k.labels().get(SSH_KEY_ID_LABEL).and_then(|v| v.parse().ok())
+}
+
+pub fn ssh_key_view(k: &VpsSshKey) -> Option<SshKeyView> {
+    Some(SshKeyView {
+        id: ssh_key_id(k)?,
+        name: k.spec.name.clone(),
+        public_key: k.spec.public_key.clone(),
+        created_at: created_at(k),
+    })
+}
+
+/// The detail of a server; `None` when it has no id yet.
+pub fn server_detail(s: &VpsServer, caches: &Caches) -> Option<ServerDetail> {
+    let status = s.status.clone().unwrap_or_default();
+    Some(ServerDetail {
+        id: server_id(s)?,
+        name: s.spec.name.clone(),
+        hostname: s.spec.hostname.clone(),
+        status: api_status(s),
+        ip_address: status.ip_address,
+        ipv6_address: status.ipv6_address,
+        location: s.spec.location.clone(),
+        plan: caches.plan_by_name(&s.spec.plan).map(|p| PlanDetail {
+            id: p.spec.id,
+            name: p.spec.display_name.clone(),
+            vcpus: p.spec.vcpus,
+            memory: p.spec.memory,
+            storage: p.spec.storage,
+            bandwidth: p.spec.bandwidth,
+        }),
+        os: caches.image_by_name(&s.spec.os).map(|i| os_view(&i)),
+        backups_enabled: s.spec.backups_enabled,
+        resource_usage: None,
+        created_at: created_at(s),
+        updated_at: updated_at(s),
+    })
+}
+
+/// A server as a list item; `None` when it has no id yet.
+pub fn server_list_item(s: &VpsServer, caches: &Caches) -> Option<ServerListItem> {
+    let d = server_detail(s, caches)?;
+    Some(ServerListItem {
+        id: d.id,
+        name: d.name,
+        hostname: d.hostname,
+        status: d.status,
+        ip_address: d.ip_address,
+        location: d.location,
+        plan: d.plan.map(|p| PlanSummary {
+            id: p.id,
+            name: p.name,
+            vcpus: p.vcpus,
+            memory: p.memory,
+            storage: p.storage,
+        }),
+        os: d.os,
+        created_at: d.created_at,
+        updated_at: d.updated_at,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::{VpsServerSpec, VpsServerStatus};
+
+    fn mk(power: PowerState, phase: Option<Phase>) -> VpsServer {
+        let mut s = VpsServer::new(
+            "srv-1",
+            VpsServerSpec {
+                name: "web".into(),
+                plan: "standard".into(),
+                os: "ubuntu".into(),
+                location: "us-west".into(),
+                hostname: None,
+                ssh_key: None,
+                backups_enabled: false,
+                power_state: power,
+                reboot_requested_at: None,
+                suspended: false,
+            },
+        );
+        s.status = Some(VpsServerStatus { phase, ..Default::default() });
+        s
+    }
+
+    #[test]
+    fn status_is_derived_from_phase_and_pending_requests() {
+        assert_eq!(api_status(&mk(PowerState::Running, None)), "provisioning");
+        let mut no_status = mk(PowerState::Running, None);
+        no_status.status = None;
+        assert_eq!(api_status(&no_status), "provisioning");
+        assert_eq!(api_status(&mk(PowerState::Running, Some(Phase::Active))), "active");
+        assert_eq!(api_status(&mk(PowerState::Running, Some(Phase::Stopped))), "starting");
+        assert_eq!(api_status(&mk(PowerState::Stopped, Some(Phase::Active))), "stopping");
+        assert_eq!(api_status(&mk(PowerState::Stopped, Some(Phase::Rebooting))), "stopping");
+        assert_eq!(api_status(&mk(PowerState::Stopped, Some(Phase::Stopped))), "stopped");
+        assert_eq!(api_status(&mk(PowerState::Running, Some(Phase::Error))), "error");
+        let mut suspended = mk(PowerState::Running, Some(Phase::Active));
+        suspended.spec.suspended = true;
+        assert_eq!(api_status(&suspended), "suspended");
+        let mut reboot = mk(PowerState::Running, Some(Phase::Active));
+        reboot.spec.reboot_requested_at = Some("2025-01-01T00:00:00.1Z".into());
+        assert_eq!(api_status(&reboot), "rebooting");
+        reboot.status.as_mut().unwrap().observed_reboot_request = Some("2025-01-01T00:00:00.1Z".into());
+        assert_eq!(api_status(&reboot), "active");
+    }
+
+    #[test]
+    fn timestamps_are_rfc3339_utc_with_z() {
+        let ts: jiff::Timestamp = "2025-01-10T14:30:00.123+02:00".parse().unwrap();
+        assert_eq!(rfc3339(ts), "2025-01-10T12:30:00Z");
+    }
+}

@@ -1,0 +1,323 @@
+//! The operator: a kube-runtime `Controller` on `VpsServer` that owns KubeVirt
+//! `VirtualMachine`s and watches their `VirtualMachineInstance`s.
+//!
+//! - [`phase`]: pure mapping from KubeVirt's view to the server's phase.
+//! - [`vm`]: pure construction of the VirtualMachine.
+//! - [`reconcile`]: apply and cleanup (behind a finalizer).
+//! - [`backups`]: the snapshot schedule.
+//! - [`metrics`]: Prometheus metrics and health endpoints.
+
+pub mod backups;
+pub mod metrics;
+pub mod phase;
+pub mod reconcile;
+pub mod status;
+pub mod vm;
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::{StreamExt, TryStreamExt};
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::finalizer::{Event as Finalizer, finalizer};
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Client, Resource, ResourceExt};
+
+use crate::api::{VpsImage, VpsLocation, VpsPlan, VpsServer};
+use crate::ids::{IdAllocator, IdError};
+use crate::kubevirt::{VirtualMachine, VirtualMachineInstance};
+
+/// The finalizer that guarantees teardown of a server's VM, disks and snapshots.
+pub const FINALIZER: &str = "vps.org/teardown";
+
+/// Errors of a reconcile.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Kubernetes API error: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("id allocation failed: {0}")]
+    Ids(#[from] IdError),
+    #[error("finalizer error: {0}")]
+    Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
+    #[error("object has no {0}")]
+    MissingField(&'static str),
+    #[error("API call timed out")]
+    Timeout,
+}
+
+impl Error {
+    /// A bounded label for metrics.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Error::Kube(_) => "kube",
+            Error::Ids(_) => "ids",
+            Error::Finalizer(_) => "finalizer",
+            Error::MissingField(_) => "invalid",
+            Error::Timeout => "timeout",
+        }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Tunables of the operator.
+#[derive(Clone, Debug, clap::Args)]
+pub struct OperatorConfig {
+    /// Namespace of the id counters (shared with the gateway).
+    #[arg(long, env = "VPS_SYSTEM_NAMESPACE", default_value = "vps-system")]
+    pub system_namespace: String,
+    /// Time between scheduled backups.
+    #[arg(long, value_parser = humantime_duration, default_value = "24h")]
+    pub backup_interval: Duration,
+    /// Backups kept per server.
+    #[arg(long, default_value_t = 7)]
+    pub backup_keep: usize,
+    /// How soon to look again at a server whose plan, image, location or key is missing.
+    #[arg(long, value_parser = humantime_duration, default_value = "10s")]
+    pub reference_retry: Duration,
+    /// Servers reconciled at once.
+    #[arg(long, default_value_t = 16)]
+    pub concurrency: u16,
+    /// Timeout of every API call the reconciler makes.
+    #[arg(long, value_parser = humantime_duration, default_value = "15s")]
+    pub api_timeout: Duration,
+}
+
+impl Default for OperatorConfig {
+    fn default() -> Self {
+        OperatorConfig {
+            system_namespace: "vps-system".into(),
+            backup_interval: Duration::from_secs(86_400),
+            backup_keep: 7,
+            reference_retry: Duration::from_secs(10),
+            concurrency: 16,
+            api_timeout: Duration::from_secs(15),
+        }
+    }
+}
+
+/// Parses `90s`, `5m`, `24h`, `1d` or plain seconds.
+pub fn humantime_duration(s: &str) -> Result<Duration, String> {
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = num.parse().map_err(|_| format!("not a duration: {s:?}"))?;
+    let secs = match unit {
+        "" | "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        "d" => n * 86_400,
+        "ms" => return Ok(Duration::from_millis(n)),
+        _ => return Err(format!("unknown unit in {s:?} (use ms, s, m, h or d)")),
+    };
+    Ok(Duration::from_secs(secs))
+}
+
+/// What every reconcile shares.
+pub struct Context {
+    /// A client whose calls time out after `config.api_timeout`.
+    pub client: Client,
+    pub recorder: Recorder,
+    pub ids: IdAllocator,
+    pub plans: Store<VpsPlan>,
+    pub images: Store<VpsImage>,
+    pub locations: Store<VpsLocation>,
+    pub vms: Store<VirtualMachine>,
+    pub vmis: Store<VirtualMachineInstance>,
+    pub config: OperatorConfig,
+    pub metrics: metrics::Metrics,
+    /// (account namespace, image namespace) pairs whose clone RoleBinding is in place.
+    pub clone_bindings: Mutex<HashSet<(String, String)>>,
+}
+
+/// Prunes what the caches need not hold.
+fn slim<K: Resource>(object: &mut K) {
+    object.meta_mut().managed_fields = None;
+}
+
+fn reflect<K>(
+    api: Api<K>,
+    config: watcher::Config,
+) -> (Store<K>, impl futures::Stream<Item = Result<K, watcher::Error>> + Send)
+where
+    K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+{
+    let (reader, writer) = reflector::store();
+    let stream = watcher(api, config.page_size(500)).default_backoff().modify(slim).reflect(writer).touched_objects();
+    (reader, stream)
+}
+
+/// Runs the operator until the future is dropped. Serves `/metrics`, `/healthz` and
+/// `/readyz` on `metrics_addr` when given.
+pub async fn run(
+    kube_config: kube::Config,
+    config: OperatorConfig,
+    metrics_addr: Option<SocketAddr>,
+) -> anyhow::Result<()> {
+    // Watches hold their connection open; every other call gets a deadline.
+    let client = Client::try_from(kube_config.clone())?;
+    let mut call_config = kube_config;
+    call_config.read_timeout = Some(config.api_timeout);
+    call_config.write_timeout = Some(config.api_timeout);
+    call_config.connect_timeout = Some(config.api_timeout);
+    let call_client = Client::try_from(call_config)?;
+    check_crds(&client).await?;
+    let server_label = vm::SERVER_LABEL.to_string();
+    let (plans, plan_stream) = reflect(Api::<VpsPlan>::all(client.clone()), watcher::Config::default());
+    let (images, image_stream) = reflect(Api::<VpsImage>::all(client.clone()), watcher::Config::default());
+    let (locations, location_stream) = reflect(Api::<VpsLocation>::all(client.clone()), watcher::Config::default());
+    let (vms, vm_stream) =
+        reflect(Api::<VirtualMachine>::all(client.clone()), watcher::Config::default().labels(&server_label));
+    let (vmis, vmi_stream) =
+        reflect(Api::<VirtualMachineInstance>::all(client.clone()), watcher::Config::default().labels(&server_label));
+    let (servers, server_writer) = reflector::store::<VpsServer>();
+    let server_stream = watcher(Api::<VpsServer>::all(client.clone()), watcher::Config::default().page_size(500))
+        .default_backoff()
+        .modify(slim)
+        .reflect(server_writer)
+        .touched_objects()
+        // Our own status writes change neither of these: they do not wake us again.
+        .predicate_filter(spec_and_metadata, Default::default());
+
+    let metrics = metrics::Metrics::default();
+    let recorder = Recorder::new(call_client.clone(), Reporter { controller: "vps-operator".into(), instance: None });
+    let ctx = Arc::new(Context {
+        client: call_client.clone(),
+        recorder,
+        ids: IdAllocator::new(call_client.clone(), &config.system_namespace),
+        plans: plans.clone(),
+        images: images.clone(),
+        locations: locations.clone(),
+        vms: vms.clone(),
+        vmis: vmis.clone(),
+        config: config.clone(),
+        metrics: metrics.clone(),
+        clone_bindings: Mutex::new(HashSet::new()),
+    });
+    ensure_clone_cluster_role(&call_client).await;
+
+    // Catalog changes (a plan that appears, say) wake the servers that name it.
+    let catalog = futures::stream::select_all([
+        plan_stream.map_ok(|_| ()).boxed(),
+        image_stream.map_ok(|_| ()).boxed(),
+        location_stream.map_ok(|_| ()).boxed(),
+    ]);
+    let ready = metrics.ready.clone();
+    let readiness = {
+        let (plans, images, locations, vms, vmis, servers) =
+            (plans.clone(), images.clone(), locations.clone(), vms.clone(), vmis.clone(), servers.clone());
+        async move {
+            let _ = futures::join!(
+                plans.wait_until_ready(),
+                images.wait_until_ready(),
+                locations.wait_until_ready(),
+                vms.wait_until_ready(),
+                vmis.wait_until_ready(),
+                servers.wait_until_ready()
+            );
+            ready.store(true, std::sync::atomic::Ordering::SeqCst);
+            tracing::info!("Caches are synced; the operator is ready");
+        }
+    };
+    if let Some(addr) = metrics_addr {
+        tokio::spawn(metrics::serve(addr, metrics.clone()));
+    }
+    tokio::spawn(readiness);
+
+    let controller = Controller::for_stream(server_stream, servers)
+        .with_config(ControllerConfig::default().concurrency(config.concurrency))
+        .owns_stream(vm_stream)
+        .watches_stream(vmi_stream, |vmi: VirtualMachineInstance| {
+            let ns = vmi.namespace();
+            vmi.labels()
+                .get(vm::SERVER_LABEL)
+                .map(|name| ObjectRef::<VpsServer>::new(name).within(&ns.unwrap_or_default()))
+        })
+        .reconcile_all_on(catalog.filter_map(|r| async move { r.ok() }).boxed());
+    controller
+        .run(reconcile_server, error_policy, ctx)
+        .for_each(|result| async move {
+            if let Err(e) = result {
+                tracing::debug!("Reconcile failed: {e}");
+            }
+        })
+        .await;
+    Ok(())
+}
+
+/// Hash of what should wake a reconcile: generation (spec), labels, finalizers, deletion.
+fn spec_and_metadata(server: &VpsServer) -> Option<u64> {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    server.metadata.generation.hash(&mut h);
+    server.labels().get(crate::api::SERVER_ID_LABEL).hash(&mut h);
+    server.finalizers().hash(&mut h);
+    server.metadata.deletion_timestamp.as_ref().map(|t| t.0.to_string()).hash(&mut h);
+    Some(h.finish())
+}
+
+async fn reconcile_server(server: Arc<VpsServer>, ctx: Arc<Context>) -> Result<Action> {
+    let started = Instant::now();
+    let ns = server.namespace().ok_or(Error::MissingField("metadata.namespace"))?;
+    let api: Api<VpsServer> = Api::namespaced(ctx.client.clone(), &ns);
+    // Each call has its own deadline; this bounds a reconcile that makes many.
+    let timeout = ctx.config.api_timeout * 4;
+    let ctx2 = ctx.clone();
+    let result = tokio::time::timeout(
+        timeout,
+        finalizer(&api, FINALIZER, server, |event| async move {
+            match event {
+                Finalizer::Apply(s) => reconcile::apply(s, ctx2).await,
+                Finalizer::Cleanup(s) => reconcile::cleanup(s, ctx2).await,
+            }
+        }),
+    )
+    .await
+    .map_err(|_| Error::Timeout)
+    .and_then(|r| r.map_err(|e| Error::Finalizer(Box::new(e))));
+    ctx.metrics.observe(started.elapsed(), result.as_ref().err().map(Error::metric_label));
+    result
+}
+
+fn error_policy(server: Arc<VpsServer>, error: &Error, _ctx: Arc<Context>) -> Action {
+    tracing::warn!(server = %server.name_any(), namespace = ?server.namespace(), "Reconcile failed: {error}");
+    Action::requeue(Duration::from_secs(2))
+}
+
+/// Exits with a clear message when the CRDs are not installed (the operator never installs them).
+async fn check_crds(client: &Client) -> anyhow::Result<()> {
+    use kube::api::ListParams;
+    let lp = ListParams::default().limit(1);
+    Api::<VpsServer>::all(client.clone())
+        .list_metadata(&lp)
+        .await
+        .map_err(|e| anyhow::anyhow!("the vps.org CRDs are not installed (apply crds/vps.org.yaml first): {e}"))?;
+    Api::<VirtualMachine>::all(client.clone())
+        .list_metadata(&lp)
+        .await
+        .map_err(|e| anyhow::anyhow!("KubeVirt's VirtualMachine CRD is not installed (is KubeVirt installed?): {e}"))?;
+    Ok(())
+}
+
+/// The ClusterRole bound in image namespaces for CDI's clone authorization. Shipped in
+/// deploy/; created here when missing and allowed (local runs and tests).
+async fn ensure_clone_cluster_role(client: &Client) {
+    let role = serde_json::json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "ClusterRole",
+        "metadata": {"name": reconcile::CLONE_CLUSTER_ROLE},
+        "rules": [{"apiGroups": ["cdi.kubevirt.io"], "resources": ["datavolumes/source"], "verbs": ["create"]}],
+    });
+    let api: Api<k8s_openapi::api::rbac::v1::ClusterRole> = Api::all(client.clone());
+    if api.get_opt(reconcile::CLONE_CLUSTER_ROLE).await.ok().flatten().is_some() {
+        return;
+    }
+    if let Err(e) =
+        api.patch(reconcile::CLONE_CLUSTER_ROLE, &PatchParams::apply(reconcile::MANAGER), &Patch::Apply(&role)).await
+    {
+        tracing::warn!("Could not create ClusterRole {}: {e}", reconcile::CLONE_CLUSTER_ROLE);
+    }
+}

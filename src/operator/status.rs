@@ -1,0 +1,69 @@
+//! Building the server's status from an observation, keeping condition transition times
+//! stable so that an unchanged world means an unchanged status (and no write).
+
+use crate::api::{Condition, ConditionStatus, Phase, VpsServerStatus};
+
+use super::phase::Observation;
+
+/// The conditions for an observation: `Ready` (the server is running and reachable) and
+/// `ReferencesResolved` (plan, image, location and key exist).
+pub fn conditions(
+    obs: &Observation,
+    reference_ok: bool,
+    generation: Option<i64>,
+    old: &[Condition],
+    now: &str,
+) -> Vec<Condition> {
+    let ready = obs.phase == Phase::Active;
+    let refs = if reference_ok {
+        (ConditionStatus::True, "Resolved".to_string(), "Plan, image, location and SSH key exist".to_string())
+    } else {
+        (ConditionStatus::False, obs.reason.clone(), obs.message.clone())
+    };
+    let ready_c =
+        (if ready { ConditionStatus::True } else { ConditionStatus::False }, obs.reason.clone(), obs.message.clone());
+    [("Ready", ready_c), ("ReferencesResolved", refs)]
+        .into_iter()
+        .map(|(type_, (status, reason, message))| {
+            let previous = old.iter().find(|c| c.type_ == type_);
+            let last_transition_time = match previous {
+                Some(p) if p.status == status => p.last_transition_time.clone(),
+                _ => now.to_string(),
+            };
+            Condition {
+                type_: type_.into(),
+                status,
+                reason,
+                message,
+                last_transition_time,
+                observed_generation: generation,
+            }
+        })
+        .collect()
+}
+
+/// Whether two statuses differ in anything but condition timestamps.
+pub fn changed(old: &VpsServerStatus, new: &VpsServerStatus) -> bool {
+    old != new
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn obs(phase: Phase) -> Observation {
+        Observation { phase, reason: "Running".into(), message: "m".into(), ipv4: None, ipv6: None }
+    }
+
+    #[test]
+    fn transition_time_moves_only_when_status_flips() {
+        let first = conditions(&obs(Phase::Starting), true, Some(1), &[], "t1");
+        let again = conditions(&obs(Phase::Starting), true, Some(1), &first, "t2");
+        assert_eq!(first, again, "nothing changed, nothing to write");
+        let active = conditions(&obs(Phase::Active), true, Some(1), &again, "t3");
+        let ready = active.iter().find(|c| c.type_ == "Ready").unwrap();
+        assert_eq!((ready.status, ready.last_transition_time.as_str()), (ConditionStatus::True, "t3"));
+        let refs = active.iter().find(|c| c.type_ == "ReferencesResolved").unwrap();
+        assert_eq!(refs.last_transition_time, "t1");
+    }
+}

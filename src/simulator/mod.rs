@@ -1,0 +1,176 @@
+//! The node simulator: plays what real hosts do for KubeVirt, so KubeVirt's own controllers
+//! can run without machines (as kwok does for kubelets). It starts no virtual machine.
+//!
+//! - [`nodes`]: simulated Nodes with kubelet's Lease and Ready heartbeat and virt-handler's
+//!   labels, heartbeat and device resources.
+//! - [`pods`]: kubelet's part for launcher Pods.
+//! - [`vmis`]: virt-handler's part for VirtualMachineInstances.
+//! - [`volumes`]: CDI's importer for DataVolumes (a bound PVC, then Succeeded), and a CSI
+//!   snapshotter's part for VolumeSnapshots.
+//!
+//! It never writes what virt-controller owns. Failures are injected per VM with the
+//! annotation [`FAILURE_ANNOTATION`].
+
+pub mod addresses;
+pub mod nodes;
+pub mod pods;
+pub mod vmis;
+pub mod volumes;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use kube::api::Api;
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::{Client, ResourceExt};
+
+use crate::kubevirt::VirtualMachine;
+use crate::operator::humantime_duration;
+
+/// Annotation on a VirtualMachine (the operator copies it from the VpsServer) that makes the
+/// simulated hosts fail it: `image-pull`, `data-volume`, `snapshot` or `crash`.
+pub const FAILURE_ANNOTATION: &str = "simulator.vps.org/fail";
+/// The CSI driver name of simulated volumes (StorageClass provisioner and snapshot class).
+pub const DRIVER: &str = "simulator.vps.org";
+/// The simulated StorageClass (the cluster default).
+pub const STORAGE_CLASS: &str = "simulated";
+
+/// An injected failure.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Failure {
+    ImagePull,
+    DataVolume,
+    Snapshot,
+    Crash,
+}
+
+impl Failure {
+    pub fn parse(s: &str) -> Option<Failure> {
+        match s {
+            "image-pull" => Some(Failure::ImagePull),
+            "data-volume" => Some(Failure::DataVolume),
+            "snapshot" => Some(Failure::Snapshot),
+            "crash" => Some(Failure::Crash),
+            _ => None,
+        }
+    }
+}
+
+/// Flags of `vps-operator simulator`.
+#[derive(Clone, Debug, clap::Args)]
+pub struct SimulatorConfig {
+    /// Simulated nodes as `NAME:label=value,label=value` (repeatable).
+    #[arg(long = "node", default_values_t = [
+        "sim-us-west-0:topology.kubernetes.io/region=us-west".to_string(),
+        "sim-us-east-0:topology.kubernetes.io/region=us-east".to_string(),
+    ])]
+    pub nodes: Vec<String>,
+    /// IPv4 pool the guests' addresses come from.
+    #[arg(long, default_value = "10.200.0.0/16")]
+    pub ipv4_pool: String,
+    /// IPv6 pool the guests' addresses come from.
+    #[arg(long, default_value = "fd00:200::/64")]
+    pub ipv6_pool: String,
+    /// kubelet: from a bound launcher Pod to Running.
+    #[arg(long, value_parser = humantime_duration, default_value = "0s")]
+    pub pod_start_delay: Duration,
+    /// virt-handler: from a Scheduled instance to Running.
+    #[arg(long, value_parser = humantime_duration, default_value = "0s")]
+    pub boot_delay: Duration,
+    /// virt-handler: from an instance being deleted to Succeeded (guest shutdown).
+    #[arg(long, value_parser = humantime_duration, default_value = "0s")]
+    pub shutdown_delay: Duration,
+    /// CDI: from a DataVolume to Succeeded (image import).
+    #[arg(long, value_parser = humantime_duration, default_value = "0s")]
+    pub import_delay: Duration,
+    /// CSI snapshotter: from a VolumeSnapshot to ready.
+    #[arg(long, value_parser = humantime_duration, default_value = "0s")]
+    pub snapshot_delay: Duration,
+}
+
+impl Default for SimulatorConfig {
+    fn default() -> Self {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Wrapper {
+            #[command(flatten)]
+            config: SimulatorConfig,
+        }
+        Wrapper::parse_from(["simulator"]).config
+    }
+}
+
+/// Shared by the simulator's loops.
+pub struct Sim {
+    pub client: Client,
+    pub config: SimulatorConfig,
+    pub node_names: Vec<String>,
+    pub vms: Store<VirtualMachine>,
+    pub pools: addresses::Pools,
+}
+
+impl Sim {
+    /// The failure injected into the VM named `name` in `ns`, if any.
+    pub fn failure(&self, ns: &str, vm_name: &str) -> Option<Failure> {
+        self.vms
+            .get(&ObjectRef::new(vm_name).within(ns))
+            .and_then(|vm| vm.annotations().get(FAILURE_ANNOTATION).and_then(|v| Failure::parse(v)))
+    }
+
+    pub fn is_our_node(&self, node: Option<&str>) -> bool {
+        node.is_some_and(|n| self.node_names.iter().any(|m| m == n))
+    }
+}
+
+/// Runs the simulator until the future is dropped.
+pub async fn run(client: Client, config: SimulatorConfig) -> anyhow::Result<()> {
+    tracing::info!(
+        "The node simulator starts no virtual machine: it plays kubelet, virt-handler, CDI's importer and a CSI snapshotter for KubeVirt's controllers"
+    );
+    let specs = config.nodes.iter().map(|s| nodes::NodeSpec::parse(s)).collect::<anyhow::Result<Vec<_>>>()?;
+    let pools = addresses::Pools::parse(&config.ipv4_pool, &config.ipv6_pool)?;
+    volumes::ensure_storage_classes(&client).await?;
+    nodes::register(&client, &specs).await?;
+
+    let (vms, vm_writer) = kube::runtime::reflector::store();
+    let vm_watch = {
+        use futures::StreamExt;
+        use kube::runtime::WatchStreamExt;
+        kube::runtime::watcher(Api::<VirtualMachine>::all(client.clone()), Default::default())
+            .default_backoff()
+            .modify(|vm| vm.metadata.managed_fields = None)
+            .reflect(vm_writer)
+            .for_each(|_| async {})
+    };
+    let sim = Arc::new(Sim {
+        client: client.clone(),
+        node_names: specs.iter().map(|s| s.name.clone()).collect(),
+        config,
+        vms,
+        pools,
+    });
+    tokio::select! {
+        _ = vm_watch => {}
+        r = nodes::heartbeat(client.clone(), specs) => r?,
+        r = pods::run(sim.clone()) => r?,
+        r = vmis::run(sim.clone()) => r?,
+        r = volumes::run_data_volumes(sim.clone()) => r?,
+        r = volumes::run_volumes(sim.clone()) => r?,
+        r = volumes::run_snapshots(sim.clone()) => r?,
+    }
+    Ok(())
+}
+
+/// Now, as Kubernetes' `metav1.Time` serializes it (whole seconds). KubeVirt guards its
+/// patches with JSON-patch `test` operations on values it re-serialized: a stored timestamp
+/// with fractions would never compare equal.
+pub fn k8s_now() -> String {
+    jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
+}
+
+/// How long is left of `delay` since `since` (zero when passed).
+pub fn remaining(delay: Duration, since: Option<jiff::Timestamp>) -> Duration {
+    let Some(since) = since else { return Duration::ZERO };
+    let elapsed = jiff::Timestamp::now().duration_since(since).unsigned_abs();
+    delay.saturating_sub(elapsed)
+}

@@ -1,0 +1,133 @@
+//! kubelet's part for virt-launcher Pods on simulated nodes: Running with addresses once
+//! bound, Ready once virt-controller reports the guest unpaused, terminated when deleted.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Pod;
+use kube::ResourceExt;
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::watcher;
+use serde_json::{Value, json};
+
+use super::{Failure, Sim, remaining};
+
+const UNPAUSED: &str = "kubevirt.io/virtual-machine-unpaused";
+
+pub async fn run(sim: Arc<Sim>) -> anyhow::Result<()> {
+    let api: Api<Pod> = Api::all(sim.client.clone());
+    Controller::new(api, watcher::Config::default().labels("kubevirt.io=virt-launcher"))
+        .run(
+            reconcile,
+            |_, e, _| {
+                tracing::debug!("Simulated kubelet: {e}");
+                Action::requeue(Duration::from_millis(500))
+            },
+            sim,
+        )
+        .for_each(|_| async {})
+        .await;
+    Ok(())
+}
+
+fn condition_true(pod: &Pod, type_: &str) -> bool {
+    pod.status.iter().flat_map(|s| s.conditions.iter().flatten()).any(|c| c.type_ == type_ && c.status == "True")
+}
+
+async fn reconcile(pod: Arc<Pod>, sim: Arc<Sim>) -> Result<Action, kube::Error> {
+    let spec = pod.spec.clone().unwrap_or_default();
+    if !sim.is_our_node(spec.node_name.as_deref()) {
+        return Ok(Action::await_change());
+    }
+    let ns = pod.namespace().unwrap_or_default();
+    let api: Api<Pod> = Api::namespaced(sim.client.clone(), &ns);
+    let phase = pod.status.as_ref().and_then(|s| s.phase.clone()).unwrap_or_default();
+    let now = super::k8s_now();
+    let containers: Vec<String> = spec.containers.iter().map(|c| c.name.clone()).collect();
+
+    if let Some(deleted) = &pod.metadata.deletion_timestamp {
+        let wait = remaining(sim.config.shutdown_delay, Some(deleted.0));
+        if !wait.is_zero() {
+            return Ok(Action::requeue(wait));
+        }
+        if phase != "Succeeded" && phase != "Failed" {
+            let statuses: Vec<Value> = containers
+                .iter()
+                .map(|c| json!({"name": c, "ready": false, "restartCount": 0, "image": "simulated", "imageID": "simulated",
+                    "state": {"terminated": {"exitCode": 0, "reason": "Completed", "startedAt": now, "finishedAt": now}}}))
+                .collect();
+            let status = json!({"status": {"phase": "Succeeded", "containerStatuses": statuses,
+                "conditions": [{"type": "Ready", "status": "False", "reason": "PodCompleted", "lastTransitionTime": now}]}});
+            api.patch_status(&pod.name_any(), &PatchParams::default(), &Patch::Strategic(&status)).await?;
+        }
+        let dp = DeleteParams { grace_period_seconds: Some(0), ..Default::default() };
+        match api.delete(&pod.name_any(), &dp).await {
+            Ok(_) | Err(kube::Error::Api(_)) => {}
+            Err(e) => return Err(e),
+        }
+        return Ok(Action::await_change());
+    }
+
+    let vm_name = pod.labels().get("vm.kubevirt.io/name").cloned().unwrap_or_default();
+    let failure = sim.failure(&ns, &vm_name);
+    if phase != "Running" {
+        let scheduled = pod
+            .status
+            .iter()
+            .flat_map(|s| s.conditions.iter().flatten())
+            .find(|c| c.type_ == "PodScheduled")
+            .and_then(|c| c.last_transition_time.as_ref().map(|t| t.0))
+            .or_else(|| pod.creation_timestamp().map(|t| t.0));
+        let wait = remaining(sim.config.pod_start_delay, scheduled);
+        if !wait.is_zero() {
+            return Ok(Action::requeue(wait));
+        }
+        if failure == Some(Failure::ImagePull) {
+            let statuses: Vec<Value> = containers
+                .iter()
+                .map(|c| {
+                    json!({"name": c, "ready": false, "restartCount": 0, "image": "simulated", "imageID": "",
+                    "state": {"waiting": {"reason": "ErrImagePull", "message": "simulated image pull failure"}}})
+                })
+                .collect();
+            let status = json!({"status": {"phase": "Pending", "containerStatuses": statuses}});
+            api.patch_status(&pod.name_any(), &PatchParams::default(), &Patch::Strategic(&status)).await?;
+            return Ok(Action::await_change());
+        }
+        let vmi_uid =
+            pod.labels().get("kubevirt.io/created-by").cloned().unwrap_or_else(|| pod.uid().unwrap_or_default());
+        let (v4, v6) = sim.pools.for_uid(&vmi_uid);
+        let statuses: Vec<Value> = containers
+            .iter()
+            .map(|c| json!({"name": c, "ready": true, "started": true, "restartCount": 0, "image": "simulated", "imageID": "simulated",
+                "containerID": format!("simulated://{}-{c}", pod.uid().unwrap_or_default()),
+                "state": {"running": {"startedAt": now}}}))
+            .collect();
+        let host_ip = "127.0.1.1";
+        let status = json!({"status": {
+            "phase": "Running",
+            "hostIP": host_ip, "hostIPs": [{"ip": host_ip}],
+            "podIP": v4, "podIPs": [{"ip": v4}, {"ip": v6}],
+            "startTime": now,
+            "containerStatuses": statuses,
+            "conditions": [
+                {"type": "Initialized", "status": "True", "lastTransitionTime": now},
+                {"type": "ContainersReady", "status": "True", "lastTransitionTime": now},
+                {"type": "Ready", "status": if condition_true(&pod, UNPAUSED) { "True" } else { "False" }, "lastTransitionTime": now},
+            ],
+        }});
+        api.patch_status(&pod.name_any(), &PatchParams::default(), &Patch::Strategic(&status)).await?;
+        return Ok(Action::await_change());
+    }
+    // Running: Ready follows the readiness gate virt-controller sets.
+    let gate = condition_true(&pod, UNPAUSED);
+    if gate != condition_true(&pod, "Ready") {
+        let status = json!({"status": {"conditions": [
+            {"type": "Ready", "status": if gate { "True" } else { "False" }, "lastTransitionTime": now}
+        ]}});
+        api.patch_status(&pod.name_any(), &PatchParams::default(), &Patch::Strategic(&status)).await?;
+    }
+    Ok(Action::await_change())
+}

@@ -1,0 +1,123 @@
+//! virt-handler's part for VirtualMachineInstances on simulated nodes: Scheduled → Running
+//! with interfaces; an instance being deleted → Succeeded (the guest shut down).
+//! VMIs have no status subresource: every write is a patch of the whole object guarded by
+//! its resourceVersion (a conflict is retried by the controller).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use kube::ResourceExt;
+use kube::api::{Api, DynamicObject, Patch, PatchParams};
+use kube::core::ApiResource;
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::watcher;
+use serde_json::{Value, json};
+
+use super::{Failure, Sim, remaining};
+
+fn resource() -> ApiResource {
+    ApiResource {
+        group: "kubevirt.io".into(),
+        version: "v1".into(),
+        api_version: "kubevirt.io/v1".into(),
+        kind: "VirtualMachineInstance".into(),
+        plural: "virtualmachineinstances".into(),
+    }
+}
+
+pub async fn run(sim: Arc<Sim>) -> anyhow::Result<()> {
+    let api: Api<DynamicObject> = Api::all_with(sim.client.clone(), &resource());
+    Controller::new_with(api, watcher::Config::default(), resource())
+        .run(
+            reconcile,
+            |_, e, _| {
+                tracing::debug!("Simulated virt-handler: {e}");
+                Action::requeue(Duration::from_millis(300))
+            },
+            sim,
+        )
+        .for_each(|_| async {})
+        .await;
+    Ok(())
+}
+
+async fn reconcile(vmi: Arc<DynamicObject>, sim: Arc<Sim>) -> Result<Action, kube::Error> {
+    let status = vmi.data.get("status").cloned().unwrap_or(Value::Null);
+    let node = status["nodeName"].as_str();
+    if !sim.is_our_node(node) {
+        return Ok(Action::await_change());
+    }
+    let ns = vmi.namespace().unwrap_or_default();
+    let name = vmi.name_any();
+    let api: Api<DynamicObject> = Api::namespaced_with(sim.client.clone(), &ns, &resource());
+    let phase = status["phase"].as_str().unwrap_or("");
+    let final_phase = phase == "Succeeded" || phase == "Failed";
+    let rv = vmi.resource_version();
+    let now = super::k8s_now();
+    let transition = |p: &str| {
+        let mut list = status["phaseTransitionTimestamps"].as_array().cloned().unwrap_or_default();
+        list.push(json!({"phase": p, "phaseTransitionTimestamp": now}));
+        Value::Array(list)
+    };
+
+    if let Some(deleted) = &vmi.metadata.deletion_timestamp {
+        if final_phase {
+            return Ok(Action::await_change());
+        }
+        let wait = remaining(sim.config.shutdown_delay, Some(deleted.0));
+        if !wait.is_zero() {
+            return Ok(Action::requeue(wait));
+        }
+        let patch = json!({"metadata": {"resourceVersion": rv}, "status": {"phase": "Succeeded", "phaseTransitionTimestamps": transition("Succeeded")}});
+        api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch)).await?;
+        return Ok(Action::await_change());
+    }
+
+    match phase {
+        "Scheduled" => {
+            let since = status["phaseTransitionTimestamps"]
+                .as_array()
+                .and_then(|l| l.iter().rev().find(|t| t["phase"] == "Scheduled"))
+                .and_then(|t| t["phaseTransitionTimestamp"].as_str())
+                .and_then(|t| t.parse::<jiff::Timestamp>().ok());
+            let wait = remaining(sim.config.boot_delay, since);
+            if !wait.is_zero() {
+                return Ok(Action::requeue(wait));
+            }
+            let (v4, v6) = sim.pools.for_uid(&vmi.uid().unwrap_or_default());
+            let patch = json!({
+                "metadata": {"resourceVersion": rv},
+                "status": {
+                    "phase": "Running",
+                    "phaseTransitionTimestamps": transition("Running"),
+                    "interfaces": [{
+                        "name": "default", "interfaceName": "eth0", "mac": mac(&v4),
+                        "ipAddress": v4, "ipAddresses": [v4, v6],
+                        "infoSource": "domain", "linkState": "up", "queueCount": 1,
+                    }],
+                    "machine": {"type": "q35"},
+                    "migrationMethod": "BlockMigration",
+                    "guestOSInfo": {},
+                },
+            });
+            api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch)).await?;
+            Ok(Action::await_change())
+        }
+        "Running" => {
+            let vm_name = vmi.labels().get("vm.kubevirt.io/name").cloned().unwrap_or_else(|| name.clone());
+            if sim.failure(&ns, &vm_name) == Some(Failure::Crash) {
+                let patch = json!({"metadata": {"resourceVersion": rv}, "status": {"phase": "Failed", "phaseTransitionTimestamps": transition("Failed")}});
+                api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch)).await?;
+            }
+            Ok(Action::await_change())
+        }
+        _ => Ok(Action::await_change()),
+    }
+}
+
+/// A locally administered MAC derived from the IPv4 address.
+fn mac(v4: &str) -> String {
+    let octets: Vec<u8> = v4.split('.').filter_map(|o| o.parse().ok()).collect();
+    format!("02:00:{:02x}:{:02x}:{:02x}:{:02x}", octets[0], octets[1], octets[2], octets[3])
+}

@@ -1,0 +1,209 @@
+//! CDI's importer and a CSI driver and snapshotter, simulated: a DataVolume gets a PVC bound
+//! to a simulated PV and then `Succeeded`; a VolumeSnapshot becomes ready; released PVs go.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
+use k8s_openapi::api::storage::v1::StorageClass;
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::watcher;
+use kube::{Client, Resource, ResourceExt};
+use serde_json::json;
+
+use super::{DRIVER, Failure, STORAGE_CLASS, Sim, remaining};
+use crate::kubevirt::{DataVolume, VolumeSnapshot};
+
+const MANAGER: &str = "vps-node-simulator";
+
+/// The simulated StorageClass (default) and its VolumeSnapshotClass.
+pub async fn ensure_storage_classes(client: &Client) -> anyhow::Result<()> {
+    let class = json!({
+        "apiVersion": "storage.k8s.io/v1", "kind": "StorageClass",
+        "metadata": {"name": STORAGE_CLASS, "annotations": {"storageclass.kubernetes.io/is-default-class": "true"}},
+        "provisioner": DRIVER, "reclaimPolicy": "Delete", "volumeBindingMode": "Immediate", "allowVolumeExpansion": true,
+    });
+    Api::<StorageClass>::all(client.clone())
+        .patch(STORAGE_CLASS, &PatchParams::apply(MANAGER).force(), &Patch::Apply(&class))
+        .await?;
+    let snapshot_class = json!({
+        "apiVersion": "snapshot.storage.k8s.io/v1", "kind": "VolumeSnapshotClass",
+        "metadata": {"name": STORAGE_CLASS, "annotations": {"snapshot.storage.kubernetes.io/is-default-class": "true"}},
+        "driver": DRIVER, "deletionPolicy": "Delete",
+    });
+    let ar = kube::core::ApiResource {
+        group: "snapshot.storage.k8s.io".into(),
+        version: "v1".into(),
+        api_version: "snapshot.storage.k8s.io/v1".into(),
+        kind: "VolumeSnapshotClass".into(),
+        plural: "volumesnapshotclasses".into(),
+    };
+    Api::<kube::api::DynamicObject>::all_with(client.clone(), &ar)
+        .patch(STORAGE_CLASS, &PatchParams::apply(MANAGER).force(), &Patch::Apply(&snapshot_class))
+        .await?;
+    Ok(())
+}
+
+fn requeue_on_error<K, E: std::fmt::Display>(_: Arc<K>, e: &E, _: Arc<Sim>) -> Action {
+    tracing::debug!("Simulated storage: {e}");
+    Action::requeue(Duration::from_millis(500))
+}
+
+/// CDI's importer: every DataVolume not yet Succeeded.
+pub async fn run_data_volumes(sim: Arc<Sim>) -> anyhow::Result<()> {
+    let api: Api<DataVolume> = Api::all(sim.client.clone());
+    Controller::new(api, watcher::Config::default())
+        .owns(
+            Api::<PersistentVolumeClaim>::all(sim.client.clone()),
+            watcher::Config::default().labels("simulator.vps.org/volume"),
+        )
+        .run(reconcile_data_volume, requeue_on_error, sim)
+        .for_each(|_| async {})
+        .await;
+    Ok(())
+}
+
+async fn reconcile_data_volume(dv: Arc<DataVolume>, sim: Arc<Sim>) -> Result<Action, kube::Error> {
+    let phase = dv.status.as_ref().and_then(|s| s.phase.clone()).unwrap_or_default();
+    if phase == "Succeeded" || phase == "Failed" || dv.metadata.deletion_timestamp.is_some() {
+        return Ok(Action::await_change());
+    }
+    let ns = dv.namespace().unwrap_or_default();
+    let name = dv.name_any();
+    let dvs: Api<DataVolume> = Api::namespaced(sim.client.clone(), &ns);
+    let now = super::k8s_now();
+    let vm =
+        dv.owner_references().iter().find(|o| o.kind == "VirtualMachine").map(|o| o.name.clone()).unwrap_or_default();
+    if sim.failure(&ns, &vm) == Some(Failure::DataVolume) {
+        let status = json!({"status": {"phase": "Failed", "progress": "N/A", "conditions": [
+            {"type": "Running", "status": "False", "reason": "Error", "message": "simulated import failure", "lastTransitionTime": now, "lastHeartbeatTime": now},
+            {"type": "Ready", "status": "False", "reason": "Error", "lastTransitionTime": now, "lastHeartbeatTime": now},
+        ]}});
+        dvs.patch_status(&name, &PatchParams::default(), &Patch::Merge(&status)).await?;
+        return Ok(Action::await_change());
+    }
+    let storage = &dv.spec.rest.get("storage").or_else(|| dv.spec.rest.get("pvc")).cloned().unwrap_or_default();
+    let size = storage["resources"]["requests"]["storage"].as_str().unwrap_or("10Gi").to_string();
+    let class = storage["storageClassName"].as_str().unwrap_or(STORAGE_CLASS).to_string();
+
+    let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(sim.client.clone(), &ns);
+    let pvc = match pvcs.get_opt(&name).await? {
+        Some(pvc) => pvc,
+        None => {
+            let pvc = json!({
+                "apiVersion": "v1", "kind": "PersistentVolumeClaim",
+                "metadata": {"name": name, "namespace": ns, "labels": {"simulator.vps.org/volume": "true"},
+                    "ownerReferences": [dv.controller_owner_ref(&()).expect("a DataVolume from the API has a uid")]},
+                "spec": {"accessModes": ["ReadWriteOnce"], "storageClassName": class, "volumeMode": "Filesystem",
+                    "resources": {"requests": {"storage": size}}},
+            });
+            let created = pvcs.patch(&name, &PatchParams::apply(MANAGER), &Patch::Apply(&pvc)).await?;
+            let pv = json!({
+                "apiVersion": "v1", "kind": "PersistentVolume",
+                "metadata": {"name": format!("sim-{}", created.uid().unwrap_or_default()), "labels": {"simulator.vps.org/volume": "true"}},
+                "spec": {"accessModes": ["ReadWriteOnce"], "capacity": {"storage": size}, "storageClassName": class,
+                    "persistentVolumeReclaimPolicy": "Retain", "volumeMode": "Filesystem",
+                    "claimRef": {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "namespace": ns, "name": name, "uid": created.uid()},
+                    "csi": {"driver": DRIVER, "volumeHandle": created.uid()}},
+            });
+            let pv_name = format!("sim-{}", created.uid().unwrap_or_default());
+            Api::<PersistentVolume>::all(sim.client.clone())
+                .patch(&pv_name, &PatchParams::apply(MANAGER), &Patch::Apply(&pv))
+                .await?;
+            created
+        }
+    };
+    if pvc.status.as_ref().and_then(|s| s.phase.as_deref()) != Some("Bound") {
+        // kube-controller-manager binds it; the PVC watch wakes us.
+        let status = json!({"status": {"phase": "ImportScheduled", "progress": "N/A", "claimName": name}});
+        if phase.is_empty() {
+            dvs.patch_status(&name, &PatchParams::default(), &Patch::Merge(&status)).await?;
+        }
+        return Ok(Action::requeue(Duration::from_secs(2)));
+    }
+    let wait = remaining(sim.config.import_delay, dv.creation_timestamp().map(|t| t.0));
+    if !wait.is_zero() {
+        return Ok(Action::requeue(wait));
+    }
+    let status = json!({"status": {"phase": "Succeeded", "progress": "100.0%", "claimName": name, "conditions": [
+        {"type": "Bound", "status": "True", "reason": "Bound", "lastTransitionTime": now, "lastHeartbeatTime": now},
+        {"type": "Ready", "status": "True", "reason": "Completed", "lastTransitionTime": now, "lastHeartbeatTime": now},
+        {"type": "Running", "status": "False", "reason": "Completed", "lastTransitionTime": now, "lastHeartbeatTime": now},
+    ]}});
+    dvs.patch_status(&name, &PatchParams::default(), &Patch::Merge(&status)).await?;
+    Ok(Action::await_change())
+}
+
+/// The CSI driver's cleanup: simulated PVs whose claim is gone are deleted.
+pub async fn run_volumes(sim: Arc<Sim>) -> anyhow::Result<()> {
+    let api: Api<PersistentVolume> = Api::all(sim.client.clone());
+    Controller::new(api, watcher::Config::default().labels("simulator.vps.org/volume"))
+        .run(
+            |pv: Arc<PersistentVolume>, sim: Arc<Sim>| async move {
+                let phase = pv.status.as_ref().and_then(|s| s.phase.as_deref()).unwrap_or("");
+                if phase == "Released" || phase == "Failed" {
+                    let api: Api<PersistentVolume> = Api::all(sim.client.clone());
+                    match api.delete(&pv.name_any(), &DeleteParams::background()).await {
+                        Ok(_) | Err(kube::Error::Api(_)) => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+                Ok(Action::await_change())
+            },
+            requeue_on_error,
+            sim,
+        )
+        .for_each(|_| async {})
+        .await;
+    Ok(())
+}
+
+/// The CSI snapshotter: VolumeSnapshots become ready.
+pub async fn run_snapshots(sim: Arc<Sim>) -> anyhow::Result<()> {
+    let api: Api<VolumeSnapshot> = Api::all(sim.client.clone());
+    Controller::new(api, watcher::Config::default())
+        .run(reconcile_snapshot, requeue_on_error, sim)
+        .for_each(|_| async {})
+        .await;
+    Ok(())
+}
+
+async fn reconcile_snapshot(snapshot: Arc<VolumeSnapshot>, sim: Arc<Sim>) -> Result<Action, kube::Error> {
+    if snapshot.status.as_ref().and_then(|s| s.ready_to_use) == Some(true)
+        || snapshot.metadata.deletion_timestamp.is_some()
+    {
+        return Ok(Action::await_change());
+    }
+    let ns = snapshot.namespace().unwrap_or_default();
+    let pvc_name = snapshot.spec.source["persistentVolumeClaimName"].as_str().unwrap_or_default().to_string();
+    // The VM behind the volume: PVC ← DataVolume ← VirtualMachine.
+    let dvs: Api<DataVolume> = Api::namespaced(sim.client.clone(), &ns);
+    let vm = match dvs.get_opt(&pvc_name).await? {
+        Some(dv) => dv.owner_references().iter().find(|o| o.kind == "VirtualMachine").map(|o| o.name.clone()),
+        None => None,
+    };
+    if vm.is_some_and(|vm| sim.failure(&ns, &vm) == Some(Failure::Snapshot)) {
+        return Ok(Action::await_change()); // never ready: KubeVirt fails it at its deadline
+    }
+    let wait = remaining(sim.config.snapshot_delay, snapshot.creation_timestamp().map(|t| t.0));
+    if !wait.is_zero() {
+        return Ok(Action::requeue(wait));
+    }
+    let size = match Api::<PersistentVolumeClaim>::namespaced(sim.client.clone(), &ns).get_opt(&pvc_name).await? {
+        Some(pvc) => pvc
+            .spec
+            .and_then(|s| s.resources)
+            .and_then(|r| r.requests)
+            .and_then(|r| r.get("storage").map(|q| q.0.clone()))
+            .unwrap_or_else(|| "1Gi".into()),
+        None => "1Gi".into(),
+    };
+    let status = json!({"status": {"readyToUse": true, "creationTime": super::k8s_now(), "restoreSize": size,
+        "boundVolumeSnapshotContentName": format!("snapcontent-{}", snapshot.uid().unwrap_or_default())}});
+    Api::<VolumeSnapshot>::namespaced(sim.client.clone(), &ns)
+        .patch_status(&snapshot.name_any(), &PatchParams::default(), &Patch::Merge(&status))
+        .await?;
+    Ok(Action::await_change())
+}

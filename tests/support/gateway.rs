@@ -1,0 +1,198 @@
+//! Gateway test support: the shared catalog, tenants (namespace + account + token), and a
+//! gateway served in-process on a real listener (127.0.0.1:0).
+
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Namespace;
+use kube::Client;
+use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
+use reqwest::header::HeaderMap;
+use serde_json::{Value, json};
+use vps_operator::api::{VpsAccount, VpsImage, VpsLocation, VpsPlan};
+use vps_operator::gateway::{self, AppState};
+
+pub const SYSTEM_NAMESPACE: &str = "vps-system";
+
+/// Creates the system namespace once (idempotent: other tests may have made it).
+pub async fn ensure_system_namespace(client: &Client) {
+    let ns = Namespace {
+        metadata: ObjectMeta { name: Some(SYSTEM_NAMESPACE.into()), ..Default::default() },
+        ..Default::default()
+    };
+    match Api::<Namespace>::all(client.clone()).create(&PostParams::default(), &ns).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(e)) if e.code == 409 => {}
+        Err(e) => panic!("create {SYSTEM_NAMESPACE}: {e}"),
+    }
+}
+
+/// The catalog of the original documentation, applied server-side (idempotent; shared by
+/// every test of the binary).
+pub async fn ensure_catalog(client: &Client) {
+    let pp = PatchParams::apply("gateway-tests").force();
+    let plans: Api<VpsPlan> = Api::all(client.clone());
+    for (name, id, display, vcpus, memory, storage, bandwidth, price) in [
+        ("standard", 1, "Standard VPS", 2, 4096, 80, 2048, 1000),
+        ("performance", 2, "Performance VPS", 4, 8192, 160, 4096, 4000),
+    ] {
+        let plan = json!({"apiVersion": "vps.org/v1alpha1", "kind": "VpsPlan", "metadata": {"name": name},
+            "spec": {"id": id, "displayName": display, "vcpus": vcpus, "memory": memory, "storage": storage,
+                     "bandwidth": bandwidth, "monthlyPriceCents": price}});
+        plans.patch(name, &pp, &Patch::Apply(&plan)).await.expect("apply plan");
+    }
+    let images: Api<VpsImage> = Api::all(client.clone());
+    for (name, id, display) in [("ubuntu-22-04", 5, "Ubuntu 22.04 LTS"), ("debian-12", 3, "Debian 12")] {
+        let image = json!({"apiVersion": "vps.org/v1alpha1", "kind": "VpsImage", "metadata": {"name": name},
+            "spec": {"id": id, "displayName": display,
+                     "source": {"dataSourceNamespace": "vps-images", "dataSourceName": name}}});
+        images.patch(name, &pp, &Patch::Apply(&image)).await.expect("apply image");
+    }
+    let locations: Api<VpsLocation> = Api::all(client.clone());
+    for (name, display) in [("us-west", "US West (Oregon)"), ("us-east", "US East (Virginia)")] {
+        let location = json!({"apiVersion": "vps.org/v1alpha1", "kind": "VpsLocation", "metadata": {"name": name},
+            "spec": {"displayName": display}});
+        locations.patch(name, &pp, &Patch::Apply(&location)).await.expect("apply location");
+    }
+}
+
+/// One account of a test: its namespace, the account's name, and a token for it.
+pub struct Tenant {
+    pub account: String,
+    pub namespace: String,
+    pub token: String,
+}
+
+/// A namespace, a `VpsAccount` for it with `credit_cents`, and a token.
+pub async fn tenant(client: &Client, test: &str, credit_cents: i64) -> Tenant {
+    ensure_system_namespace(client).await;
+    ensure_catalog(client).await;
+    let namespace = super::namespace(client, test).await;
+    let account = namespace.clone();
+    let obj = json!({"apiVersion": "vps.org/v1alpha1", "kind": "VpsAccount", "metadata": {"name": account},
+        "spec": {"namespace": namespace, "creditCents": credit_cents}});
+    Api::<VpsAccount>::all(client.clone())
+        .patch(&account, &PatchParams::apply("gateway-tests").force(), &Patch::Apply(&obj))
+        .await
+        .expect("apply account");
+    let token = vps_operator::tokens::create(client, SYSTEM_NAMESPACE, &account).await.expect("create token");
+    Tenant { account, namespace, token }
+}
+
+/// A gateway served in this test's runtime; stops when dropped.
+pub struct Gateway {
+    pub url: String,
+    pub state: AppState,
+    pub http: reqwest::Client,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// An answer: status, headers, body as JSON (`Null` when empty, a string when not JSON).
+pub struct Answer {
+    pub status: u16,
+    pub headers: HeaderMap,
+    pub body: Value,
+}
+
+impl std::fmt::Debug for Answer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}", self.status, self.body)
+    }
+}
+
+impl Answer {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+/// Starts a gateway on 127.0.0.1:0 against the shared control plane; returns once its
+/// caches have synced.
+pub async fn start(client: &Client) -> Gateway {
+    ensure_system_namespace(client).await;
+    let state = AppState::new(client.clone(), SYSTEM_NAMESPACE, Duration::from_secs(30));
+    tokio::time::timeout(Duration::from_secs(30), state.caches.wait_ready()).await.expect("gateway caches sync");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let app = gateway::app(state.clone());
+    let task = tokio::spawn(async move {
+        axum::serve(listener, app).await.expect("serve");
+    });
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(60))
+        .build()
+        .unwrap();
+    Gateway { url, state, http, task }
+}
+
+impl Gateway {
+    /// Sends a request with an optional JSON body, as the original's samples do
+    /// (`Content-Type: application/json` always).
+    pub async fn call(&self, method: &str, path: &str, token: Option<&str>, body: Option<Value>) -> Answer {
+        let bytes = body.map(|b| serde_json::to_vec(&b).unwrap()).unwrap_or_default();
+        self.raw(method, path, token, bytes, &[]).await
+    }
+
+    /// Sends raw bytes with extra headers.
+    pub async fn raw(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Vec<u8>,
+        headers: &[(&str, &str)],
+    ) -> Answer {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        let mut req =
+            self.http.request(method, format!("{}{path}", self.url)).header("Content-Type", "application/json");
+        if let Some(token) = token {
+            req = req.header("Authorization", format!("Bearer {token}"));
+        }
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        if !body.is_empty() {
+            req = req.body(body);
+        }
+        let res = req.send().await.expect("send request");
+        let status = res.status().as_u16();
+        let headers = res.headers().clone();
+        let text = res.text().await.unwrap();
+        let body =
+            if text.is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap_or(Value::String(text)) };
+        Answer { status, headers, body }
+    }
+
+    /// Waits until the gateway accepts a token (tokens made after it started reach its cache
+    /// through a watch).
+    pub async fn wait_token(&self, token: &str) {
+        for _ in 0..500 {
+            if self.call("GET", "/api/v1/plans/", Some(token), None).await.status == 200 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("the gateway never accepted the token");
+    }
+}
+
+/// Polls `check` until it returns true (10 s at most).
+pub async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    for _ in 0..500 {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("timed out waiting for: {what}");
+}
