@@ -5,11 +5,11 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use kube::api::{Api, PostParams};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 use serde_json::json;
 use vps_operator::api::{Phase, VpsServer};
-use vps_operator::kubevirt::{DataVolume, VirtualMachine};
+use vps_operator::kubevirt::{DataVolume, VirtualMachine, VirtualMachineInstance, VirtualMachineSnapshot};
 
 fn server(name: &str) -> VpsServer {
     serde_json::from_value(json!({
@@ -79,4 +79,377 @@ async fn create_provisions_to_active_with_addresses() {
     assert_eq!(vm.spec.run_strategy.as_deref(), Some("Always"));
     assert_eq!(vm.owner_references()[0].kind, "VpsServer");
     assert!(Api::<DataVolume>::namespaced(client.clone(), &ns).get_opt("web-root").await.unwrap().is_some());
+}
+
+async fn patch_spec(api: &Api<VpsServer>, name: &str, spec: serde_json::Value) {
+    api.patch(name, &PatchParams::default(), &Patch::Merge(&json!({ "spec": spec }))).await.unwrap();
+}
+
+async fn vmi_uid(client: &Client, ns: &str, name: &str) -> Option<String> {
+    Api::<VirtualMachineInstance>::namespaced(client.clone(), ns).get_opt(name).await.unwrap().and_then(|v| v.uid())
+}
+
+async fn run_strategy(client: &Client, ns: &str, name: &str) -> Option<String> {
+    Api::<VirtualMachine>::namespaced(client.clone(), ns).get(name).await.unwrap().spec.run_strategy
+}
+
+fn reason(s: &VpsServer) -> String {
+    s.status
+        .as_ref()
+        .and_then(|st| st.conditions.iter().find(|c| c.type_ == "Ready"))
+        .map(|c| c.reason.clone())
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn stop_start_reboot() {
+    let (client, ns, api) = setup("power").await;
+    api.create(&PostParams::default(), &server("pw")).await.unwrap();
+    wait_phase(&api, "pw", Phase::Active).await;
+
+    patch_spec(&api, "pw", json!({"powerState": "Stopped"})).await;
+    let stopped = wait_phase(&api, "pw", Phase::Stopped).await;
+    assert_eq!(run_strategy(&client, &ns, "pw").await.as_deref(), Some("Halted"));
+    assert_eq!(stopped.status.unwrap().ip_address, None, "a stopped server has no address");
+    wait_until(30, "the instance is gone", || async { vmi_uid(&client, &ns, "pw").await.is_none() }).await;
+
+    patch_spec(&api, "pw", json!({"powerState": "Running"})).await;
+    wait_phase(&api, "pw", Phase::Active).await;
+    assert_eq!(run_strategy(&client, &ns, "pw").await.as_deref(), Some("Always"));
+
+    let before = vmi_uid(&client, &ns, "pw").await.expect("a running instance");
+    patch_spec(&api, "pw", json!({"rebootRequestedAt": "2026-11-27T00:00:00Z"})).await;
+    wait_for(&api, "pw", 30, "rebooting", |s| {
+        phase(s) == Some(Phase::Rebooting)
+            || s.status.as_ref().and_then(|st| st.observed_reboot_request.as_deref()) == Some("2026-11-27T00:00:00Z")
+    })
+    .await;
+    let active = wait_for(&api, "pw", 90, "active after reboot", |s| {
+        phase(s) == Some(Phase::Active)
+            && s.status
+                .as_ref()
+                .is_some_and(|st| st.reboot_from_instance.is_none() && st.observed_reboot_request.is_some())
+    })
+    .await;
+    let after = vmi_uid(&client, &ns, "pw").await.expect("a new instance");
+    assert_ne!(before, after, "the reboot replaced the instance");
+    assert!(active.status.unwrap().ip_address.is_some());
+
+    // The same stamp again is not a second reboot.
+    patch_spec(&api, "pw", json!({"name": "pw-renamed"})).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(vmi_uid(&client, &ns, "pw").await.as_deref(), Some(after.as_str()));
+}
+
+#[tokio::test]
+async fn suspend_and_lift() {
+    let (client, ns, api) = setup("suspend").await;
+    api.create(&PostParams::default(), &server("su")).await.unwrap();
+    wait_phase(&api, "su", Phase::Active).await;
+    patch_spec(&api, "su", json!({"suspended": true})).await;
+    wait_phase(&api, "su", Phase::Suspended).await;
+    assert_eq!(run_strategy(&client, &ns, "su").await.as_deref(), Some("Halted"));
+    wait_until(30, "a suspended server's instance is gone", || async { vmi_uid(&client, &ns, "su").await.is_none() })
+        .await;
+    patch_spec(&api, "su", json!({"suspended": false})).await;
+    wait_phase(&api, "su", Phase::Active).await;
+}
+
+#[tokio::test]
+async fn bad_references_are_errors_until_fixed() {
+    let (client, ns, api) = setup("badref").await;
+    let vms: Api<VirtualMachine> = Api::namespaced(client.clone(), &ns);
+    for (field, value, reason_want, fixed) in [
+        ("plan", "no-such-plan", "PlanNotFound", None),
+        ("os", "no-such-image", "ImageNotFound", None),
+        ("location", "no-such-place", "LocationNotFound", None),
+        ("sshKey", "missing-key", "SshKeyNotFound", Some("missing-key")),
+    ] {
+        let name = format!("bad-{}", field.to_lowercase());
+        let mut s = server(&name);
+        let mut spec = serde_json::to_value(&s.spec).unwrap();
+        spec[field] = json!(value);
+        s.spec = serde_json::from_value(spec).unwrap();
+        api.create(&PostParams::default(), &s).await.unwrap();
+        let failed = wait_for(&api, &name, 30, reason_want, |s| phase(s) == Some(Phase::Error)).await;
+        assert_eq!(reason(&failed), reason_want);
+        assert!(
+            failed
+                .status
+                .unwrap()
+                .conditions
+                .iter()
+                .any(|c| c.type_ == "ReferencesResolved" && c.reason == reason_want)
+        );
+        assert!(vms.get_opt(&name).await.unwrap().is_none(), "no VM for a server with a bad {field}");
+        let events = Api::<k8s_openapi::api::events::v1::Event>::namespaced(client.clone(), &ns)
+            .list(&Default::default())
+            .await
+            .unwrap();
+        assert!(
+            events
+                .items
+                .iter()
+                .any(|e| e.type_.as_deref() == Some("Warning") && e.reason.as_deref() == Some(reason_want)),
+            "a Warning event {reason_want}"
+        );
+        match fixed {
+            // The missing key appears: the server recovers on its own.
+            Some(key) => {
+                let k: vps_operator::api::VpsSshKey = serde_json::from_value(json!({
+                    "apiVersion": "vps.org/v1alpha1", "kind": "VpsSshKey", "metadata": {"name": key},
+                    "spec": {"name": "laptop", "publicKey": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBc me@laptop"}
+                }))
+                .unwrap();
+                Api::<vps_operator::api::VpsSshKey>::namespaced(client.clone(), &ns)
+                    .create(&PostParams::default(), &k)
+                    .await
+                    .unwrap();
+                wait_phase(&api, &name, Phase::Active).await;
+                let vm = vms.get(&name).await.unwrap();
+                let user_data = serde_json::to_string(&vm.spec.template).unwrap();
+                assert!(user_data.contains("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBc me@laptop"));
+            }
+            // Plan, image and location are immutable: a bad one is fixed by deleting the server.
+            None => {
+                api.delete(&name, &DeleteParams::default()).await.unwrap();
+                wait_gone(&api, &name).await;
+            }
+        }
+    }
+}
+
+async fn wait_until<F: std::future::Future<Output = bool>>(secs: u64, what: &str, check: impl Fn() -> F) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !check().await {
+        assert!(Instant::now() < deadline, "not true after {secs} s: {what}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn wait_gone(api: &Api<VpsServer>, name: &str) {
+    for _ in 0..450 {
+        if api.get_opt(name).await.unwrap().is_none() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    panic!("server {name} still exists after 90 s: {:#?}", api.get(name).await.unwrap().status);
+}
+
+#[tokio::test]
+async fn deletion_tears_everything_down() {
+    let (client, ns, api) = setup("delete").await;
+    api.create(&PostParams::default(), &server("del")).await.unwrap();
+    wait_phase(&api, "del", Phase::Active).await;
+    let s = api.get("del").await.unwrap();
+    assert!(s.finalizers().iter().any(|f| f == "vps.org/teardown"));
+    api.delete("del", &DeleteParams::default()).await.unwrap();
+    wait_gone(&api, "del").await;
+    let vm = Api::<VirtualMachine>::namespaced(client.clone(), &ns).get_opt("del").await.unwrap();
+    assert!(vm.is_none(), "the VM outlived its server: {:?}", vm.map(|v| v.metadata));
+    assert!(Api::<VirtualMachineInstance>::namespaced(client.clone(), &ns).get_opt("del").await.unwrap().is_none());
+    assert!(Api::<DataVolume>::namespaced(client.clone(), &ns).get_opt("del-root").await.unwrap().is_none());
+}
+
+#[tokio::test]
+async fn failures_on_the_hosts_are_errors_with_their_reason() {
+    let (client, _ns, api) = setup("failures").await;
+    // A location whose nodes do not exist: kube-scheduler cannot place the launcher Pod.
+    let nowhere: vps_operator::api::VpsLocation = serde_json::from_value(json!({
+        "apiVersion": "vps.org/v1alpha1", "kind": "VpsLocation", "metadata": {"name": "nowhere"},
+        "spec": {"displayName": "Nowhere", "nodeSelector": {"topology.kubernetes.io/region": "nowhere"}}
+    }))
+    .unwrap();
+    let locations: Api<vps_operator::api::VpsLocation> = Api::all(client.clone());
+    let _ = locations.create(&PostParams::default(), &nowhere).await;
+    let mut s = server("unsched");
+    s.spec.location = "nowhere".into();
+    api.create(&PostParams::default(), &s).await.unwrap();
+
+    for (name, failure) in [("pull", "image-pull"), ("dv", "data-volume")] {
+        let mut s = server(name);
+        s.metadata.annotations = Some([("simulator.vps.org/fail".to_string(), failure.to_string())].into());
+        api.create(&PostParams::default(), &s).await.unwrap();
+    }
+    for (name, want) in [("unsched", "ErrorUnschedulable"), ("pull", "ErrImagePull"), ("dv", "DataVolumeError")] {
+        let failed = wait_for(&api, name, 120, want, |s| phase(s) == Some(Phase::Error) && reason(s) == want).await;
+        assert!(failed.status.unwrap().ip_address.is_none());
+    }
+}
+
+#[tokio::test]
+async fn webhooks_accept_every_catalog_vm_and_refuse_a_broken_one() {
+    use vps_operator::api::{VpsImage, VpsLocation, VpsPlan};
+    use vps_operator::operator::vm::{VmInputs, build_vm};
+    let (client, ns, api) = setup("webhooks").await;
+    // An owner to reference (dry runs do not persist anything).
+    let owner = api.create(&PostParams::default(), &server("owner")).await.unwrap();
+    let plans = Api::<VpsPlan>::all(client.clone()).list(&Default::default()).await.unwrap().items;
+    let images = Api::<VpsImage>::all(client.clone()).list(&Default::default()).await.unwrap().items;
+    let locations: Vec<VpsLocation> = Api::<VpsLocation>::all(client.clone())
+        .list(&Default::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|l| l.name_any().starts_with("us-"))
+        .collect();
+    assert!(plans.len() >= 2 && images.len() >= 2 && locations.len() >= 2);
+    let raw: Api<kube::api::DynamicObject> =
+        Api::namespaced_with(client.clone(), &ns, &kube::api::ApiResource::erase::<VirtualMachine>(&()));
+    let dry = PostParams { dry_run: true, ..Default::default() };
+    for plan in &plans {
+        for image in &images {
+            for location in &locations {
+                let mut vm = build_vm(&VmInputs { server: &owner, id: 1, plan, image, location, ssh_key: None });
+                vm["metadata"]["name"] =
+                    json!(format!("dry-{}-{}-{}", plan.name_any(), image.name_any(), location.name_any()));
+                let object: kube::api::DynamicObject = serde_json::from_value(vm).unwrap();
+                raw.create(&dry, &object).await.unwrap_or_else(|e| {
+                    panic!(
+                        "virt-api refused the VM for {}/{}/{}: {e}",
+                        plan.name_any(),
+                        image.name_any(),
+                        location.name_any()
+                    )
+                });
+            }
+        }
+    }
+    // A disk that names no volume: KubeVirt's own validation refuses it.
+    let mut broken = build_vm(&VmInputs {
+        server: &owner,
+        id: 1,
+        plan: &plans[0],
+        image: &images[0],
+        location: &locations[0],
+        ssh_key: None,
+    });
+    broken["metadata"]["name"] = json!("dry-broken");
+    broken["spec"]["template"]["spec"]["domain"]["devices"]["disks"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"name": "ghost", "disk": {"bus": "virtio"}}));
+    let object: kube::api::DynamicObject = serde_json::from_value(broken).unwrap();
+    match raw.create(&dry, &object).await {
+        Err(kube::Error::Api(e)) => assert!(e.message.contains("ghost"), "{}", e.message),
+        other => panic!("a broken VM was accepted: {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn concurrent_creations_get_distinct_ids() {
+    let (client, _ns, api) = setup("ids").await;
+    // Servers whose plan does not exist get their ids but no VM: this tests allocation alone.
+    let creates = (0..50).map(|i| {
+        let api = api.clone();
+        async move {
+            let mut s = server(&format!("c{i}"));
+            s.spec.plan = "no-such-plan".into();
+            api.create(&PostParams::default(), &s).await.unwrap();
+        }
+    });
+    futures::future::join_all(creates).await;
+    let mut ids = std::collections::BTreeSet::new();
+    for i in 0..50 {
+        let s = wait_for(&api, &format!("c{i}"), 60, "given an id", |s| {
+            s.status.as_ref().is_some_and(|st| st.id.is_some())
+        })
+        .await;
+        ids.insert(s.status.unwrap().id.unwrap());
+    }
+    assert_eq!(ids.len(), 50, "50 servers, 50 distinct ids");
+
+    // Several allocators racing on the same counter (gateways and operators) never collide.
+    let allocators: Vec<_> =
+        (0..5).map(|_| vps_operator::ids::IdAllocator::new(client.clone(), "vps-system")).collect();
+    let tasks = (0..50).map(|i| {
+        let a = allocators[i % 5].clone();
+        async move { a.allocate(vps_operator::ids::IdKind::Server).await.unwrap() }
+    });
+    let more: std::collections::BTreeSet<i64> = futures::future::join_all(tasks).await.into_iter().collect();
+    assert_eq!(more.len(), 50);
+    assert!(more.is_disjoint(&ids), "ids are never reused");
+}
+
+#[tokio::test]
+async fn operator_killed_mid_provisioning_converges_to_one_vm() {
+    let shared = support::system();
+    let (client, ns, api) = setup("restart").await;
+    let system = shared.system.as_ref().unwrap();
+    api.create(&PostParams::default(), &server("rs")).await.unwrap();
+    // Kill the operator as soon as it has started working on the server.
+    wait_for(&api, "rs", 30, "picked up", |s| !s.finalizers().is_empty()).await;
+    system.kill_operator();
+    // A delete issued while the operator is down completes once it is back.
+    let mut doomed = server("doomed");
+    doomed.metadata.finalizers = Some(vec!["vps.org/teardown".into()]);
+    api.create(&PostParams::default(), &doomed).await.unwrap();
+    api.delete("doomed", &DeleteParams::default()).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(api.get_opt("doomed").await.unwrap().is_some(), "nobody finalizes while the operator is down");
+    system.start_operator(&shared.kubeconfig);
+    wait_phase(&api, "rs", Phase::Active).await;
+    wait_gone(&api, "doomed").await;
+    let vms = Api::<VirtualMachine>::namespaced(client.clone(), &ns).list(&Default::default()).await.unwrap();
+    assert_eq!(vms.items.len(), 1, "exactly one VM");
+}
+
+#[tokio::test]
+async fn a_settled_server_causes_no_writes() {
+    let (client, ns, api) = setup("settled").await;
+    api.create(&PostParams::default(), &server("calm")).await.unwrap();
+    wait_phase(&api, "calm", Phase::Active).await;
+    // Let in-flight events drain, then watch for changes over an interval.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let vms: Api<VirtualMachine> = Api::namespaced(client.clone(), &ns);
+    let events = Api::<k8s_openapi::api::events::v1::Event>::namespaced(client.clone(), &ns);
+    let before = (
+        api.get("calm").await.unwrap().resource_version(),
+        vms.get("calm").await.unwrap().resource_version(),
+        events.list(&Default::default()).await.unwrap().items.len(),
+    );
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let after = (
+        api.get("calm").await.unwrap().resource_version(),
+        vms.get("calm").await.unwrap().resource_version(),
+        events.list(&Default::default()).await.unwrap().items.len(),
+    );
+    assert_eq!(before, after, "no write to the server, its VM or events while nothing changes");
+}
+
+#[tokio::test]
+async fn backups_are_taken_pruned_and_stopped() {
+    let (client, ns, api) = setup("backups").await;
+    let mut s = server("bk");
+    s.spec.backups_enabled = true;
+    api.create(&PostParams::default(), &s).await.unwrap();
+    wait_phase(&api, "bk", Phase::Active).await;
+    // The test operator takes one every 6 s and keeps 2.
+    let backed =
+        wait_for(&api, "bk", 60, "backed up", |s| s.status.as_ref().is_some_and(|st| st.last_backup_time.is_some()))
+            .await;
+    let first = backed.status.unwrap().last_backup_time.unwrap();
+    let snapshots: Api<VirtualMachineSnapshot> = Api::namespaced(client.clone(), &ns);
+    wait_for(&api, "bk", 60, "backed up again", |s| {
+        s.status.as_ref().and_then(|st| st.last_backup_time.as_ref()).is_some_and(|t| *t != first)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(14)).await;
+    let ready = |list: &[VirtualMachineSnapshot]| {
+        list.iter().filter(|s| s.status.as_ref().and_then(|st| st.ready_to_use) == Some(true)).count()
+    };
+    let list = snapshots.list(&Default::default()).await.unwrap().items;
+    assert!(ready(&list) <= 2, "retention keeps the newest 2, found {}", ready(&list));
+    assert!(ready(&list) >= 1);
+
+    patch_spec(&api, "bk", json!({"backupsEnabled": false})).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let names =
+        |l: Vec<VirtualMachineSnapshot>| l.iter().map(|s| s.name_any()).collect::<std::collections::BTreeSet<_>>();
+    let frozen = names(snapshots.list(&Default::default()).await.unwrap().items);
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let later = names(snapshots.list(&Default::default()).await.unwrap().items);
+    assert!(later.is_subset(&frozen), "no new snapshot after disabling backups: {frozen:?} → {later:?}");
 }

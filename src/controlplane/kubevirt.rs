@@ -36,6 +36,21 @@ impl ControlPlane {
             )
             .await?;
         super::apply_yaml(&client, KUBEVIRT_OBJECT, KUBEVIRT_NAMESPACE).await.context("create the KubeVirt object")?;
+        // virt-operator would report the install Deployed; KubeVirt's components read their
+        // configuration (emulation, feature gates) only from a KubeVirt object with a phase.
+        let kubevirts: Api<kube::api::DynamicObject> = Api::namespaced_with(
+            client.clone(),
+            KUBEVIRT_NAMESPACE,
+            &kube::api::ApiResource {
+                group: "kubevirt.io".into(),
+                version: "v1".into(),
+                api_version: "kubevirt.io/v1".into(),
+                kind: "KubeVirt".into(),
+                plural: "kubevirts".into(),
+            },
+        );
+        let status = json!({"status": {"phase": "Deployed", "defaultArchitecture": "amd64"}});
+        kubevirts.patch_status("kubevirt", &PatchParams::default(), &Patch::Merge(&status)).await?;
 
         let pki = self.pki_dir();
         let ca = Authority::new("virt-api-webhook-ca")?;

@@ -48,6 +48,8 @@ pub enum Error {
     MissingField(&'static str),
     #[error("API call timed out")]
     Timeout,
+    #[error("waiting for {0} object(s) of the server to be deleted")]
+    TeardownPending(usize),
 }
 
 impl Error {
@@ -59,6 +61,7 @@ impl Error {
             Error::Finalizer(_) => "finalizer",
             Error::MissingField(_) => "invalid",
             Error::Timeout => "timeout",
+            Error::TeardownPending(_) => "teardown_pending",
         }
     }
 }
@@ -260,6 +263,10 @@ fn spec_and_metadata(server: &VpsServer) -> Option<u64> {
 }
 
 async fn reconcile_server(server: Arc<VpsServer>, ctx: Arc<Context>) -> Result<Action> {
+    // Never judge a server by half-filled caches (a plan not seen yet is not a missing plan).
+    if !ctx.metrics.ready.load(std::sync::atomic::Ordering::SeqCst) {
+        return Ok(Action::requeue(Duration::from_millis(200)));
+    }
     let started = Instant::now();
     let ns = server.namespace().ok_or(Error::MissingField("metadata.namespace"))?;
     let api: Api<VpsServer> = Api::namespaced(ctx.client.clone(), &ns);
@@ -283,6 +290,11 @@ async fn reconcile_server(server: Arc<VpsServer>, ctx: Arc<Context>) -> Result<A
 }
 
 fn error_policy(server: Arc<VpsServer>, error: &Error, _ctx: Arc<Context>) -> Action {
+    if let Error::Finalizer(inner) = error
+        && let kube::runtime::finalizer::Error::CleanupFailed(Error::TeardownPending(_)) = inner.as_ref()
+    {
+        return Action::requeue(Duration::from_millis(500));
+    }
     tracing::warn!(server = %server.name_any(), namespace = ?server.namespace(), "Reconcile failed: {error}");
     Action::requeue(Duration::from_secs(2))
 }

@@ -1,9 +1,6 @@
 //! One reconcile of a VpsServer: look at everything, change what differs, report what is.
 //! It never branches on which event woke it.
 
-use std::sync::Arc;
-use std::time::Duration;
-
 use k8s_openapi::api::rbac::v1::RoleBinding;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, Preconditions};
 use kube::runtime::controller::Action;
@@ -11,6 +8,7 @@ use kube::runtime::events::{Event, EventType};
 use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
 use serde_json::json;
+use std::sync::Arc;
 
 use super::phase::{self, Observation};
 use super::vm::{self, SERVER_LABEL, VmInputs};
@@ -92,10 +90,11 @@ pub async fn apply(server: Arc<VpsServer>, ctx: Arc<Context>) -> Result<Action> 
     new_status.conditions =
         status::conditions(&obs, reference_error.is_none(), server.metadata.generation, &old_status.conditions, &now);
 
-    let backup_wait = if resolved.is_ok() {
-        backups::reconcile(&server, &ctx, &ns, &name, obs.phase, &mut new_status).await?
+    // A failing backup must not hide the server's state: write the status first.
+    let backup = if resolved.is_ok() {
+        backups::reconcile(&server, &ctx, &ns, &name, obs.phase, &mut new_status).await
     } else {
-        None
+        Ok(None)
     };
 
     if status::changed(&old_status, &new_status) {
@@ -110,6 +109,7 @@ pub async fn apply(server: Arc<VpsServer>, ctx: Arc<Context>) -> Result<Action> 
         }
     }
 
+    let backup_wait = backup?;
     Ok(match (reference_error, backup_wait) {
         (Some(_), _) => Action::requeue(ctx.config.reference_retry),
         (None, Some(wait)) => Action::requeue(wait),
@@ -141,8 +141,8 @@ pub async fn cleanup(server: Arc<VpsServer>, ctx: Arc<Context>) -> Result<Action
         ignore_not_found(snapshots.delete(&snapshot.name_any(), &DeleteParams::background()).await)?;
     }
     if remaining > 0 {
-        tracing::debug!(namespace = %ns, server = %name, remaining, "Waiting for the server's objects to go");
-        return Ok(Action::requeue(Duration::from_millis(500)));
+        // An error keeps the finalizer (the finalizer helper removes it on success).
+        return Err(Error::TeardownPending(remaining));
     }
     publish(&ctx, &server, EventType::Normal, "Deleted", "The virtual machine, its disks and snapshots are gone").await;
     Ok(Action::await_change())
