@@ -80,7 +80,7 @@ pub struct VpsImageSpec {
 #[serde(rename_all = "camelCase")]
 pub struct ImageSource {
     /// Namespace of the DataSource.
-    #[schemars(length(min = 1, max = 63), regex(pattern = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"))]
+    #[schemars(length(min = 1, max = 63), regex(pattern = super::DNS_LABEL_PATTERN))]
     pub data_source_namespace: String,
     /// Name of the DataSource.
     #[schemars(length(min = 1, max = 253))]

@@ -28,18 +28,18 @@ use super::conditions::{Condition, conditions_schema};
 #[serde(rename_all = "camelCase")]
 pub struct VpsServerSpec {
     /// Display name: 1–63 letters, digits and hyphens, not starting or ending with a hyphen.
-    #[schemars(length(min = 1, max = 63), regex(pattern = "^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$"))]
+    #[schemars(length(min = 1, max = 63), regex(pattern = super::SERVER_NAME_PATTERN))]
     pub name: String,
     /// Name of the `VpsPlan`. Cannot be changed.
-    #[schemars(length(min = 1, max = 63), regex(pattern = "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"))]
+    #[schemars(length(min = 1, max = 63), regex(pattern = super::DNS_LABEL_PATTERN))]
     #[schemars(extend("x-kubernetes-validations" = [{"rule": "self == oldSelf", "message": "plan is immutable"}]))]
     pub plan: String,
     /// Name of the `VpsImage` the root disk is cloned from. Cannot be changed.
-    #[schemars(length(min = 1, max = 63), regex(pattern = "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"))]
+    #[schemars(length(min = 1, max = 63), regex(pattern = super::DNS_LABEL_PATTERN))]
     #[schemars(extend("x-kubernetes-validations" = [{"rule": "self == oldSelf", "message": "os is immutable"}]))]
     pub os: String,
     /// Name (code) of the `VpsLocation`. Cannot be changed.
-    #[schemars(length(min = 1, max = 63), regex(pattern = "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"))]
+    #[schemars(length(min = 1, max = 63), regex(pattern = super::DNS_LABEL_PATTERN))]
     #[schemars(extend("x-kubernetes-validations" = [{"rule": "self == oldSelf", "message": "location is immutable"}]))]
     pub location: String,
     /// Fully qualified host name (RFC 1123) given to the guest by cloud-init.
