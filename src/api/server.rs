@@ -46,9 +46,7 @@ pub struct VpsServerSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(
         length(max = 253),
-        regex(
-            pattern = "^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)+$"
-        )
+        regex(pattern = super::FQDN_PATTERN)
     )]
     pub hostname: Option<String>,
     /// Name of a `VpsSshKey` in the same namespace, installed for the default user.
