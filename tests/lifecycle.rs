@@ -453,3 +453,29 @@ async fn backups_are_taken_pruned_and_stopped() {
     let later = names(snapshots.list(&Default::default()).await.unwrap().items);
     assert!(later.is_subset(&frozen), "no new snapshot after disabling backups: {frozen:?} → {later:?}");
 }
+
+#[tokio::test]
+async fn the_operator_serves_metrics_and_health() {
+    let (_client, _ns, api) = setup("metrics").await;
+    api.create(&PostParams::default(), &server("m")).await.unwrap();
+    wait_phase(&api, "m", Phase::Active).await;
+    let addr = support::system().system.as_ref().unwrap().metrics_addr;
+    let get = |path: &'static str| async move {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        stream
+            .write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        let mut out = String::new();
+        stream.read_to_string(&mut out).await.unwrap();
+        out
+    };
+    // The operator may have been restarted by another test: wait until it is ready again.
+    wait_until(30, "the operator is ready", || async { get("/readyz").await.starts_with("HTTP/1.1 200") }).await;
+    assert!(get("/healthz").await.starts_with("HTTP/1.1 200"));
+    let metrics = get("/metrics").await;
+    assert!(metrics.contains("vps_operator_reconciles_total{result=\"success\",error=\"\"}"), "{metrics}");
+    assert!(metrics.contains("vps_operator_reconcile_duration_seconds_bucket"));
+    assert!(!metrics.contains("namespace="), "labels are bounded: never per object");
+}

@@ -225,10 +225,12 @@ pub async fn run(
             tracing::info!("Caches are synced; the operator is ready");
         }
     };
-    if let Some(addr) = metrics_addr {
-        tokio::spawn(metrics::serve(addr, metrics.clone()));
-    }
-    tokio::spawn(readiness);
+    // Everything runs inside this future (nothing is spawned): dropping it stops it all.
+    let metrics_server = async {
+        if let Some(addr) = metrics_addr {
+            metrics::serve(addr, metrics.clone()).await;
+        }
+    };
 
     let controller = Controller::for_stream(server_stream, servers)
         .with_config(ControllerConfig::default().concurrency(config.concurrency))
@@ -240,14 +242,12 @@ pub async fn run(
                 .map(|name| ObjectRef::<VpsServer>::new(name).within(&ns.unwrap_or_default()))
         })
         .reconcile_all_on(catalog.filter_map(|r| async move { r.ok() }).boxed());
-    controller
-        .run(reconcile_server, error_policy, ctx)
-        .for_each(|result| async move {
-            if let Err(e) = result {
-                tracing::debug!("Reconcile failed: {e}");
-            }
-        })
-        .await;
+    let controller = controller.run(reconcile_server, error_policy, ctx).for_each(|result| async move {
+        if let Err(e) = result {
+            tracing::debug!("Reconcile failed: {e}");
+        }
+    });
+    futures::join!(controller, metrics_server, readiness);
     Ok(())
 }
 

@@ -72,6 +72,8 @@ pub struct System {
     pub operator: std::sync::Mutex<tokio::task::JoinHandle<()>>,
     pub operator_config: OperatorConfig,
     pub plane: std::sync::Mutex<ControlPlane>,
+    /// Where the operator serves /metrics, /healthz and /readyz.
+    pub metrics_addr: std::net::SocketAddr,
 }
 
 impl System {
@@ -82,15 +84,16 @@ impl System {
 
     /// Starts the operator again.
     pub fn start_operator(&self, kubeconfig: &std::path::Path) {
-        let handle = self.runtime.spawn(run_operator(kubeconfig.to_path_buf(), self.operator_config.clone()));
+        let handle =
+            self.runtime.spawn(run_operator(kubeconfig.to_path_buf(), self.operator_config.clone(), self.metrics_addr));
         *self.operator.lock().unwrap() = handle;
     }
 }
 
-async fn run_operator(kubeconfig: PathBuf, config: OperatorConfig) {
+async fn run_operator(kubeconfig: PathBuf, config: OperatorConfig, metrics: std::net::SocketAddr) {
     let kubeconfig = kube::config::Kubeconfig::read_from(&kubeconfig).expect("kubeconfig");
     let kube_config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await.expect("config");
-    if let Err(e) = vps_operator::operator::run(kube_config, config, None).await {
+    if let Err(e) = vps_operator::operator::run(kube_config, config, Some(metrics)).await {
         panic!("the operator stopped: {e:?}");
     }
 }
@@ -143,12 +146,14 @@ fn start(system: bool) -> anyhow::Result<Shared> {
                 panic!("the simulator stopped: {e:?}");
             }
         });
-        let operator = runtime.spawn(run_operator(kubeconfig.clone(), operator_config.clone()));
+        let metrics_addr = std::net::SocketAddr::from(([127, 0, 0, 1], controlplane::free_port()?));
+        let operator = runtime.spawn(run_operator(kubeconfig.clone(), operator_config.clone(), metrics_addr));
         Some(System {
             runtime,
             operator: std::sync::Mutex::new(operator),
             operator_config,
             plane: std::sync::Mutex::new(plane),
+            metrics_addr,
         })
     } else {
         // Lives until the test binary exits; its processes die with it.
