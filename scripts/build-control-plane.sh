@@ -2,7 +2,8 @@
 # Builds the real control-plane binaries from their Go modules and caches them by the
 # content of the module files (so by the pinned versions): kube-apiserver,
 # kube-controller-manager, kube-scheduler, kubectl and etcd from tests/controlplane, and
-# KubeVirt's virt-controller, virt-api and CRD generator from tests/kubevirt.
+# KubeVirt's virt-controller, virt-api and CRD generator from tests/kubevirt, and Helm
+# (for the deploy tests' `helm lint` / `helm template`) from tests/helm.
 # Nothing prebuilt is downloaded: `go` fetches module sources from the module proxy.
 #
 # Prints the directory that holds the binaries as its last line. Idempotent: a second run
@@ -14,6 +15,7 @@ cache=${VPS_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/vps-operator}
 
 k8s_version=v1.35.4
 kubevirt_version=v1.7.0
+helm_version=v3.19.0
 
 # key MODULE_DIR -> a short hash of the files that decide what is built there
 key() {
@@ -77,6 +79,22 @@ if [ -d "$kv_dir" ]; then
 			kubevirt.io/kubevirt/cmd/virt-api
 	fi
 	ln -sfn "$kv_out" "$cache/kubevirt-current"
+fi
+
+helm_dir=$root/tests/helm
+if [ -d "$helm_dir" ]; then
+	helm_out=$cache/helm-$helm_version-k8s1.34-$(key "$helm_dir")
+	if [ ! -d "$helm_out" ]; then
+		# As Helm's Makefile does: the version, and the Kubernetes version of its client-go
+		# (v0.34 -> 1.34) as the default for `helm template` and `helm lint`.
+		ld="-s -w -X helm.sh/helm/v3/internal/version.version=$helm_version -X helm.sh/helm/v3/internal/version.gitTreeState=clean"
+		for p in helm.sh/helm/v3/pkg/lint/rules helm.sh/helm/v3/pkg/chartutil; do
+			ld="$ld -X $p.k8sVersionMajor=1 -X $p.k8sVersionMinor=34"
+		done
+		log "building Helm $helm_version into $helm_out"
+		build_module "$helm_dir" "$helm_out" "$ld" helm.sh/helm/v3/cmd/helm
+	fi
+	ln -sfn "$helm_out" "$cache/helm-current"
 fi
 
 ln -sfn "$k8s_out" "$cache/controlplane-current"

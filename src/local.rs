@@ -1,53 +1,288 @@
 //! `vps-operator local`: the whole system on one machine, for trying it out and for demos.
-//! Starts a control plane built from source (the same starter the tests use), installs the
-//! CRDs, and keeps running until Ctrl-C or SIGTERM, then stops everything it started.
+//!
+//! Builds (first run only) and starts a control plane (the same binaries and starter the
+//! tests use) with KubeVirt's virt-api and virt-controller, installs the CRDs, the demo
+//! catalog and two demo accounts with a token each, and runs the operator, the node
+//! simulator and the gateway as tasks of this process. Ctrl-C or SIGTERM stops everything;
+//! the control plane's processes also die with this one (`PR_SET_PDEATHSIG`).
+//!
+//! With `--kubeconfig` it runs the operator and the gateway against an existing cluster
+//! instead (no control plane, no simulator unless `--simulator`).
 
+use std::collections::BTreeMap;
 use std::io::Write as _;
-use std::path::PathBuf;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::Args;
+use k8s_openapi::api::core::v1::Secret;
+use kube::Client;
+use kube::api::{Api, ListParams, Patch, PatchParams};
+use serde_json::json;
+use tokio::task::JoinSet;
 
+use crate::api::VpsAccount;
 use crate::controlplane::{self, Binaries, ControlPlane, Options};
+use crate::operator::OperatorConfig;
+use crate::simulator::SimulatorConfig;
+use crate::tokens::{self, TOKEN_LABEL};
+
+/// The demo accounts: (account and namespace name, monthly credit in cents).
+pub const DEMO_ACCOUNTS: [(&str, i64); 2] = [("demo", 10_000), ("demo-2", 5_000)];
 
 /// Flags of `vps-operator local`.
 #[derive(Args, Debug, Clone)]
 pub struct LocalArgs {
-    /// Keep the cluster's state here; a restart with the same folder finds it again.
+    /// Keep the cluster's state here (etcd data, certificates, ports, the demo tokens); a
+    /// restart with the same folder finds its servers and tokens again.
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
-    /// Once everything is ready, write `KUBECONFIG=...` (shell lines) to this file.
+    /// Once everything is ready, write KUBECONFIG, VPS_API_URL, VPS_API_TOKEN and
+    /// VPS_API_TOKEN_2 (shell lines) to this file.
     #[arg(long)]
     pub env_file: Option<PathBuf>,
+    /// Port of the REST gateway (0 picks a free one).
+    #[arg(long, default_value_t = 8080)]
+    pub port: u16,
+    /// Address the gateway binds to.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub bind: IpAddr,
+    /// Run the operator and the gateway against this existing cluster instead of starting a
+    /// control plane (its CRDs and KubeVirt must be installed).
+    #[arg(long)]
+    pub kubeconfig: Option<PathBuf>,
+    /// With --kubeconfig: also run the node simulator (never on a cluster with real hosts).
+    #[arg(long)]
+    pub simulator: bool,
+    /// With --kubeconfig: also load the demo catalog and create the demo accounts and tokens
+    /// (always done on the local control plane).
+    #[arg(long)]
+    pub demo: bool,
+    /// Namespace of the token Secrets and id counters.
+    #[arg(long, default_value = tokens::DEFAULT_SYSTEM_NAMESPACE)]
+    pub system_namespace: String,
+}
+
+/// What [`run`] started.
+struct Running {
+    plane: Option<ControlPlane>,
+    tasks: JoinSet<Result<()>>,
 }
 
 /// Runs until Ctrl-C or SIGTERM.
 pub async fn run(args: LocalArgs) -> Result<()> {
-    tracing::info!("Building (first run only) or finding the control-plane binaries");
+    let mut signal = std::pin::pin!(wait_for_shutdown_signal());
+    // A signal while starting drops what was started so far (the control plane stops).
+    let mut running = tokio::select! {
+        running = start(&args) => running?,
+        _ = &mut signal => {
+            tracing::info!("Stopped before everything was ready");
+            return Ok(());
+        }
+    };
+    let result = tokio::select! {
+        _ = &mut signal => Ok(()),
+        Some(result) = running.tasks.join_next() => match result {
+            Ok(Ok(())) => Err(anyhow::anyhow!("a component stopped unexpectedly")),
+            Ok(Err(e)) => Err(e),
+            Err(e) => Err(e.into()),
+        },
+    };
+    tracing::info!("Stopping");
+    running.tasks.shutdown().await;
+    if let Some(mut plane) = running.plane.take() {
+        plane.stop();
+    }
+    tracing::info!("Stopped");
+    result
+}
+
+async fn start(args: &LocalArgs) -> Result<Running> {
+    let mut plane = None;
+    let (kubeconfig, state_dir) = match &args.kubeconfig {
+        Some(path) => {
+            let path = path.canonicalize().with_context(|| format!("kubeconfig {}", path.display()))?;
+            (path, args.data_dir.clone())
+        }
+        None => {
+            let p = start_control_plane(args).await?;
+            let paths = (p.kubeconfig_path(), Some(p.dir().to_path_buf()));
+            plane = Some(p);
+            paths
+        }
+    };
+    let kube_config = kube_config(&kubeconfig).await?;
+    let client = Client::try_from(kube_config.clone())?;
+    let demo = plane.is_some() || args.demo;
+    let simulator = plane.is_some() || args.simulator;
+    let system_namespace = args.system_namespace.clone();
+
+    controlplane::ensure_namespace(&client, &system_namespace).await.context("create the system namespace")?;
+    let mut tasks = JoinSet::new();
+    if simulator {
+        let c = client.clone();
+        tasks.spawn(async move { crate::simulator::run(c, SimulatorConfig::default()).await.context("simulator") });
+    }
+    if demo {
+        crate::testbed::install_demo_catalog(&client).await.context("load the demo catalog")?;
+    }
+    // Before the gateway starts, so that its first list of tokens has them.
+    let tokens = if demo { demo_tokens(&client, &system_namespace, state_dir.as_deref()).await? } else { vec![] };
+    let config = OperatorConfig { system_namespace: system_namespace.clone(), ..OperatorConfig::default() };
+    tasks.spawn(async move { crate::operator::run(kube_config, config, None).await.context("operator") });
+
+    let state = crate::gateway::AppState::new(client.clone(), &system_namespace, Duration::from_secs(30));
+    tokio::time::timeout(Duration::from_secs(60), state.caches.wait_ready())
+        .await
+        .context("the gateway's caches did not sync within 60 s")?;
+    let listener = tokio::net::TcpListener::bind(SocketAddr::new(args.bind, args.port))
+        .await
+        .with_context(|| format!("listen on {}:{} (choose another with --port)", args.bind, args.port))?;
+    let address = listener.local_addr()?;
+    let (c, ns) = (client.clone(), system_namespace.clone());
+    tasks.spawn(async move {
+        crate::gateway::idempotency::sweep_forever(c, ns).await;
+        Ok(())
+    });
+    let app = crate::gateway::app(state);
+    tasks.spawn(async move { axum::serve(listener, app).await.context("gateway") });
+
+    let url = format!("http://{}", display_address(address));
+    if let Some(path) = &args.env_file {
+        write_env_file(path, &kubeconfig, &url, &tokens)?;
+    }
+    print_banner(&kubeconfig, &url, &tokens, plane.is_some());
+    Ok(Running { plane, tasks })
+}
+
+async fn start_control_plane(args: &LocalArgs) -> Result<ControlPlane> {
+    println!(
+        "Finding or building the control-plane binaries (the first run builds them: about 15 minutes on 2 cores, each step printed)..."
+    );
     let binaries = tokio::task::spawn_blocking(|| Binaries::ensure(&controlplane::source_root())).await??;
     if let Some(dir) = &args.data_dir {
-        std::fs::create_dir_all(dir)?;
+        std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
     }
     let data_dir = args.data_dir.as_ref().map(|d| d.canonicalize()).transpose()?;
+    println!("Starting etcd and kube-apiserver (Kubernetes {})...", controlplane::KUBERNETES_VERSION);
     let mut plane = ControlPlane::start_api(binaries, Options { data_dir, scheduler: true }).await?;
     let client = plane.client().await?;
+    println!("Installing the CRDs (vps.org, KubeVirt, CDI, snapshots)...");
     crate::testbed::install_crds(&client, plane.binaries()).await?;
+    println!(
+        "Starting kube-controller-manager, kube-scheduler and KubeVirt {} (virt-api, virt-controller)...",
+        controlplane::KUBEVIRT_VERSION
+    );
     plane.start_controllers().await?;
+    plane.start_kubevirt().await?;
+    Ok(plane)
+}
 
-    let kubeconfig = plane.kubeconfig_path();
-    if let Some(path) = &args.env_file {
-        let mut file = std::fs::File::create(path).with_context(|| format!("create {}", path.display()))?;
-        writeln!(file, "KUBECONFIG={}", kubeconfig.display())?;
+async fn kube_config(kubeconfig: &Path) -> Result<kube::Config> {
+    let file =
+        kube::config::Kubeconfig::read_from(kubeconfig).with_context(|| format!("read {}", kubeconfig.display()))?;
+    Ok(kube::Config::from_custom_kubeconfig(file, &Default::default()).await?)
+}
+
+/// Creates (or updates) a `VpsAccount` named `name` owning the namespace `name`, and the
+/// namespace itself.
+pub async fn ensure_account(client: &Client, name: &str, credit_cents: i64) -> Result<()> {
+    controlplane::ensure_namespace(client, name).await?;
+    let account = json!({"apiVersion": "vps.org/v1alpha1", "kind": "VpsAccount", "metadata": {"name": name},
+        "spec": {"namespace": name, "creditCents": credit_cents}});
+    Api::<VpsAccount>::all(client.clone())
+        .patch(name, &PatchParams::apply("vps-operator-local").force(), &Patch::Apply(&account))
+        .await
+        .with_context(|| format!("apply VpsAccount {name}"))?;
+    controlplane::wait_for_default_service_account(client, name).await
+}
+
+/// The demo accounts and a token for each, in [`DEMO_ACCOUNTS`] order. Tokens saved in
+/// `state_dir` (`demo-tokens.json`) are reused while their Secret still exists, so that a
+/// restart keeps them working; otherwise new ones are created and saved.
+pub async fn demo_tokens(
+    client: &Client,
+    system_namespace: &str,
+    state_dir: Option<&Path>,
+) -> Result<Vec<(String, String)>> {
+    let saved_path = state_dir.map(|d| d.join("demo-tokens.json"));
+    let mut saved: BTreeMap<String, String> = saved_path
+        .as_ref()
+        .and_then(|p| std::fs::read(p).ok())
+        .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+        .unwrap_or_default();
+    let secrets = Api::<Secret>::namespaced(client.clone(), system_namespace)
+        .list(&ListParams::default().labels(&format!("{TOKEN_LABEL}=true")))
+        .await?;
+    let mut out = Vec::new();
+    for (account, credit) in DEMO_ACCOUNTS {
+        ensure_account(client, account, credit).await?;
+        let still_valid = saved
+            .get(account)
+            .is_some_and(|t| tokens::account_for_token(t, &secrets.items).as_deref() == Some(account));
+        if !still_valid {
+            let token = tokens::create(client, system_namespace, account).await?;
+            saved.insert(account.to_string(), token);
+        }
+        out.push((account.to_string(), saved[account].clone()));
     }
-    println!("The control plane is ready (Kubernetes {}).", controlplane::KUBERNETES_VERSION);
-    println!("  export KUBECONFIG={}", kubeconfig.display());
-    println!("  kubectl get vps -A");
-    println!("Press Ctrl-C to stop.");
+    if let Some(path) = saved_path {
+        write_private(&path, &serde_json::to_vec_pretty(&saved)?)?;
+    }
+    Ok(out)
+}
 
-    wait_for_shutdown_signal().await;
-    tracing::info!("Stopping");
-    plane.stop();
+fn display_address(address: SocketAddr) -> String {
+    if address.ip().is_unspecified() { format!("127.0.0.1:{}", address.port()) } else { address.to_string() }
+}
+
+/// Writes a file only its owner can read (it holds tokens).
+fn write_private(path: &Path, contents: &[u8]) -> Result<()> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let tmp = path.with_extension("tmp");
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .mode(0o600)
+        .open(&tmp)
+        .with_context(|| format!("create {}", tmp.display()))?;
+    file.write_all(contents)?;
+    drop(file);
+    std::fs::rename(&tmp, path).with_context(|| format!("write {}", path.display()))?;
     Ok(())
+}
+
+fn write_env_file(path: &Path, kubeconfig: &Path, url: &str, tokens: &[(String, String)]) -> Result<()> {
+    let mut text = format!("KUBECONFIG={}\nVPS_API_URL={url}\n", kubeconfig.display());
+    for (i, (_, token)) in tokens.iter().enumerate() {
+        let suffix = if i == 0 { String::new() } else { format!("_{}", i + 1) };
+        text.push_str(&format!("VPS_API_TOKEN{suffix}={token}\n"));
+    }
+    write_private(path, text.as_bytes())
+}
+
+fn print_banner(kubeconfig: &Path, url: &str, tokens: &[(String, String)], local: bool) {
+    println!();
+    println!("Everything is running{}.", if local { " (simulated hosts: no real VM is started)" } else { "" });
+    println!("  VPS API:     {url}/api/v1/   (OpenAPI: {url}/api/v1/openapi.json)");
+    println!("  KUBECONFIG:  {}", kubeconfig.display());
+    for (account, token) in tokens {
+        println!("  token of account {account:<7} {token}");
+    }
+    if let Some((_, token)) = tokens.first() {
+        println!();
+        println!("Try:");
+        println!(
+            "  curl -s -X POST {url}/api/v1/servers/ -H 'Authorization: Bearer {token}' -H 'Content-Type: application/json' \\\n    -d '{{\"name\": \"web-server-01\", \"plan_id\": 1, \"os_id\": 5, \"location\": \"us-west\", \"hostname\": \"web01.example.com\"}}'"
+        );
+        println!("  curl -s {url}/api/v1/servers/ -H 'Authorization: Bearer {token}'");
+        println!("  KUBECONFIG={} kubectl get vps -A", kubeconfig.display());
+    }
+    println!();
+    println!("Press Ctrl-C to stop.");
 }
 
 /// Resolves on Ctrl-C or SIGTERM.

@@ -14,7 +14,8 @@ struct Cli {
 enum Command {
     /// Print the CustomResourceDefinitions of the vps.org API as YAML (what crds/ holds).
     Crdgen,
-    /// Run everything locally: a control plane built from source, with the CRDs installed.
+    /// Run everything locally: a control plane built from source, KubeVirt's controllers, the
+    /// operator, the node simulator and the gateway, with a demo catalog and two demo accounts.
     Local(vps_operator::local::LocalArgs),
     /// Serve the VPS REST API (the gateway).
     Gateway(vps_operator::gateway::GatewayArgs),
@@ -37,11 +38,18 @@ struct OperatorArgs {
 
 #[tokio::main]
 async fn main() -> Result<()> {
+    let cli = Cli::parse();
+    // The local run polls kube-apiserver's /readyz while it starts; kube-client would log each
+    // not-yet-ready answer as an error.
+    let default_filter =
+        if matches!(cli.command, Command::Local(_)) { "info,kube_client::client::builder=off" } else { "info" };
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| default_filter.into()),
+        )
         .with_writer(std::io::stderr)
         .init();
-    match Cli::parse().command {
+    match cli.command {
         Command::Crdgen => {
             print!("{}", vps_operator::api::crds_yaml());
             Ok(())

@@ -10,3 +10,17 @@ fn checked_in_crds_match_the_types() {
         "crds/vps.org.yaml differs from the types; regenerate it with `cargo run -- crdgen > crds/vps.org.yaml`"
     );
 }
+
+/// `deploy/` and the Helm chart ship exact copies of `crds/vps.org.yaml`.
+#[test]
+fn deploy_and_chart_crds_are_copies() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let read = |p: &str| std::fs::read_to_string(root.join(p)).unwrap_or_else(|e| panic!("{p}: {e}"));
+    let crds = read("crds/vps.org.yaml");
+    for copy in ["deploy/01-crds.yaml", "charts/vps-operator/crds/vps.org.yaml"] {
+        assert!(
+            read(copy) == crds,
+            "{copy} differs from crds/vps.org.yaml; copy it again: cp crds/vps.org.yaml {copy}"
+        );
+    }
+}

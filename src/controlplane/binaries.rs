@@ -42,6 +42,13 @@ impl Binaries {
         self.kubernetes.join(name)
     }
 
+    /// The path of `helm` (built from its Go module by the same script, for the deploy
+    /// tests), when it was built.
+    pub fn helm(&self) -> Option<PathBuf> {
+        let helm = self.kubernetes.parent()?.join("helm-current/helm");
+        helm.exists().then_some(helm)
+    }
+
     /// The path of a KubeVirt binary (`virt-controller`, `virt-api`, `kubevirt-crds`).
     pub fn kubevirt(&self, name: &str) -> Result<PathBuf> {
         Ok(self.kubevirt.as_ref().context("KubeVirt binaries were not built")?.join(name))

@@ -7,6 +7,7 @@
 #![allow(dead_code)]
 
 pub mod gateway;
+pub mod rbac;
 
 use std::path::PathBuf;
 use std::sync::OnceLock;

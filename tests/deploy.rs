@@ -1,0 +1,318 @@
+//! Installing on a real cluster: `deploy/` and the Helm chart are accepted by the real API
+//! server, `helm lint` is clean, and the operator and the gateway work with nothing but
+//! the rights their ServiceAccounts get from `deploy/` (tokens from the TokenRequest API),
+//! while the gateway cannot read Secrets elsewhere nor touch VirtualMachines, and the
+//! operator cannot read Secrets at all.
+
+mod support;
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::rbac::v1::RoleBinding;
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use kube::{Client, ResourceExt};
+use serde_json::{Value, json};
+use support::rbac::{self, SYSTEM_NAMESPACE, forbidden};
+use tokio::sync::OnceCell;
+use vps_operator::api::VpsServer;
+use vps_operator::kubevirt::{VirtualMachine, VirtualMachineInstance};
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn chart() -> PathBuf {
+    root().join("charts/vps-operator")
+}
+
+fn helm(args: &[&str]) -> (bool, String, String) {
+    let helm = support::current().binaries.helm().expect("helm was built by scripts/build-control-plane.sh");
+    let out = Command::new(helm).args(args).output().expect("run helm");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `kubectl apply --dry-run=server` of a file, a folder or `-` (stdin).
+fn dry_run(what: &str, stdin: Option<&str>) -> String {
+    let s = support::current();
+    let mut child = Command::new(&s.kubectl)
+        .arg("--kubeconfig")
+        .arg(&s.kubeconfig)
+        .args(["apply", "--dry-run=server", "-f", what])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run kubectl");
+    {
+        use std::io::Write as _;
+        let mut input = child.stdin.take().unwrap();
+        input.write_all(stdin.unwrap_or_default().as_bytes()).unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "kubectl apply --dry-run=server -f {what} failed:\n{stdout}\n{stderr}");
+    stdout.into_owned()
+}
+
+#[tokio::test]
+async fn deploy_manifests_are_accepted_by_the_api_server() {
+    let _ = support::system();
+    let out = dry_run(root().join("deploy").to_str().unwrap(), None);
+    for object in [
+        "namespace/vps-system",
+        "customresourcedefinition.apiextensions.k8s.io/vpsservers.vps.org",
+        "serviceaccount/vps-operator",
+        "serviceaccount/vps-gateway",
+        "clusterrole.rbac.authorization.k8s.io/vps-datavolume-cloner",
+        "deployment.apps/vps-operator",
+        "deployment.apps/vps-gateway",
+        "service/vps-gateway",
+    ] {
+        assert!(out.contains(object), "{object} missing from:\n{out}");
+    }
+    // The samples: the account (its namespace for real, so the server can be dry-run into it).
+    let (ok, _, err) = support::kubectl(&["apply", "-f", root().join("deploy/samples/account.yaml").to_str().unwrap()]);
+    assert!(ok, "{err}");
+    let out = dry_run(root().join("deploy/samples").to_str().unwrap(), None);
+    assert!(out.contains("vpsserver.vps.org/web-server-01"), "{out}");
+    assert!(out.contains("vpsplan.vps.org/standard"), "{out}");
+}
+
+#[test]
+fn helm_lint_is_clean() {
+    let _ = support::system();
+    let (ok, out, err) = helm(&["lint", "--strict", chart().to_str().unwrap()]);
+    assert!(ok, "helm lint failed:\n{out}\n{err}");
+    assert!(out.contains("0 chart(s) failed"), "{out}");
+    assert!(!out.contains("[WARNING]") && !out.contains("[ERROR]"), "{out}");
+    let (ok, out, err) = helm(&["lint", "--strict", chart().to_str().unwrap(), "--set", "simulator.enabled=true"]);
+    assert!(ok, "helm lint with the simulator failed:\n{out}\n{err}");
+    // The schema refuses what the chart does not know.
+    let (ok, out, err) = helm(&["lint", "--strict", chart().to_str().unwrap(), "--set", "operator.replicas=2"]);
+    assert!(!ok && format!("{out}{err}").contains("/operator/replicas"), "{out}{err}");
+}
+
+#[tokio::test]
+async fn helm_template_output_is_accepted_by_the_api_server() {
+    let _ = support::system();
+    let chart = chart();
+    for extra in [&[][..], &["--set", "simulator.enabled=true", "--set", "catalog.enabled=false"][..]] {
+        let mut args =
+            vec!["template", "vps", chart.to_str().unwrap(), "--namespace", SYSTEM_NAMESPACE, "--include-crds"];
+        args.extend_from_slice(extra);
+        let (ok, rendered, err) = helm(&args);
+        assert!(ok, "helm template failed: {err}");
+        let out = dry_run("-", Some(&rendered));
+        assert!(out.contains("deployment.apps/vps-operator"), "{out}");
+        assert!(out.contains("deployment.apps/vps-gateway"), "{out}");
+        assert!(out.contains("service/vps-gateway"), "{out}");
+        if extra.is_empty() {
+            assert!(out.contains("vpsimage.vps.org/ubuntu-22-04"), "{out}");
+            assert!(!out.contains("vps-simulator"), "the simulator is off by default:\n{out}");
+        } else {
+            assert!(out.contains("deployment.apps/vps-simulator"), "{out}");
+        }
+    }
+}
+
+/// The chart's catalog file is deploy/'s sample; the chart's Deployments and roles match deploy/'s.
+#[test]
+fn chart_and_deploy_agree() {
+    let read = |p: &str| std::fs::read_to_string(root().join(p)).unwrap();
+    assert_eq!(read("charts/vps-operator/files/catalog.yaml"), read("deploy/samples/catalog.yaml"));
+}
+
+/// Kubeconfigs of the two ServiceAccounts; the admin operator of `support::system()` is
+/// replaced (once) by one running with the operator's ServiceAccount.
+struct Accounts {
+    operator: PathBuf,
+    gateway: PathBuf,
+}
+
+static ACCOUNTS: OnceCell<Accounts> = OnceCell::const_new();
+
+async fn accounts() -> &'static Accounts {
+    ACCOUNTS
+        .get_or_init(|| async {
+            let shared = support::system();
+            let client = support::client().await;
+            let operator = rbac::service_account_kubeconfig(&client, "vps-operator").await;
+            let gateway = rbac::service_account_kubeconfig(&client, "vps-gateway").await;
+            let system = shared.system.as_ref().unwrap();
+            system.kill_operator();
+            system.start_operator(&operator);
+            Accounts { operator, gateway }
+        })
+        .await
+}
+
+async fn client_of(kubeconfig: &std::path::Path) -> Client {
+    vps_operator::controlplane::client_from_kubeconfig(kubeconfig).await.unwrap()
+}
+
+/// Polls the server over REST until `pred` holds (90 s at most).
+async fn wait_rest(gw: &rbac::Gateway, token: &str, id: i64, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let (status, body) = gw.call("GET", &format!("/api/v1/servers/{id}/"), token, None).await;
+        if pred(&body) {
+            return body;
+        }
+        assert!(Instant::now() < deadline, "server {id} not {what} after 90 s: {status} {body}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+#[tokio::test]
+async fn lifecycle_with_service_account_credentials_only() {
+    let accounts = accounts().await;
+    let admin = support::client().await;
+    let tenant = support::gateway::tenant(&admin, "rbac-lifecycle", 100_000).await;
+    let gw = rbac::start_gateway(client_of(&accounts.gateway).await).await;
+    let token = tenant.token.as_str();
+
+    let (status, created) = gw
+        .call(
+            "POST",
+            "/api/v1/servers/",
+            token,
+            Some(json!({"name": "web-server-01", "plan_id": 1, "os_id": 5, "location": "us-west", "hostname": "web01.example.com"})),
+        )
+        .await;
+    assert_eq!(status, 201, "{created}");
+    let id = created["id"].as_i64().unwrap();
+    let active = |b: &Value| b["status"] == "active" && b["ip_address"].is_string();
+    let server = wait_rest(&gw, token, id, "active with an IP", active).await;
+    assert!(server["ip_address"].as_str().unwrap().starts_with("10.200."), "{server}");
+    // The operator bound the clone permission in the image namespace (bind, not escalate).
+    let bindings: Api<RoleBinding> = Api::namespaced(admin.clone(), "vps-images");
+    assert!(bindings.get_opt(&format!("vps-clone-{}", tenant.namespace)).await.unwrap().is_some());
+
+    let (status, body) = gw.call("POST", &format!("/api/v1/servers/{id}/stop/"), token, None).await;
+    assert_eq!(status, 200, "{body}");
+    wait_rest(&gw, token, id, "stopped", |b| b["status"] == "stopped").await;
+    let (status, body) = gw.call("POST", &format!("/api/v1/servers/{id}/start/"), token, None).await;
+    assert_eq!(status, 200, "{body}");
+    wait_rest(&gw, token, id, "active again", active).await;
+
+    // Reboot: the operator deletes the running instance; KubeVirt starts a new one.
+    let vmis: Api<VirtualMachineInstance> = Api::namespaced(admin.clone(), &tenant.namespace);
+    let vm_name = Api::<VpsServer>::namespaced(admin.clone(), &tenant.namespace)
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items[0]
+        .status
+        .as_ref()
+        .and_then(|s| s.vm_name.clone())
+        .expect("the server names its VM");
+    let before = vmis.get(&vm_name).await.unwrap().uid();
+    let (status, body) = gw.call("POST", &format!("/api/v1/servers/{id}/reboot/"), token, None).await;
+    assert_eq!(status, 200, "{body}");
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let now = vmis.get_opt(&vm_name).await.unwrap();
+        if now.as_ref().is_some_and(|v| v.uid() != before) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the instance was never replaced");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    wait_rest(&gw, token, id, "active after the reboot", active).await;
+
+    let (status, body) = gw.call("DELETE", &format!("/api/v1/servers/{id}/"), token, None).await;
+    assert_eq!(status, 204, "{body}");
+    let servers: Api<VpsServer> = Api::namespaced(admin.clone(), &tenant.namespace);
+    let vms: Api<VirtualMachine> = Api::namespaced(admin.clone(), &tenant.namespace);
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let gone = servers.list(&ListParams::default()).await.unwrap().items.is_empty()
+            && vms.get_opt(&vm_name).await.unwrap().is_none();
+        if gone {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the server and its VM were never torn down");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let (status, _) = gw.call("GET", &format!("/api/v1/servers/{id}/"), token, None).await;
+    assert_eq!(status, 404);
+}
+
+#[tokio::test]
+async fn the_gateway_cannot_read_other_secrets_nor_touch_virtual_machines() {
+    let accounts = accounts().await;
+    let admin = support::client().await;
+    let ns = support::namespace(&admin, "rbac-gateway").await;
+    let secret =
+        json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "private"}, "stringData": {"k": "v"}});
+    Api::<Secret>::namespaced(admin.clone(), &ns)
+        .create(&PostParams::default(), &serde_json::from_value(secret).unwrap())
+        .await
+        .unwrap();
+    let gw = client_of(&accounts.gateway).await;
+
+    // Its own namespace's token Secrets: listed (its cache), nothing more.
+    Api::<Secret>::namespaced(gw.clone(), SYSTEM_NAMESPACE).list(&ListParams::default()).await.unwrap();
+    assert!(forbidden(Api::<Secret>::namespaced(gw.clone(), &ns).get("private").await));
+    assert!(forbidden(Api::<Secret>::namespaced(gw.clone(), &ns).list(&ListParams::default()).await));
+    assert!(forbidden(Api::<Secret>::namespaced(gw.clone(), "default").list(&ListParams::default()).await));
+    assert!(forbidden(Api::<Secret>::all(gw.clone()).list(&ListParams::default()).await));
+
+    let vms: Api<VirtualMachine> = Api::namespaced(gw.clone(), &ns);
+    assert!(forbidden(vms.get("any").await));
+    assert!(forbidden(vms.list(&ListParams::default()).await));
+    assert!(forbidden(Api::<VirtualMachine>::all(gw.clone()).list(&ListParams::default()).await));
+    let vm = json!({"apiVersion": "kubevirt.io/v1", "kind": "VirtualMachine", "metadata": {"name": "x"},
+        "spec": {"runStrategy": "Halted", "template": {"spec": {"domain": {"devices": {}}}}}});
+    assert!(forbidden(vms.create(&PostParams::default(), &serde_json::from_value(vm.clone()).unwrap()).await));
+    assert!(forbidden(vms.patch("x", &PatchParams::apply("test"), &Patch::Apply(&vm)).await));
+    assert!(forbidden(
+        vms.patch("x", &PatchParams::default(), &Patch::Merge(json!({"spec": {"runStrategy": "Always"}}))).await
+    ));
+    let vmis: Api<VirtualMachineInstance> = Api::namespaced(gw.clone(), &ns);
+    assert!(forbidden(vmis.list(&ListParams::default()).await));
+    assert!(forbidden(vmis.delete("x", &Default::default()).await));
+}
+
+#[tokio::test]
+async fn the_operator_cannot_read_secrets_nor_bind_other_roles() {
+    let accounts = accounts().await;
+    let admin = support::client().await;
+    let ns = support::namespace(&admin, "rbac-operator").await;
+    let op = client_of(&accounts.operator).await;
+    for namespace in [SYSTEM_NAMESPACE, ns.as_str(), "default"] {
+        let secrets: Api<Secret> = Api::namespaced(op.clone(), namespace);
+        assert!(forbidden(secrets.list(&ListParams::default()).await), "list Secrets in {namespace}");
+        assert!(forbidden(secrets.get("any").await), "get a Secret in {namespace}");
+    }
+    assert!(forbidden(Api::<Secret>::all(op.clone()).list(&ListParams::default()).await));
+
+    // It may bind the clone ClusterRole in the image namespace, and nothing else anywhere.
+    let binding = |role: &str, namespace: &str| {
+        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+            "metadata": {"name": format!("test-{role}"), "namespace": namespace},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role},
+            "subjects": [{"kind": "ServiceAccount", "name": "default", "namespace": ns}]})
+    };
+    let images: Api<RoleBinding> = Api::namespaced(op.clone(), "vps-images");
+    let pp = PatchParams::apply("rbac-test");
+    assert!(forbidden(
+        images.patch("test-cluster-admin", &pp, &Patch::Apply(&binding("cluster-admin", "vps-images"))).await
+    ));
+    assert!(forbidden(images.patch("test-edit", &pp, &Patch::Apply(&binding("edit", "vps-images"))).await));
+    let elsewhere: Api<RoleBinding> = Api::namespaced(op.clone(), &ns);
+    assert!(forbidden(
+        elsewhere.patch("test-vps-datavolume-cloner", &pp, &Patch::Apply(&binding("vps-datavolume-cloner", &ns))).await
+    ));
+    images
+        .patch("test-vps-datavolume-cloner", &pp, &Patch::Apply(&binding("vps-datavolume-cloner", "vps-images")))
+        .await
+        .expect("the operator may bind the clone role in the image namespace");
+}
