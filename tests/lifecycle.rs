@@ -267,12 +267,17 @@ async fn failures_on_the_hosts_are_errors_with_their_reason() {
     s.spec.location = "nowhere".into();
     api.create(&PostParams::default(), &s).await.unwrap();
 
-    for (name, failure) in [("pull", "image-pull"), ("dv", "data-volume")] {
+    for (name, failure) in [("pull", "image-pull"), ("dv", "data-volume"), ("crash", "crash")] {
         let mut s = server(name);
         s.metadata.annotations = Some([("simulator.vps.org/fail".to_string(), failure.to_string())].into());
         api.create(&PostParams::default(), &s).await.unwrap();
     }
-    for (name, want) in [("unsched", "ErrorUnschedulable"), ("pull", "ErrImagePull"), ("dv", "DataVolumeError")] {
+    for (name, want) in [
+        ("unsched", "ErrorUnschedulable"),
+        ("pull", "ErrImagePull"),
+        ("dv", "DataVolumeError"),
+        ("crash", "CrashLoopBackOff"),
+    ] {
         let failed = wait_for(&api, name, 120, want, |s| phase(s) == Some(Phase::Error) && reason(s) == want).await;
         assert!(failed.status.unwrap().ip_address.is_none());
     }
@@ -478,4 +483,25 @@ async fn the_operator_serves_metrics_and_health() {
     assert!(metrics.contains("vps_operator_reconciles_total{result=\"success\",error=\"\"}"), "{metrics}");
     assert!(metrics.contains("vps_operator_reconcile_duration_seconds_bucket"));
     assert!(!metrics.contains("namespace="), "labels are bounded: never per object");
+}
+
+#[tokio::test]
+async fn a_failed_backup_is_reported_without_harming_the_server() {
+    let (_client, _ns, api) = setup("backupfail").await;
+    let mut s = server("bf");
+    s.spec.backups_enabled = true;
+    s.metadata.annotations = Some([("simulator.vps.org/fail".to_string(), "snapshot".to_string())].into());
+    api.create(&PostParams::default(), &s).await.unwrap();
+    let failed = wait_for(&api, "bf", 90, "reporting a failed backup", |s| {
+        s.status.as_ref().is_some_and(|st| {
+            st.conditions.iter().any(|c| {
+                c.type_ == "BackupsSucceeded"
+                    && c.status == vps_operator::api::ConditionStatus::False
+                    && c.reason == "BackupFailed"
+            })
+        })
+    })
+    .await;
+    assert_eq!(phase(&failed), Some(Phase::Active), "the server itself is fine");
+    assert_eq!(failed.status.unwrap().last_backup_time, None);
 }

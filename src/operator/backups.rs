@@ -10,15 +10,18 @@ use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use serde_json::json;
 
 use super::reconcile::MANAGER;
+use super::status::Verdict;
 use super::vm::SERVER_LABEL;
 use super::{Context, Result};
-use crate::api::{Phase, VpsServer, VpsServerStatus};
+use crate::api::{ConditionStatus, Phase, VpsServer};
 use crate::kubevirt::VirtualMachineSnapshot;
 
 /// What to do about backups now, from the snapshots that exist (pure; unit-tested).
 #[derive(Debug, PartialEq, Eq)]
 pub struct Plan {
     pub take_now: bool,
+    /// The newest snapshot failed (KubeVirt gave up at its deadline).
+    pub latest_failed: bool,
     /// Names of ready snapshots beyond the newest `keep`.
     pub prune: Vec<String>,
     pub last_backup: Option<Timestamp>,
@@ -41,9 +44,14 @@ pub fn plan(snapshots: &[Seen], now: Timestamp, interval: Duration, keep: usize,
     let newest_attempt = snapshots.iter().filter(|s| !s.failed || s.ready).map(|s| s.created).max();
     let since = newest_attempt.map(|t| now.duration_since(t).unsigned_abs());
     let due = since.is_none_or(|d| d >= interval);
+    let newest = snapshots.iter().max_by_key(|s| s.created);
+    let mut failed: Vec<&Seen> = snapshots.iter().filter(|s| s.failed && !s.ready).collect();
+    failed.sort_by_key(|s| std::cmp::Reverse(s.created));
     Plan {
         take_now: due && !in_flight && can_snapshot,
-        prune: ready.iter().skip(keep).map(|s| s.name.clone()).collect(),
+        latest_failed: newest.is_some_and(|s| s.failed && !s.ready),
+        // Keep every ready one up to `keep`, and of the failed ones only the newest (to report).
+        prune: ready.iter().skip(keep).chain(failed.iter().skip(1)).map(|s| s.name.clone()).collect(),
         last_backup: ready.first().map(|s| s.created),
         next_in: match since {
             Some(d) if d < interval => interval - d,
@@ -52,15 +60,22 @@ pub fn plan(snapshots: &[Seen], now: Timestamp, interval: Duration, keep: usize,
     }
 }
 
-/// Runs the backup schedule of one server; returns when to look again (`None`: backups off).
+/// What the schedule found: when to look again, the newest backup, and the
+/// `BackupsSucceeded` verdict.
+pub struct Report {
+    pub next: Duration,
+    pub last_backup: Option<String>,
+    pub verdict: Verdict,
+}
+
+/// Runs the backup schedule of one server (`None`: backups are off).
 pub async fn reconcile(
     server: &VpsServer,
     ctx: &Context,
     ns: &str,
     name: &str,
     phase: Phase,
-    status: &mut VpsServerStatus,
-) -> Result<Option<Duration>> {
+) -> Result<Option<Report>> {
     if !server.spec.backups_enabled {
         return Ok(None);
     }
@@ -88,7 +103,10 @@ pub async fn reconcile(
             "apiVersion": "snapshot.kubevirt.io/v1beta1",
             "kind": "VirtualMachineSnapshot",
             "metadata": {"name": snapshot_name, "namespace": ns, "labels": {SERVER_LABEL: name}},
-            "spec": {"source": {"apiGroup": "kubevirt.io", "kind": "VirtualMachine", "name": name}},
+            "spec": {
+                "source": {"apiGroup": "kubevirt.io", "kind": "VirtualMachine", "name": name},
+                "failureDeadline": format!("{}s", ctx.config.backup_deadline.as_secs().max(1)),
+            },
         });
         api.patch(&snapshot_name, &PatchParams::apply(MANAGER), &Patch::Apply(&snapshot)).await?;
         tracing::info!(namespace = %ns, server = %name, snapshot = %snapshot_name, "Started a backup");
@@ -96,12 +114,20 @@ pub async fn reconcile(
     for old in &plan.prune {
         let _ = api.delete(old, &DeleteParams::background()).await;
     }
-    if let Some(t) = plan.last_backup {
-        status.last_backup_time = Some(t.to_string());
-    }
+    let verdict = if plan.latest_failed {
+        (ConditionStatus::False, "BackupFailed".to_string(), "The newest backup snapshot failed".to_string())
+    } else if plan.last_backup.is_some() {
+        (ConditionStatus::True, "BackupSucceeded".to_string(), "The newest backup snapshot is ready".to_string())
+    } else {
+        (ConditionStatus::Unknown, "BackupPending".to_string(), "No backup has been taken yet".to_string())
+    };
     // Look again when the next one is due, or soon while one is in flight.
     let in_flight = plan.take_now || seen.iter().any(|s| !s.ready && !s.failed);
-    Ok(Some(if in_flight { Duration::from_secs(2).min(plan.next_in) } else { plan.next_in }))
+    Ok(Some(Report {
+        next: if in_flight { Duration::from_secs(2).min(plan.next_in) } else { plan.next_in },
+        last_backup: plan.last_backup.map(|t| t.to_string()),
+        verdict,
+    }))
 }
 
 #[cfg(test)]
@@ -134,6 +160,16 @@ mod tests {
         assert!(!p.take_now, "not while provisioning or in error");
         let p = plan(&[seen("a", 90_000, true, false)], now, DAY, 7, true);
         assert!(p.take_now);
+    }
+
+    #[test]
+    fn a_failed_newest_snapshot_is_reported_and_old_failures_pruned() {
+        let now = Timestamp::from_second(NOW).unwrap();
+        let snaps = [seen("ok", 300, true, false), seen("f1", 200, false, true), seen("f2", 100, false, true)];
+        let p = plan(&snaps, now, DAY, 7, true);
+        assert!(p.latest_failed);
+        assert_eq!(p.prune, ["f1"]);
+        assert!(!plan(&snaps[..1], now, DAY, 7, true).latest_failed);
     }
 
     #[test]

@@ -77,6 +77,9 @@ pub struct OperatorConfig {
     /// Time between scheduled backups.
     #[arg(long, value_parser = humantime_duration, default_value = "24h")]
     pub backup_interval: Duration,
+    /// How long KubeVirt may take for one backup snapshot before it counts as failed.
+    #[arg(long, value_parser = humantime_duration, default_value = "5m")]
+    pub backup_deadline: Duration,
     /// Backups kept per server.
     #[arg(long, default_value_t = 7)]
     pub backup_keep: usize,
@@ -96,6 +99,7 @@ impl Default for OperatorConfig {
         OperatorConfig {
             system_namespace: "vps-system".into(),
             backup_interval: Duration::from_secs(86_400),
+            backup_deadline: Duration::from_secs(300),
             backup_keep: 7,
             reference_retry: Duration::from_secs(10),
             concurrency: 16,
@@ -141,15 +145,31 @@ fn slim<K: Resource>(object: &mut K) {
     object.meta_mut().managed_fields = None;
 }
 
+/// Also drops the VirtualMachine's spec: reconciles read a cached VM's annotations (the
+/// spec hash) and status only, and the spec (template, cloud-init, disk templates) is most
+/// of its size.
+fn slim_vm(vm: &mut VirtualMachine) {
+    slim(vm);
+    vm.spec.template = serde_json::Value::Null;
+    vm.spec.data_volume_templates = Vec::new();
+}
+
+/// Also drops the instance's spec: reconciles read its metadata and status only.
+fn slim_vmi(vmi: &mut VirtualMachineInstance) {
+    slim(vmi);
+    vmi.spec.rest = serde_json::Map::new();
+}
+
 fn reflect<K>(
     api: Api<K>,
     config: watcher::Config,
+    prune: fn(&mut K),
 ) -> (Store<K>, impl futures::Stream<Item = Result<K, watcher::Error>> + Send)
 where
     K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
 {
     let (reader, writer) = reflector::store();
-    let stream = watcher(api, config.page_size(500)).default_backoff().modify(slim).reflect(writer).touched_objects();
+    let stream = watcher(api, config.page_size(500)).default_backoff().modify(prune).reflect(writer).touched_objects();
     (reader, stream)
 }
 
@@ -169,13 +189,17 @@ pub async fn run(
     let call_client = Client::try_from(call_config)?;
     check_crds(&client).await?;
     let server_label = vm::SERVER_LABEL.to_string();
-    let (plans, plan_stream) = reflect(Api::<VpsPlan>::all(client.clone()), watcher::Config::default());
-    let (images, image_stream) = reflect(Api::<VpsImage>::all(client.clone()), watcher::Config::default());
-    let (locations, location_stream) = reflect(Api::<VpsLocation>::all(client.clone()), watcher::Config::default());
+    let (plans, plan_stream) = reflect(Api::<VpsPlan>::all(client.clone()), watcher::Config::default(), slim);
+    let (images, image_stream) = reflect(Api::<VpsImage>::all(client.clone()), watcher::Config::default(), slim);
+    let (locations, location_stream) =
+        reflect(Api::<VpsLocation>::all(client.clone()), watcher::Config::default(), slim);
     let (vms, vm_stream) =
-        reflect(Api::<VirtualMachine>::all(client.clone()), watcher::Config::default().labels(&server_label));
-    let (vmis, vmi_stream) =
-        reflect(Api::<VirtualMachineInstance>::all(client.clone()), watcher::Config::default().labels(&server_label));
+        reflect(Api::<VirtualMachine>::all(client.clone()), watcher::Config::default().labels(&server_label), slim_vm);
+    let (vmis, vmi_stream) = reflect(
+        Api::<VirtualMachineInstance>::all(client.clone()),
+        watcher::Config::default().labels(&server_label),
+        slim_vmi,
+    );
     let (servers, server_writer) = reflector::store::<VpsServer>();
     let server_stream = watcher(Api::<VpsServer>::all(client.clone()), watcher::Config::default().page_size(500))
         .default_backoff()

@@ -87,15 +87,22 @@ pub async fn apply(server: Arc<VpsServer>, ctx: Arc<Context>) -> Result<Action> 
     new_status.ip_address = obs.ipv4.clone();
     new_status.ipv6_address = obs.ipv6.clone();
     new_status.observed_generation = server.metadata.generation;
-    new_status.conditions =
-        status::conditions(&obs, reference_error.is_none(), server.metadata.generation, &old_status.conditions, &now);
 
-    // A failing backup must not hide the server's state: write the status first.
-    let backup = if resolved.is_ok() {
-        backups::reconcile(&server, &ctx, &ns, &name, obs.phase, &mut new_status).await
-    } else {
-        Ok(None)
-    };
+    // A failing backup must not hide the server's state: the status is written first.
+    let backup =
+        if resolved.is_ok() { backups::reconcile(&server, &ctx, &ns, &name, obs.phase).await } else { Ok(None) };
+    let report = backup.as_ref().ok().and_then(Option::as_ref);
+    if let Some(t) = report.and_then(|r| r.last_backup.clone()) {
+        new_status.last_backup_time = Some(t);
+    }
+    new_status.conditions = status::conditions(
+        &obs,
+        reference_error.is_none(),
+        report.map(|r| &r.verdict),
+        server.metadata.generation,
+        &old_status.conditions,
+        &now,
+    );
 
     if status::changed(&old_status, &new_status) {
         let patch = json!({"apiVersion": "vps.org/v1alpha1", "kind": "VpsServer", "status": new_status});
@@ -107,9 +114,15 @@ pub async fn apply(server: Arc<VpsServer>, ctx: Arc<Context>) -> Result<Action> 
             };
             publish(&ctx, &server, kind, &reason, &obs.message).await;
         }
+        let failed = |conditions: &[crate::api::Condition]| {
+            conditions.iter().any(|c| c.type_ == "BackupsSucceeded" && c.status == crate::api::ConditionStatus::False)
+        };
+        if failed(&new_status.conditions) && !failed(&old_status.conditions) {
+            publish(&ctx, &server, EventType::Warning, "BackupFailed", "The newest backup snapshot failed").await;
+        }
     }
 
-    let backup_wait = backup?;
+    let backup_wait = backup?.map(|r| r.next);
     Ok(match (reference_error, backup_wait) {
         (Some(_), _) => Action::requeue(ctx.config.reference_retry),
         (None, Some(wait)) => Action::requeue(wait),

@@ -5,11 +5,16 @@ use crate::api::{Condition, ConditionStatus, Phase, VpsServerStatus};
 
 use super::phase::Observation;
 
-/// The conditions for an observation: `Ready` (the server is running and reachable) and
-/// `ReferencesResolved` (plan, image, location and key exist).
+/// A condition's status, CamelCase reason and message.
+pub type Verdict = (ConditionStatus, String, String);
+
+/// The conditions for an observation: `Ready` (the server is running and reachable),
+/// `ReferencesResolved` (plan, image, location and key exist) and, while backups are
+/// enabled, `BackupsSucceeded` (the newest backup snapshot did not fail).
 pub fn conditions(
     obs: &Observation,
     reference_ok: bool,
+    backups: Option<&Verdict>,
     generation: Option<i64>,
     old: &[Condition],
     now: &str,
@@ -22,8 +27,9 @@ pub fn conditions(
     };
     let ready_c =
         (if ready { ConditionStatus::True } else { ConditionStatus::False }, obs.reason.clone(), obs.message.clone());
-    [("Ready", ready_c), ("ReferencesResolved", refs)]
+    [("Ready", Some(ready_c)), ("ReferencesResolved", Some(refs)), ("BackupsSucceeded", backups.cloned())]
         .into_iter()
+        .filter_map(|(type_, verdict)| verdict.map(|v| (type_, v)))
         .map(|(type_, (status, reason, message))| {
             let previous = old.iter().find(|c| c.type_ == type_);
             let last_transition_time = match previous {
@@ -57,10 +63,10 @@ mod tests {
 
     #[test]
     fn transition_time_moves_only_when_status_flips() {
-        let first = conditions(&obs(Phase::Starting), true, Some(1), &[], "t1");
-        let again = conditions(&obs(Phase::Starting), true, Some(1), &first, "t2");
+        let first = conditions(&obs(Phase::Starting), true, None, Some(1), &[], "t1");
+        let again = conditions(&obs(Phase::Starting), true, None, Some(1), &first, "t2");
         assert_eq!(first, again, "nothing changed, nothing to write");
-        let active = conditions(&obs(Phase::Active), true, Some(1), &again, "t3");
+        let active = conditions(&obs(Phase::Active), true, None, Some(1), &again, "t3");
         let ready = active.iter().find(|c| c.type_ == "Ready").unwrap();
         assert_eq!((ready.status, ready.last_transition_time.as_str()), (ConditionStatus::True, "t3"));
         let refs = active.iter().find(|c| c.type_ == "ReferencesResolved").unwrap();

@@ -85,6 +85,14 @@ async fn reconcile(vmi: Arc<DynamicObject>, sim: Arc<Sim>) -> Result<Action, kub
             if !wait.is_zero() {
                 return Ok(Action::requeue(wait));
             }
+            // An injected crash: the guest dies while starting, again and again (KubeVirt
+            // counts failures before Running as failed starts and backs off).
+            let vm_name = vmi.labels().get("vm.kubevirt.io/name").cloned().unwrap_or_else(|| name.clone());
+            if sim.failure(&ns, &vm_name) == Some(Failure::Crash) {
+                let patch = json!({"metadata": {"resourceVersion": rv}, "status": {"phase": "Failed", "phaseTransitionTimestamps": transition("Failed")}});
+                api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch)).await?;
+                return Ok(Action::await_change());
+            }
             let (v4, v6) = sim.pools.for_uid(&vmi.uid().unwrap_or_default());
             let patch = json!({
                 "metadata": {"resourceVersion": rv},
@@ -102,14 +110,6 @@ async fn reconcile(vmi: Arc<DynamicObject>, sim: Arc<Sim>) -> Result<Action, kub
                 },
             });
             api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch)).await?;
-            Ok(Action::await_change())
-        }
-        "Running" => {
-            let vm_name = vmi.labels().get("vm.kubevirt.io/name").cloned().unwrap_or_else(|| name.clone());
-            if sim.failure(&ns, &vm_name) == Some(Failure::Crash) {
-                let patch = json!({"metadata": {"resourceVersion": rv}, "status": {"phase": "Failed", "phaseTransitionTimestamps": transition("Failed")}});
-                api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch)).await?;
-            }
             Ok(Action::await_change())
         }
         _ => Ok(Action::await_change()),

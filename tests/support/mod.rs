@@ -138,6 +138,7 @@ fn start(system: bool) -> anyhow::Result<Shared> {
         let operator_config = OperatorConfig {
             backup_interval: std::time::Duration::from_secs(6),
             backup_keep: 2,
+            backup_deadline: std::time::Duration::from_secs(5),
             reference_retry: std::time::Duration::from_secs(1),
             ..OperatorConfig::default()
         };
