@@ -128,8 +128,10 @@ impl Caches {
 
     /// The servers of a namespace that have an id and are not being deleted.
     pub fn servers_in(&self, namespace: &str) -> Vec<Arc<VpsServer>> {
+        // `metadata.namespace` is compared in place: `ResourceExt::namespace` would clone it
+        // for every cached server, on every list.
         self.servers.state_filter(|s| {
-            s.namespace().as_deref() == Some(namespace)
+            s.metadata.namespace.as_deref() == Some(namespace)
                 && s.metadata.deletion_timestamp.is_none()
                 && server_id(s).is_some()
         })
@@ -137,11 +139,20 @@ impl Caches {
 
     /// One server of a namespace by its integer id; deleted or deleting servers are gone.
     pub fn server(&self, namespace: &str, id: i64) -> Option<Arc<VpsServer>> {
-        self.servers.find(|s| {
-            s.namespace().as_deref() == Some(namespace)
+        let wanted = |s: &VpsServer| {
+            s.metadata.namespace.as_deref() == Some(namespace)
                 && s.metadata.deletion_timestamp.is_none()
                 && server_id(s) == Some(id)
-        })
+        };
+        // The gateway names the servers it creates `srv-{id}`: one hash lookup instead of a
+        // scan of every cached server. Ids are unique in the cluster, so a hit is the answer;
+        // servers named otherwise (made with kubectl) are found by the scan.
+        if let Some(s) = self.servers.get(&ObjectRef::new(&format!("srv-{id}")).within(namespace))
+            && wanted(&s)
+        {
+            return Some(s);
+        }
+        self.servers.find(|s| wanted(s))
     }
 
     pub fn plan_by_name(&self, name: &str) -> Option<Arc<VpsPlan>> {

@@ -116,10 +116,13 @@ pub async fn list_servers(
 
     let mut servers = state.caches.servers_in(&tenant.namespace);
     servers.retain(|s| status.is_none_or(|st| api_status(s) == st) && location.is_none_or(|l| s.spec.location == l));
-    servers.sort_by_key(|s| server_id(s));
-    let items: Vec<ServerListItem> = servers.iter().filter_map(|s| view::server_list_item(s, &state.caches)).collect();
+    // Every server kept has an id (`servers_in`); the key is parsed once per server, and only
+    // the servers of the page are turned into list items.
+    servers.sort_by_cached_key(|s| server_id(s));
     let url = format!("{}{}", base_url(&headers), uri.path());
-    Ok(Json(pagination::paginate(items, &query, page, &url)?))
+    let page = pagination::paginate(servers, &query, page, &url)?;
+    let results = page.results.iter().filter_map(|s| view::server_list_item(s, &state.caches)).collect();
+    Ok(Json(Page { count: page.count, next: page.next, previous: page.previous, results }))
 }
 
 /// The create body, as documented (validated by hand, see [`super::validate`]).

@@ -1,0 +1,712 @@
+//! `cargo bench --bench vps [-- --servers N --create C ...]`: the benchmarks of issue 6 in one
+//! run, printed as one table.
+//!
+//! Starts the local control plane (etcd, kube-apiserver, kube-controller-manager,
+//! kube-scheduler, KubeVirt's virt-api and virt-controller), then the node simulator (zero
+//! delays), the operator and the gateway as child processes of the release `vps-operator`
+//! binary, and a bare axum handler as a child process of this bench. Then:
+//!
+//! 1. creates `--create` servers through the REST API with `--clients` parallel clients and
+//!    times them until all are `active`, counting kube-apiserver's write requests;
+//! 2. creates more until `--servers` exist, and waits (at most `--fill-timeout`) for them;
+//! 3. counts kube-apiserver writes to the operator's resources over `--settle` seconds;
+//! 4. reads the operator's and the gateway's resident memory;
+//! 5. drives `GET /api/v1/servers/{id}/` on the gateway, the bare handler and kube-apiserver,
+//!    and the list endpoint, each with the same load generator (`--concurrency` connections,
+//!    `--duration` seconds after a one-second warm-up).
+//!
+//! Load goes to loopback only and every loop is bounded in time.
+
+mod cluster;
+mod load;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use serde_json::{Value, json};
+
+use cluster::{ACCOUNT, Cluster, Writes, say};
+use load::{Outcome, Target, ms};
+
+/// The statuses of the API (`shared/API.md`).
+const STATUSES: [&str; 8] =
+    ["provisioning", "active", "starting", "stopping", "stopped", "rebooting", "suspended", "error"];
+
+#[derive(Clone, Debug)]
+struct Args {
+    servers: usize,
+    create: usize,
+    clients: usize,
+    concurrency: usize,
+    duration: Duration,
+    settle: Duration,
+    fill_timeout: Duration,
+    create_timeout: Duration,
+    /// Fill up to `servers` through the REST API and wait until all are active (instead of
+    /// through the kube API with the operator stopped).
+    fill_rest: bool,
+    /// Record `perf` profiles of the gateway during its load runs (into the log folder).
+    perf: bool,
+}
+
+fn parse_args() -> Result<Option<Args>> {
+    let mut args = Args {
+        servers: 10_000,
+        create: 1_000,
+        clients: 32,
+        concurrency: 16,
+        duration: Duration::from_secs(10),
+        settle: Duration::from_secs(60),
+        fill_timeout: Duration::from_secs(900),
+        create_timeout: Duration::from_secs(600),
+        perf: false,
+        fill_rest: false,
+    };
+    let mut bench = false;
+    let mut it = std::env::args().skip(1);
+    while let Some(a) = it.next() {
+        let (name, inline) = match a.split_once('=') {
+            Some((n, v)) => (n.to_string(), Some(v.to_string())),
+            None => (a.clone(), None),
+        };
+        let mut value = || -> Result<u64> {
+            let v = inline.clone().or_else(|| it.next()).with_context(|| format!("{name} needs a value"))?;
+            v.parse().with_context(|| format!("{name}: not a number: {v}"))
+        };
+        match name.as_str() {
+            "--bench" => bench = true,
+            "--perf" => args.perf = true,
+            "--fill-rest" => args.fill_rest = true,
+            "--servers" => args.servers = value()? as usize,
+            "--create" => args.create = value()? as usize,
+            "--clients" => args.clients = value()? as usize,
+            "--concurrency" => args.concurrency = value()? as usize,
+            "--duration" => args.duration = Duration::from_secs(value()?),
+            "--settle" => args.settle = Duration::from_secs(value()?),
+            "--fill-timeout" => args.fill_timeout = Duration::from_secs(value()?),
+            "--create-timeout" => args.create_timeout = Duration::from_secs(value()?),
+            "--help" | "-h" => {
+                println!(
+                    "cargo bench --bench vps -- [--servers 10000] [--create 1000] [--clients 32] [--concurrency 16] \
+                     [--duration 10] [--settle 60] [--fill-timeout 900] [--create-timeout 600] [--fill-rest] [--perf]"
+                );
+                return Ok(None);
+            }
+            _ => bail!("unknown argument {a:?} (try --help)"),
+        }
+    }
+    if !bench {
+        // `cargo test --all-targets` runs bench targets too: start nothing then.
+        eprintln!("vps bench: run it with `cargo bench --bench vps`; doing nothing");
+        return Ok(None);
+    }
+    args.create = args.create.min(args.servers);
+    Ok(Some(args))
+}
+
+fn main() -> Result<()> {
+    let argv: Vec<String> = std::env::args().collect();
+    if argv.get(1).map(String::as_str) == Some("bare-server") {
+        return bare_server(&argv[2], &argv[3]);
+    }
+    let Some(args) = parse_args()? else { return Ok(()) };
+    // This runtime is the load generator (and the bench's own bookkeeping).
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(bench(args))
+}
+
+/// The bare handler: the server-sized JSON body of a real `GET /api/v1/servers/{id}/`,
+/// served by axum with nothing else (no auth, no cache lookup, no middleware).
+fn bare_server(listen: &str, body_file: &str) -> Result<()> {
+    let body: Value = serde_json::from_slice(&std::fs::read(body_file)?)?;
+    let body = Arc::new(body);
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(async move {
+        let app = axum::Router::new().route(
+            "/api/v1/servers/{id}/",
+            axum::routing::get(move |axum::extract::Path(_id): axum::extract::Path<String>| {
+                let body = body.clone();
+                async move { axum::Json((*body).clone()) }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind(listen).await?;
+        axum::serve(listener, app).await?;
+        anyhow::Ok(())
+    })
+}
+
+/// A line of the final table.
+struct Row {
+    id: &'static str,
+    what: String,
+    measured: String,
+    target: String,
+    pass: Option<bool>,
+}
+
+fn row(
+    id: &'static str,
+    what: impl Into<String>,
+    measured: impl Into<String>,
+    target: &str,
+    pass: Option<bool>,
+) -> Row {
+    Row { id, what: what.into(), measured: measured.into(), target: target.into(), pass }
+}
+
+struct Api {
+    http: reqwest::Client,
+    base: String,
+    auth: String,
+}
+
+impl Api {
+    fn new(c: &Cluster) -> Result<Api> {
+        Ok(Api {
+            http: reqwest::Client::builder().timeout(Duration::from_secs(60)).build()?,
+            base: c.gateway_url.clone(),
+            auth: format!("Bearer {}", c.token),
+        })
+    }
+
+    async fn get(&self, path: &str) -> Result<Value> {
+        let res = self.http.get(format!("{}{path}", self.base)).header("Authorization", &self.auth).send().await?;
+        let status = res.status();
+        let body = res.text().await?;
+        if !status.is_success() {
+            bail!("GET {path}: {status} {body}");
+        }
+        Ok(serde_json::from_str(&body)?)
+    }
+
+    /// How many of the account's servers have `status`.
+    async fn count(&self, status: &str) -> Result<usize> {
+        let page = self.get(&format!("/api/v1/servers/?status={status}&page_size=1")).await?;
+        page["count"].as_u64().map(|n| n as usize).context("count")
+    }
+
+    async fn counts(&self) -> Result<BTreeMap<&'static str, usize>> {
+        let mut out = BTreeMap::new();
+        for s in STATUSES {
+            let n = self.count(s).await?;
+            if n > 0 {
+                out.insert(s, n);
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn counts_text(counts: &BTreeMap<&'static str, usize>) -> String {
+    counts.iter().map(|(k, v)| format!("{v} {k}")).collect::<Vec<_>>().join(", ")
+}
+
+/// Creates servers `from..to` through the REST API with `clients` parallel clients; returns
+/// their ids and the number of failed creates.
+async fn create_servers(api: &Arc<Api>, from: usize, to: usize, clients: usize) -> Result<(Vec<i64>, usize)> {
+    let next = Arc::new(AtomicUsize::new(from));
+    let mut tasks = Vec::new();
+    for _ in 0..clients {
+        let (api, next) = (api.clone(), next.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut ids = Vec::new();
+            let mut failed = 0;
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= to {
+                    break;
+                }
+                let body = json!({"name": format!("bench-{i}"), "plan_id": 1, "os_id": 5,
+                    "location": if i % 2 == 0 { "us-west" } else { "us-east" },
+                    "hostname": format!("bench-{i}.example.com")});
+                let res = api
+                    .http
+                    .post(format!("{}/api/v1/servers/", api.base))
+                    .header("Authorization", &api.auth)
+                    .json(&body)
+                    .send()
+                    .await;
+                match res {
+                    Ok(r) if r.status().as_u16() == 201 => {
+                        let v: Value = r.json().await.unwrap_or_default();
+                        match v["id"].as_i64() {
+                            Some(id) => ids.push(id),
+                            None => failed += 1,
+                        }
+                    }
+                    Ok(r) => {
+                        failed += 1;
+                        if failed <= 3 {
+                            let status = r.status();
+                            say(format!("create failed: {status} {}", r.text().await.unwrap_or_default()));
+                        }
+                    }
+                    Err(e) => {
+                        failed += 1;
+                        if failed <= 3 {
+                            say(format!("create failed: {e}"));
+                        }
+                    }
+                }
+            }
+            (ids, failed)
+        }));
+    }
+    let mut ids = Vec::new();
+    let mut failed = 0;
+    for t in tasks {
+        let (i, f) = t.await?;
+        ids.extend(i);
+        failed += f;
+    }
+    Ok((ids, failed))
+}
+
+/// Waits until `want` servers are active or `timeout` passes; returns whether they are.
+async fn wait_active(api: &Api, want: usize, started: Instant, timeout: Duration) -> Result<bool> {
+    let mut last_report = Instant::now();
+    loop {
+        let active = api.count("active").await?;
+        if active >= want {
+            return Ok(true);
+        }
+        if started.elapsed() > timeout {
+            return Ok(false);
+        }
+        if last_report.elapsed() > Duration::from_secs(15) {
+            say(format!("{} / {want} active ({})", active, counts_text(&api.counts().await?)));
+            last_report = Instant::now();
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn total(w: &Writes) -> u64 {
+    w.values().sum()
+}
+
+fn breakdown(w: &Writes, limit: usize) -> String {
+    let mut v: Vec<_> = w.iter().collect();
+    v.sort_by(|a, b| b.1.cmp(a.1));
+    v.iter().take(limit).map(|(k, n)| format!("    {n:>8}  {k}")).collect::<Vec<_>>().join("\n")
+}
+
+fn mib(kib: u64) -> f64 {
+    kib as f64 / 1024.0
+}
+
+async fn bench(args: Args) -> Result<()> {
+    say(format!("{args:?}"));
+    let logs = PathBuf::from(std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| "target".into())).join("vps-bench");
+    let _ = std::fs::remove_dir_all(&logs);
+    let mut c = cluster::start(args.servers, &logs).await?;
+    let api = Arc::new(Api::new(&c)?);
+    let mut rows = Vec::new();
+    let mut notes = Vec::new();
+
+    // 3. Provisioning throughput.
+    say(format!("creating {} servers through the REST API with {} clients", args.create, args.clients));
+    let before = cluster::apiserver_writes(&c.client).await?;
+    let cpu_before = cluster::child_cpu_seconds();
+    let started = Instant::now();
+    let (mut ids, failed) = create_servers(&api, 0, args.create, args.clients).await?;
+    let posted = started.elapsed();
+    say(format!("{} created ({failed} failed) in {:.1} s; waiting until active", ids.len(), posted.as_secs_f64()));
+    let all_active = wait_active(&api, ids.len(), started, args.create_timeout).await?;
+    let wall = started.elapsed();
+    let writes = cluster::diff(&before, &cluster::apiserver_writes(&c.client).await?);
+    let per_server = total(&writes) as f64 / ids.len().max(1) as f64;
+    let vps_writes: u64 = writes.iter().filter(|(k, _)| k.group == "vps.org").map(|(_, v)| v).sum();
+    say(format!(
+        "{} servers active: {:.1} s (POSTs done after {:.1} s); {} apiserver writes ({per_server:.1} per server):\n{}",
+        ids.len(),
+        wall.as_secs_f64(),
+        posted.as_secs_f64(),
+        total(&writes),
+        breakdown(&writes, 40)
+    ));
+    let cpu = cluster::cpu_text(&cpu_before, &cluster::child_cpu_seconds(), wall);
+    say(format!("what the cluster spent its CPU on:\n{cpu}"));
+    let created_ok = all_active && failed == 0 && ids.len() == args.create;
+    rows.push(row(
+        "3",
+        format!("create {} servers via REST ({} clients) until all active", args.create, args.clients),
+        if all_active {
+            format!("{:.1} s (POSTs {:.1} s)", wall.as_secs_f64(), posted.as_secs_f64())
+        } else {
+            format!("not all active after {:.0} s: {}", wall.as_secs_f64(), counts_text(&api.counts().await?))
+        },
+        "< 60 s",
+        Some(created_ok && wall < Duration::from_secs(60)),
+    ));
+    rows.push(row(
+        "3",
+        "kube-apiserver writes per server (all components)",
+        format!(
+            "{per_server:.1} ({} total; {:.1}/server to vps.org objects)",
+            total(&writes),
+            vps_writes as f64 / ids.len().max(1) as f64
+        ),
+        "(reported)",
+        None,
+    ));
+
+    // Fill up to --servers through the REST API (when the cluster can provision that many).
+    let n = args.servers;
+    if args.fill_rest && n > ids.len() {
+        say(format!("creating {} more servers (to {n}) through the REST API", n - ids.len()));
+        let fill_started = Instant::now();
+        let (more, failed) = create_servers(&api, args.create, n, args.clients).await?;
+        ids.extend(more);
+        say(format!(
+            "{} servers exist ({failed} creates failed) after {:.1} s; waiting until active (at most {:.0} s)",
+            ids.len(),
+            fill_started.elapsed().as_secs_f64(),
+            args.fill_timeout.as_secs_f64()
+        ));
+        let ok = wait_active(&api, ids.len(), fill_started, args.fill_timeout).await?;
+        say(format!("fill: all active = {ok} after {:.1} s", fill_started.elapsed().as_secs_f64()));
+        notes.push(format!(
+            "filling {} → {} servers through the REST API took {:.0} s until {}",
+            args.create,
+            ids.len(),
+            fill_started.elapsed().as_secs_f64(),
+            if ok { "all were active" } else { "the fill timeout" }
+        ));
+    }
+    let counts = api.counts().await?;
+    let operator_state = format!("{} servers: {}", ids.len(), counts_text(&counts));
+    say(format!("state: {operator_state}"));
+
+    // 5. Settled cluster.
+    let grace = Duration::from_secs(20);
+    say(format!("settling {:.0} s, then counting writes for {:.0} s", grace.as_secs_f64(), args.settle.as_secs_f64()));
+    tokio::time::sleep(grace).await;
+    let before = cluster::apiserver_writes(&c.client).await?;
+    let reconciles_before = cluster::operator_reconciles(c.operator_metrics).await?;
+    tokio::time::sleep(args.settle).await;
+    let writes = cluster::diff(&before, &cluster::apiserver_writes(&c.client).await?);
+    let reconciles = cluster::operator_reconciles(c.operator_metrics).await? - reconciles_before;
+    let op_writes: Writes =
+        writes.iter().filter(|(k, _)| cluster::operator_resource(k)).map(|(k, v)| (k.clone(), *v)).collect();
+    let minutes = args.settle.as_secs_f64() / 60.0;
+    say(format!(
+        "settled: {} writes in {:.0} s, {} to the operator's resources, {reconciles} reconciles:\n{}",
+        total(&writes),
+        args.settle.as_secs_f64(),
+        total(&op_writes),
+        breakdown(&writes, 40)
+    ));
+    rows.push(row(
+        "5",
+        format!("settled cluster ({}): writes/min to the operator's resources", counts_text(&counts)),
+        format!(
+            "{:.1}/min over {:.0} s ({reconciles} reconciles; all components: {:.1}/min)",
+            total(&op_writes) as f64 / minutes,
+            args.settle.as_secs_f64(),
+            total(&writes) as f64 / minutes
+        ),
+        "0",
+        Some(total(&op_writes) == 0),
+    ));
+
+    // 4. The operator's memory, with every server it reconciled.
+    let operator_rss = cluster::rss_kib(c.operator_pid)?;
+    rows.push(row(
+        "4",
+        format!("operator RSS ({})", counts_text(&counts)),
+        format!("{:.1} MiB (peak {:.1} MiB)", mib(operator_rss.0), mib(operator_rss.1)),
+        "< 64 MiB",
+        Some(mib(operator_rss.0) < 64.0),
+    ));
+
+    // Fill up to --servers through the kube API, with the operator stopped: the gateway's
+    // cache holds N servers, the cluster need not provision them.
+    let mut state = operator_state.clone();
+    if !args.fill_rest && n > ids.len() {
+        say(format!("stopping the operator; creating {} VpsServers through the kube API", n - ids.len()));
+        c.stop_operator();
+        let fill_started = Instant::now();
+        let more = fill_direct(&c, ids[0], ids.len(), n, args.clients).await?;
+        ids.extend(more);
+        loop {
+            let page = api.get("/api/v1/servers/?page_size=1").await?;
+            if page["count"].as_u64() == Some(ids.len() as u64) {
+                break;
+            }
+            if fill_started.elapsed() > args.fill_timeout {
+                bail!("the gateway's cache did not reach {} servers", ids.len());
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let filled = ids.len() - args.create;
+        state = format!(
+            "{} servers: {} made through the REST API and reconciled by the operator ({}); {filled} made through \
+             the kube API with the operator stopped, status copied from an active server ({})",
+            ids.len(),
+            args.create,
+            counts_text(&counts),
+            counts_text(&api.counts().await?)
+        );
+        say(format!("fill: {filled} servers in {:.1} s", fill_started.elapsed().as_secs_f64()));
+    }
+    let rss_settled = cluster::rss_kib(c.gateway_pid)?;
+
+    // 1. GET one server: gateway, bare handler, kube-apiserver.
+    let sample: Vec<i64> = ids.iter().copied().step_by((ids.len() / 1000).max(1)).collect();
+    let first = api.get(&format!("/api/v1/servers/{}/", sample[0])).await?;
+    let body_file = c.logs.join("server-detail.json");
+    std::fs::write(&body_file, serde_json::to_vec(&first)?)?;
+    let bare_addr: SocketAddr = format!("127.0.0.1:{}", vps_operator::controlplane::free_port()?).parse()?;
+    let bare = vps_operator::controlplane::Process::spawn(
+        "bare-axum",
+        &std::env::current_exe()?,
+        &["bare-server".into(), bare_addr.to_string(), body_file.display().to_string()],
+        &c.logs.join("bare-axum.log"),
+    )?;
+    wait_tcp(bare_addr).await?;
+    let apiserver_addr: SocketAddr = c.plane.server_url().trim_start_matches("https://").parse()?;
+    let admin_token = admin_token(&c.plane.kubeconfig_path())?;
+
+    let gateway_paths: Vec<String> = sample.iter().map(|id| format!("/api/v1/servers/{id}/")).collect();
+    let apiserver_paths: Vec<String> =
+        sample.iter().map(|id| format!("/apis/vps.org/v1alpha1/namespaces/{ACCOUNT}/vpsservers/srv-{id}")).collect();
+    let run = |target: Target, paths: Vec<String>, auth: Option<String>| load::Run {
+        target,
+        paths: Arc::new(paths),
+        authorization: auth,
+        concurrency: args.concurrency,
+        warmup: Duration::from_secs(1),
+        duration: args.duration,
+    };
+    let gw_auth = Some(format!("Bearer {}", c.token));
+    say("load: gateway GET /api/v1/servers/{id}/");
+    let gw = profiled(
+        &args,
+        &c,
+        "get",
+        load::run(run(Target::Http(c.gateway_addr), gateway_paths.clone(), gw_auth.clone())),
+    )
+    .await?;
+    say(format!("  {gw}"));
+    say("load: bare axum handler");
+    let bare_out = load::run(run(Target::Http(bare_addr), gateway_paths.clone(), None)).await;
+    say(format!("  {bare_out}"));
+    drop(bare);
+    say("load: kube-apiserver GET vpsservers/srv-{id}");
+    let kube = load::run(run(
+        Target::https(apiserver_addr, &c.plane.ca_path())?,
+        apiserver_paths,
+        Some(format!("Bearer {admin_token}")),
+    ))
+    .await;
+    say(format!("  {kube}"));
+
+    let conc = args.concurrency;
+    let describe = |o: &Outcome| format!("{:.0} req/s, p50 {}, p99 {}", o.rps, ms(o.p50), ms(o.p99));
+    let errs = |o: &Outcome| if o.errors > 0 { format!(" ({} errors)", o.errors) } else { String::new() };
+    rows.push(row(
+        "1",
+        format!("gateway GET /servers/{{id}}/, {} in cache, {conc} conns", ids.len()),
+        format!("{}{}", describe(&gw), errs(&gw)),
+        "",
+        None,
+    ));
+    rows.push(row(
+        "1",
+        format!("bare axum handler, same {} B body, {conc} conns", bare_out.body_bytes),
+        format!("{}{}", describe(&bare_out), errs(&bare_out)),
+        "",
+        None,
+    ));
+    rows.push(row(
+        "1",
+        format!("kube-apiserver GET of the same VpsServer, {conc} conns"),
+        format!("{}{}", describe(&kube), errs(&kube)),
+        "",
+        None,
+    ));
+    let vs_bare = gw.rps / bare_out.rps.max(1e-9);
+    let vs_kube = gw.rps / kube.rps.max(1e-9);
+    rows.push(row(
+        "1",
+        "gateway req/s ÷ bare handler req/s",
+        format!("{:.0}%", vs_bare * 100.0),
+        "≥ 50%",
+        Some(vs_bare >= 0.5 && gw.errors == 0),
+    ));
+    rows.push(row(
+        "1",
+        "gateway req/s ÷ kube-apiserver req/s",
+        format!("{vs_kube:.1}×"),
+        "≥ 10×",
+        Some(vs_kube >= 10.0 && gw.errors == 0),
+    ));
+
+    // 2. Lists.
+    for (name, label, path) in [
+        ("list", "GET /servers/?page_size=100", "/api/v1/servers/?page_size=100"),
+        ("list-active", "GET /servers/?status=active&page_size=100", "/api/v1/servers/?status=active&page_size=100"),
+    ] {
+        say(format!("load: gateway {label}"));
+        let o = profiled(
+            &args,
+            &c,
+            name,
+            load::run(run(Target::Http(c.gateway_addr), vec![path.to_string()], gw_auth.clone())),
+        )
+        .await?;
+        say(format!("  {o}"));
+        rows.push(row(
+            "2",
+            format!("gateway {label}, {} servers, {conc} conns", ids.len()),
+            format!("p99 {} (p50 {}, {:.0} req/s){}", ms(o.p99), ms(o.p50), o.rps, errs(&o)),
+            "p99 < 10 ms",
+            Some(o.p99 < Duration::from_millis(10) && o.errors == 0 && o.ok > 0),
+        ));
+    }
+
+    // 4. The gateway's memory.
+    c.check_gateway()?;
+    let rss_loaded = cluster::rss_kib(c.gateway_pid)?;
+    let gwm = rss_settled.0.max(rss_loaded.0);
+    rows.push(row(
+        "4",
+        format!("gateway RSS, {} servers in its cache", ids.len()),
+        format!(
+            "{:.1} MiB idle, {:.1} MiB after the read load (peak {:.1} MiB)",
+            mib(rss_settled.0),
+            mib(rss_loaded.0),
+            mib(rss_loaded.1)
+        ),
+        "< 128 MiB",
+        Some(mib(gwm) < 128.0),
+    ));
+
+    print_table(&rows, &args, &state, &notes);
+    Ok(())
+}
+
+/// Creates VpsServers `from..to` directly through the kube API (`srv-{id}` with ids from
+/// 1,000,000 on, which the id counter never reaches here), each a copy of the active server
+/// `template_id` with its status; returns their ids.
+async fn fill_direct(c: &Cluster, template_id: i64, from: usize, to: usize, clients: usize) -> Result<Vec<i64>> {
+    use futures::{StreamExt, TryStreamExt};
+    use kube::api::{Patch, PatchParams, PostParams};
+    use vps_operator::api::VpsServer;
+    let servers: kube::Api<VpsServer> = kube::Api::namespaced(c.client.clone(), ACCOUNT);
+    let template = servers.get(&format!("srv-{template_id}")).await?;
+    let template_status = serde_json::to_value(&template.status)?;
+    futures::stream::iter(from..to)
+        .map(|i| {
+            let (servers, template, mut status) = (servers.clone(), template.clone(), template_status.clone());
+            async move {
+                let id = 1_000_000 + i as i64;
+                let name = format!("srv-{id}");
+                let mut s = VpsServer::new(&name, template.spec.clone());
+                s.spec.name = format!("bench-{i}");
+                s.spec.hostname = Some(format!("bench-{i}.example.com"));
+                s.metadata.labels = template.metadata.labels.clone();
+                s.metadata.annotations = template.metadata.annotations.clone();
+                let labels = s.metadata.labels.get_or_insert_default();
+                labels.insert(vps_operator::api::SERVER_ID_LABEL.into(), id.to_string());
+                servers.create(&PostParams::default(), &s).await?;
+                status["id"] = json!(id);
+                status["ipAddress"] = json!(format!("10.201.{}.{}", (i / 250) % 250, i % 250 + 1));
+                status["vmName"] = json!(name);
+                servers.patch_status(&name, &PatchParams::default(), &Patch::Merge(&json!({"status": status}))).await?;
+                anyhow::Ok(id)
+            }
+        })
+        .buffer_unordered(clients)
+        .try_collect()
+        .await
+}
+
+/// Runs `load`, with `perf record` on the gateway meanwhile when `--perf` was given.
+async fn profiled(args: &Args, c: &Cluster, name: &str, load: impl Future<Output = Outcome>) -> Result<Outcome> {
+    if !args.perf {
+        return Ok(load.await);
+    }
+    let out = c.logs.join(format!("perf-{name}.data"));
+    let secs = (args.duration + Duration::from_secs(1)).as_secs().to_string();
+    let pid = c.gateway_pid.to_string();
+    let mut perf = tokio::process::Command::new("perf")
+        .args(["record", "-F", "1999", "-g", "-p", &pid, "-o"])
+        .arg(&out)
+        .args(["--", "sleep", &secs])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .context("start perf")?;
+    let outcome = load.await;
+    perf.wait().await?;
+    say(format!("  profile: perf report -i {}", out.display()));
+    Ok(outcome)
+}
+
+async fn wait_tcp(addr: SocketAddr) -> Result<()> {
+    for _ in 0..500 {
+        if tokio::net::TcpStream::connect(addr).await.is_ok() {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    bail!("nothing listens on {addr}")
+}
+
+/// The bearer token of the control plane's admin kubeconfig.
+fn admin_token(kubeconfig: &std::path::Path) -> Result<String> {
+    let v: serde_yaml::Value = serde_yaml::from_slice(&std::fs::read(kubeconfig)?)?;
+    v["users"][0]["user"]["token"].as_str().map(str::to_string).context("no token in the kubeconfig")
+}
+
+fn print_table(rows: &[Row], args: &Args, state: &str, notes: &[String]) {
+    let machine = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("model name").map(|v| v.trim_start_matches([' ', '\t', ':']).to_string()))
+        })
+        .unwrap_or_default();
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    println!();
+    println!(
+        "vps-operator benchmarks — {cores} cores ({machine}); N = {} servers requested; load: {} connections, {} s per run after 1 s warm-up",
+        args.servers,
+        args.concurrency,
+        args.duration.as_secs()
+    );
+    println!("servers at measurement: {state}");
+    for n in notes {
+        println!("note: {n}");
+    }
+    println!();
+    let w_what = rows.iter().map(|r| r.what.chars().count()).max().unwrap_or(0);
+    let w_meas = rows.iter().map(|r| r.measured.chars().count()).max().unwrap_or(0);
+    let w_tgt = rows.iter().map(|r| r.target.chars().count()).max().unwrap_or(0).max(6);
+    let pad = |s: &str, w: usize| format!("{s}{}", " ".repeat(w.saturating_sub(s.chars().count())));
+    println!("| # | {} | {} | {} | result |", pad("benchmark", w_what), pad("measured", w_meas), pad("target", w_tgt));
+    println!("|---|{}|{}|{}|--------|", "-".repeat(w_what + 2), "-".repeat(w_meas + 2), "-".repeat(w_tgt + 2));
+    for r in rows {
+        let result = match r.pass {
+            Some(true) => "PASS",
+            Some(false) => "FAIL",
+            None => "",
+        };
+        println!(
+            "| {} | {} | {} | {} | {} |",
+            r.id,
+            pad(&r.what, w_what),
+            pad(&r.measured, w_meas),
+            pad(&r.target, w_tgt),
+            pad(result, 6)
+        );
+    }
+}
