@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::Secret;
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
@@ -21,12 +21,16 @@ use tokio::task::JoinHandle;
 use crate::api::{SERVER_ID_LABEL, VpsAccount, VpsImage, VpsLocation, VpsPlan, VpsServer, VpsSshKey};
 use crate::tokens::TOKEN_LABEL;
 
+use super::index::ServerIndex;
+
 /// How long a handler waits for its own write to reach the cache.
 const READ_YOUR_WRITES_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The gateway's caches.
 pub struct Caches {
     pub servers: Store<VpsServer>,
+    /// The servers by account namespace and id (what lists and lookups read).
+    pub server_index: Arc<ServerIndex>,
     pub plans: Store<VpsPlan>,
     pub images: Store<VpsImage>,
     pub locations: Store<VpsLocation>,
@@ -50,6 +54,20 @@ where
     K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
     K::DynamicType: Default + Eq + Hash + Clone + Send + Sync,
 {
+    spawn_indexed_reflector(api, config, tasks, |_| {})
+}
+
+/// A reflector whose events also go to `index`, before the store sees them.
+fn spawn_indexed_reflector<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    tasks: &mut Vec<JoinHandle<()>>,
+    index: impl Fn(&watcher::Event<K>) + Send + 'static,
+) -> Store<K>
+where
+    K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+    K::DynamicType: Default + Eq + Hash + Clone + Send + Sync,
+{
     let (reader, writer) = reflector::store();
     let kind = K::kind(&K::DynamicType::default()).into_owned();
     let stream = watcher(api, config.page_size(500))
@@ -58,6 +76,7 @@ where
             obj.managed_fields_mut().clear();
             obj.annotations_mut().remove("kubectl.kubernetes.io/last-applied-configuration");
         })
+        .inspect_ok(move |event| index(event))
         .reflect(writer)
         .for_each(move |event| {
             if let Err(e) = event {
@@ -74,7 +93,12 @@ impl Caches {
     pub fn start(client: Client, system_namespace: &str) -> Caches {
         let mut tasks = Vec::new();
         let all = watcher::Config::default();
-        let servers = spawn_reflector(Api::<VpsServer>::all(client.clone()), all.clone(), &mut tasks);
+        let server_index = Arc::new(ServerIndex::default());
+        let indexer = server_index.clone();
+        let servers =
+            spawn_indexed_reflector(Api::<VpsServer>::all(client.clone()), all.clone(), &mut tasks, move |e| {
+                indexer.apply(e)
+            });
         let plans = spawn_reflector(Api::<VpsPlan>::all(client.clone()), all.clone(), &mut tasks);
         let images = spawn_reflector(Api::<VpsImage>::all(client.clone()), all.clone(), &mut tasks);
         let locations = spawn_reflector(Api::<VpsLocation>::all(client.clone()), all.clone(), &mut tasks);
@@ -111,7 +135,7 @@ impl Caches {
                 flag.store(true, Ordering::Release);
             }
         }));
-        Caches { servers, plans, images, locations, accounts, ssh_keys, tokens, ready, tasks }
+        Caches { servers, server_index, plans, images, locations, accounts, ssh_keys, tokens, ready, tasks }
     }
 
     /// Whether every cache has listed its objects once.
@@ -126,33 +150,9 @@ impl Caches {
         }
     }
 
-    /// The servers of a namespace that have an id and are not being deleted.
-    pub fn servers_in(&self, namespace: &str) -> Vec<Arc<VpsServer>> {
-        // `metadata.namespace` is compared in place: `ResourceExt::namespace` would clone it
-        // for every cached server, on every list.
-        self.servers.state_filter(|s| {
-            s.metadata.namespace.as_deref() == Some(namespace)
-                && s.metadata.deletion_timestamp.is_none()
-                && server_id(s).is_some()
-        })
-    }
-
     /// One server of a namespace by its integer id; deleted or deleting servers are gone.
     pub fn server(&self, namespace: &str, id: i64) -> Option<Arc<VpsServer>> {
-        let wanted = |s: &VpsServer| {
-            s.metadata.namespace.as_deref() == Some(namespace)
-                && s.metadata.deletion_timestamp.is_none()
-                && server_id(s) == Some(id)
-        };
-        // The gateway names the servers it creates `srv-{id}`: one hash lookup instead of a
-        // scan of every cached server. Ids are unique in the cluster, so a hit is the answer;
-        // servers named otherwise (made with kubectl) are found by the scan.
-        if let Some(s) = self.servers.get(&ObjectRef::new(&format!("srv-{id}")).within(namespace))
-            && wanted(&s)
-        {
-            return Some(s);
-        }
-        self.servers.find(|s| wanted(s))
+        self.server_index.get(namespace, id)
     }
 
     pub fn plan_by_name(&self, name: &str) -> Option<Arc<VpsPlan>> {

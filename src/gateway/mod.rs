@@ -13,6 +13,7 @@ pub mod cache;
 pub mod catalog;
 pub mod error;
 pub mod idempotency;
+pub mod index;
 pub mod metrics;
 pub mod openapi;
 pub mod pagination;

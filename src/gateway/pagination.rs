@@ -45,6 +45,18 @@ pub fn params(query: &Query, errors: &mut FieldErrors) -> (usize, usize) {
 /// A page past the last one (other than page 1) is a bad value: 400.
 pub fn paginate<T>(items: Vec<T>, query: &Query, (page, size): (usize, usize), url: &str) -> Result<Page<T>, ApiError> {
     let count = items.len();
+    let results: Vec<T> = items.into_iter().skip((page - 1) * size).take(size).collect();
+    page_of(count, results, query, (page, size), url)
+}
+
+/// A page whose `results` were already cut out of `count` matching items.
+pub fn page_of<T>(
+    count: usize,
+    results: Vec<T>,
+    query: &Query,
+    (page, size): (usize, usize),
+    url: &str,
+) -> Result<Page<T>, ApiError> {
     let pages = count.div_ceil(size).max(1);
     if page > pages {
         let mut errors = FieldErrors::default();
@@ -59,7 +71,6 @@ pub fn paginate<T>(items: Vec<T>, query: &Query, (page, size): (usize, usize), u
         let qs = serde_urlencoded::to_string(&pairs).unwrap_or_default();
         if qs.is_empty() { url.to_string() } else { format!("{url}?{qs}") }
     };
-    let results: Vec<T> = items.into_iter().skip((page - 1) * size).take(size).collect();
     Ok(Page {
         count,
         next: (page < pages).then(|| link(page + 1)),

@@ -114,13 +114,16 @@ pub async fn list_servers(
     let page = pagination::params(&query, &mut errors);
     errors.into_result()?;
 
-    let mut servers = state.caches.servers_in(&tenant.namespace);
-    servers.retain(|s| status.is_none_or(|st| api_status(s) == st) && location.is_none_or(|l| s.spec.location == l));
-    // Every server kept has an id (`servers_in`); the key is parsed once per server, and only
-    // the servers of the page are turned into list items.
-    servers.sort_by_cached_key(|s| server_id(s));
+    // The index keeps each account's servers in id order with their status computed: only
+    // the servers of the page are touched and turned into list items.
+    let (count, servers) = state.caches.server_index.page(
+        &tenant.namespace,
+        |e| status.is_none_or(|st| e.status == st) && location.is_none_or(|l| e.server.spec.location == l),
+        (page.0 - 1) * page.1,
+        page.1,
+    );
     let url = format!("{}{}", base_url(&headers), uri.path());
-    let page = pagination::paginate(servers, &query, page, &url)?;
+    let page = pagination::page_of(count, servers, &query, page, &url)?;
     let results = page.results.iter().filter_map(|s| view::server_list_item(s, &state.caches)).collect();
     Ok(Json(Page { count: page.count, next: page.next, previous: page.previous, results }))
 }
