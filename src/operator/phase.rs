@@ -36,6 +36,7 @@ const ERROR_STATUSES: [&str; 8] = [
 
 /// Derives the phase. `reference_error` is a bad plan/image/location/key (reason, message);
 /// `rebooting_from` is the UID of the instance a reboot replaced, while that reboot lasts.
+/// Addresses are reported while the instance runs.
 pub fn observe(
     spec: &VpsServerSpec,
     reference_error: Option<(&str, &str)>,
@@ -45,13 +46,12 @@ pub fn observe(
 ) -> Observation {
     let mut obs = phase_only(spec, reference_error, vm, vmi, rebooting_from);
     if let Some(vmi) = vmi.filter(|v| v.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")) {
-        let (ipv4, ipv6) = addresses(vmi);
-        obs.ipv4 = ipv4;
-        obs.ipv6 = ipv6;
+        (obs.ipv4, obs.ipv6) = addresses(vmi);
     }
     obs
 }
 
+/// [`observe`] without the addresses.
 fn phase_only(
     spec: &VpsServerSpec,
     reference_error: Option<(&str, &str)>,

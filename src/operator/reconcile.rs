@@ -104,7 +104,8 @@ pub async fn apply(server: Arc<VpsServer>, ctx: Arc<Context>) -> Result<Action> 
         &now,
     );
 
-    if status::changed(&old_status, &new_status) {
+    // Condition times only move when a status flips: an unchanged world writes nothing.
+    if old_status != new_status {
         let patch = json!({"apiVersion": "vps.org/v1alpha1", "kind": "VpsServer", "status": new_status});
         servers.patch_status(&name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(&patch)).await?;
         if old_status.phase != new_status.phase {

@@ -1,7 +1,7 @@
 //! Building the server's status from an observation, keeping condition transition times
 //! stable so that an unchanged world means an unchanged status (and no write).
 
-use crate::api::{Condition, ConditionStatus, Phase, VpsServerStatus};
+use crate::api::{Condition, ConditionStatus, Phase};
 
 use super::phase::Observation;
 
@@ -46,11 +46,6 @@ pub fn conditions(
             }
         })
         .collect()
-}
-
-/// Whether two statuses differ in anything but condition timestamps.
-pub fn changed(old: &VpsServerStatus, new: &VpsServerStatus) -> bool {
-    old != new
 }
 
 #[cfg(test)]
