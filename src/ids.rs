@@ -4,8 +4,15 @@
 //! compare-and-swap on its `resourceVersion`: read `next`, write `next + 1` with the version
 //! read, retry on 409 Conflict. Any number of gateways and operators can allocate at once.
 //! A crash between allocation and use leaves a gap, never a duplicate.
+//!
+//! An allocator may take a block of ids per compare-and-swap ([`IdAllocator::with_block`]) and
+//! hand them out from memory: parallel allocations in one process then cost one write per
+//! block instead of racing each other on the counter. What is left of a block when the
+//! process stops is a gap.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::ops::Range;
+use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::ConfigMap;
@@ -16,7 +23,7 @@ use kube::api::{Api, ObjectMeta, PostParams};
 pub const COUNTER_CONFIGMAP: &str = "vps-ids";
 
 /// What is being counted.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum IdKind {
     Server,
     SshKey,
@@ -46,21 +53,44 @@ pub enum IdError {
 #[derive(Clone)]
 pub struct IdAllocator {
     api: Api<ConfigMap>,
+    /// Ids taken per compare-and-swap.
+    block: i64,
+    /// What is left of the current block of each kind.
+    left: Arc<tokio::sync::Mutex<HashMap<IdKind, Range<i64>>>>,
 }
 
 impl IdAllocator {
+    /// An allocator taking one id per compare-and-swap.
     pub fn new(client: Client, namespace: &str) -> Self {
-        IdAllocator { api: Api::namespaced(client, namespace) }
+        IdAllocator { api: Api::namespaced(client, namespace), block: 1, left: Arc::default() }
+    }
+
+    /// Takes `block` ids per compare-and-swap (at least 1).
+    pub fn with_block(mut self, block: i64) -> Self {
+        self.block = block.max(1);
+        self
     }
 
     /// A new id of `kind`, never handed out before.
     pub async fn allocate(&self, kind: IdKind) -> Result<i64, IdError> {
+        let mut left = self.left.lock().await;
+        let range = left.entry(kind).or_insert(0..0);
+        if let Some(id) = range.next() {
+            return Ok(id);
+        }
+        let first = self.take(kind, self.block).await?;
+        *range = first + 1..first + self.block;
+        Ok(first)
+    }
+
+    /// Moves the counter of `kind` on by `count`; returns the first of the ids taken.
+    async fn take(&self, kind: IdKind, count: i64) -> Result<i64, IdError> {
         const ATTEMPTS: u32 = 100;
         for attempt in 0..ATTEMPTS {
             let Some(mut counters) = self.api.get_opt(COUNTER_CONFIGMAP).await? else {
                 // First allocation in this cluster: create the counters, with this id taken.
                 let mut data = BTreeMap::new();
-                data.insert(kind.key().to_string(), "2".to_string());
+                data.insert(kind.key().to_string(), (1 + count).to_string());
                 let cm = ConfigMap {
                     metadata: ObjectMeta { name: Some(COUNTER_CONFIGMAP.into()), ..Default::default() },
                     data: Some(data),
@@ -77,7 +107,7 @@ impl IdAllocator {
                 Some(v) => v.parse::<i64>().map_err(|_| IdError::Corrupt(kind.key()))?,
                 None => 1,
             };
-            data.insert(kind.key().to_string(), (next + 1).to_string());
+            data.insert(kind.key().to_string(), (next + count).to_string());
             // `replace` sends the resourceVersion we read: the write fails with 409 if anyone
             // allocated in between.
             match self.api.replace(COUNTER_CONFIGMAP, &PostParams::default(), &counters).await {

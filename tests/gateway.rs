@@ -676,6 +676,20 @@ async fn credit_limits_creates() {
 }
 
 #[tokio::test]
+async fn concurrent_creates_never_overspend() {
+    // Room for exactly five Standard servers (1000 cents each); eight creates race.
+    let (client, g, t) = setup("credit-race", 5500).await;
+    let tok = Some(t.token.as_str());
+    let calls = (0..8).map(|i| g.call("POST", "/api/v1/servers/", tok, Some(sample_create(&format!("race-{i}")))));
+    let mut statuses: Vec<u16> = futures::future::join_all(calls).await.iter().map(|r| r.status).collect();
+    statuses.sort();
+    assert_eq!(statuses, [201, 201, 201, 201, 201, 402, 402, 402]);
+    let servers =
+        Api::<VpsServer>::namespaced(client.clone(), &t.namespace).list(&ListParams::default()).await.unwrap();
+    assert_eq!(servers.items.len(), 5);
+}
+
+#[tokio::test]
 async fn idempotency_key_replays_the_first_answer() {
     let (client, g, t) = setup("idempotency", 1_000_000).await;
     let tok = Some(t.token.as_str());

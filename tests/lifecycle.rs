@@ -366,9 +366,11 @@ async fn concurrent_creations_get_distinct_ids() {
     }
     assert_eq!(ids.len(), 50, "50 servers, 50 distinct ids");
 
-    // Several allocators racing on the same counter (gateways and operators) never collide.
-    let allocators: Vec<_> =
-        (0..5).map(|_| vps_operator::ids::IdAllocator::new(client.clone(), "vps-system")).collect();
+    // Several allocators racing on the same counter (gateways taking blocks of ids, operators
+    // taking one at a time) never collide.
+    let allocators: Vec<_> = (0..5)
+        .map(|i| vps_operator::ids::IdAllocator::new(client.clone(), "vps-system").with_block([1, 16, 3, 1, 16][i]))
+        .collect();
     let tasks = (0..50).map(|i| {
         let a = allocators[i % 5].clone();
         async move { a.allocate(vps_operator::ids::IdKind::Server).await.unwrap() }

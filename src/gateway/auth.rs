@@ -34,8 +34,10 @@ impl FromRequestParts<AppState> for Tenant {
         if !state.caches.is_ready() {
             return Err(ApiError::Unavailable("The gateway is starting; try again shortly."));
         }
-        let secrets = state.caches.tokens.state();
-        let account = crate::tokens::account_for_token(token, secrets.iter().map(|s| s.as_ref()))
+        let account = state
+            .caches
+            .tokens
+            .account(&crate::tokens::hash_token(token))
             .ok_or(ApiError::Unauthorized("Invalid token."))?;
         let account = state.caches.account(&account).ok_or(ApiError::Unauthorized("Invalid token."))?;
         Ok(Tenant {

@@ -1,16 +1,18 @@
-//! Reflector caches: every read of the gateway (tokens, accounts, catalog, keys, servers)
-//! is served from memory, kept current by watches. `managedFields` are pruned before caching.
+//! Caches: every read of the gateway (tokens, accounts, catalog, keys, servers) is served
+//! from memory, kept current by watches. `managedFields` are pruned before caching, and
+//! servers keep only what the API serves.
 //!
 //! Read-your-writes: after a write, a handler waits (bounded) until the cache holds the
 //! written `resourceVersion` or a newer one, so the next GET on this gateway reflects it.
 
+use std::collections::HashMap;
 use std::fmt::Debug;
 use std::hash::Hash;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use futures::{StreamExt, TryStreamExt};
+use futures::StreamExt;
 use k8s_openapi::api::core::v1::Secret;
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
@@ -19,26 +21,127 @@ use serde::de::DeserializeOwned;
 use tokio::task::JoinHandle;
 
 use crate::api::{SERVER_ID_LABEL, VpsAccount, VpsImage, VpsLocation, VpsPlan, VpsServer, VpsSshKey};
-use crate::tokens::TOKEN_LABEL;
+use crate::tokens::{TOKEN_LABEL, read_token_secret};
 
-use super::index::ServerIndex;
+use super::index::{Entry, Rendered, ServerIndex};
+use super::view::{self, UPDATED_AT_ANNOTATION};
 
 /// How long a handler waits for its own write to reach the cache.
 const READ_YOUR_WRITES_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The gateway's caches.
 pub struct Caches {
-    pub servers: Store<VpsServer>,
-    /// The servers by account namespace and id (what lists and lookups read).
-    pub server_index: Arc<ServerIndex>,
+    /// The servers by namespace and name, and by account namespace and id.
+    pub servers: Arc<ServerIndex>,
     pub plans: Store<VpsPlan>,
     pub images: Store<VpsImage>,
     pub locations: Store<VpsLocation>,
     pub accounts: Store<VpsAccount>,
     pub ssh_keys: Store<VpsSshKey>,
-    pub tokens: Store<Secret>,
+    pub tokens: Arc<TokenIndex>,
+    /// Moves on with every change of a plan or image: rendered servers show both.
+    catalog_version: Arc<AtomicU64>,
     ready: Arc<AtomicBool>,
     tasks: Vec<JoinHandle<()>>,
+}
+
+/// The API tokens: the SHA-256 of each token and the account it acts for, kept from a watch
+/// of the token Secrets.
+#[derive(Default)]
+pub struct TokenIndex {
+    inner: RwLock<TokenMaps>,
+    ready: AtomicBool,
+}
+
+#[derive(Default)]
+struct TokenMaps {
+    /// Secret name → (hash, account).
+    secrets: HashMap<String, (String, String)>,
+    staging: Option<HashMap<String, (String, String)>>,
+    /// Hash → account, rebuilt from `secrets` on every change.
+    by_hash: HashMap<String, String>,
+}
+
+impl TokenIndex {
+    fn apply(&self, event: watcher::Event<Secret>) {
+        let mut maps = self.inner.write().expect("token index lock");
+        let maps = &mut *maps;
+        let entry = |s: &Secret| read_token_secret(s).map(|token| (s.name_any(), token));
+        match event {
+            watcher::Event::Apply(s) => match entry(&s) {
+                Some((name, token)) => drop(maps.secrets.insert(name, token)),
+                None => drop(maps.secrets.remove(&s.name_any())),
+            },
+            watcher::Event::Delete(s) => drop(maps.secrets.remove(&s.name_any())),
+            watcher::Event::Init => maps.staging = Some(HashMap::new()),
+            watcher::Event::InitApply(s) => {
+                if let (Some(staging), Some((name, token))) = (&mut maps.staging, entry(&s)) {
+                    staging.insert(name, token);
+                }
+            }
+            watcher::Event::InitDone => {
+                if let Some(staging) = maps.staging.take() {
+                    maps.secrets = staging;
+                }
+                self.ready.store(true, Ordering::Release);
+            }
+        }
+        maps.by_hash = maps.secrets.values().map(|(hash, account)| (hash.clone(), account.clone())).collect();
+    }
+
+    /// The account of the token with this hex SHA-256. A map lookup keyed by the hash: what
+    /// its timing could reveal is the hash, which says nothing of any token.
+    pub fn account(&self, hash: &str) -> Option<String> {
+        self.inner.read().expect("token index lock").by_hash.get(hash).cloned()
+    }
+
+    fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+}
+
+/// What a cached server keeps: the fields the API serves and the gateway decides on.
+fn prune_server(s: &mut VpsServer) {
+    s.metadata.owner_references = None;
+    s.metadata.finalizers = None;
+    if let Some(annotations) = &mut s.metadata.annotations {
+        annotations.retain(|k, _| k == UPDATED_AT_ANNOTATION);
+    }
+    if let Some(status) = &mut s.status {
+        status.conditions = Vec::new();
+        status.vm_name = None;
+        status.last_backup_time = None;
+        status.reboot_from_instance = None;
+    }
+}
+
+/// Follows a watch of `api`, handing each event (pruned) to `sink`.
+fn spawn_watch<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    tasks: &mut Vec<JoinHandle<()>>,
+    prune: fn(&mut K),
+    mut sink: impl FnMut(watcher::Event<K>) + Send + 'static,
+) where
+    K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+    K::DynamicType: Default,
+{
+    let kind = K::kind(&K::DynamicType::default()).into_owned();
+    let stream = watcher(api, config.page_size(500))
+        .default_backoff()
+        .modify(move |obj: &mut K| {
+            obj.managed_fields_mut().clear();
+            obj.annotations_mut().remove("kubectl.kubernetes.io/last-applied-configuration");
+            prune(obj);
+        })
+        .for_each(move |event| {
+            match event {
+                Ok(event) => sink(event),
+                Err(e) => tracing::warn!(kind, error = %e, "Watch failed; retrying with backoff"),
+            }
+            futures::future::ready(())
+        });
+    tasks.push(tokio::spawn(stream));
 }
 
 impl Drop for Caches {
@@ -54,37 +157,31 @@ where
     K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
     K::DynamicType: Default + Eq + Hash + Clone + Send + Sync,
 {
-    spawn_indexed_reflector(api, config, tasks, |_| {})
+    spawn_versioned_reflector(api, config, tasks, Arc::default())
 }
 
-/// A reflector whose events also go to `index`, before the store sees them.
-fn spawn_indexed_reflector<K>(
+/// A reflector that moves `version` on after each event has reached the store.
+fn spawn_versioned_reflector<K>(
     api: Api<K>,
     config: watcher::Config,
     tasks: &mut Vec<JoinHandle<()>>,
-    index: impl Fn(&watcher::Event<K>) + Send + 'static,
+    version: Arc<AtomicU64>,
 ) -> Store<K>
 where
     K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
     K::DynamicType: Default + Eq + Hash + Clone + Send + Sync,
 {
-    let (reader, writer) = reflector::store();
-    let kind = K::kind(&K::DynamicType::default()).into_owned();
-    let stream = watcher(api, config.page_size(500))
-        .default_backoff()
-        .modify(|obj: &mut K| {
-            obj.managed_fields_mut().clear();
-            obj.annotations_mut().remove("kubectl.kubernetes.io/last-applied-configuration");
-        })
-        .inspect_ok(move |event| index(event))
-        .reflect(writer)
-        .for_each(move |event| {
-            if let Err(e) = event {
-                tracing::warn!(kind, error = %e, "Watch failed; retrying with backoff");
-            }
-            futures::future::ready(())
-        });
-    tasks.push(tokio::spawn(stream));
+    let (reader, mut writer) = reflector::store();
+    spawn_watch(
+        api,
+        config,
+        tasks,
+        |_| {},
+        move |event| {
+            writer.apply_watcher_event(&event);
+            version.fetch_add(1, Ordering::Release);
+        },
+    );
     reader
 }
 
@@ -93,21 +190,35 @@ impl Caches {
     pub fn start(client: Client, system_namespace: &str) -> Caches {
         let mut tasks = Vec::new();
         let all = watcher::Config::default();
-        let server_index = Arc::new(ServerIndex::default());
-        let indexer = server_index.clone();
-        let servers =
-            spawn_indexed_reflector(Api::<VpsServer>::all(client.clone()), all.clone(), &mut tasks, move |e| {
-                indexer.apply(e)
-            });
-        let plans = spawn_reflector(Api::<VpsPlan>::all(client.clone()), all.clone(), &mut tasks);
-        let images = spawn_reflector(Api::<VpsImage>::all(client.clone()), all.clone(), &mut tasks);
+        let servers = Arc::new(ServerIndex::default());
+        let index = servers.clone();
+        spawn_watch(Api::<VpsServer>::all(client.clone()), all.clone(), &mut tasks, prune_server, move |e| {
+            index.apply(e)
+        });
+        let catalog_version = Arc::new(AtomicU64::new(0));
+        let plans = spawn_versioned_reflector(
+            Api::<VpsPlan>::all(client.clone()),
+            all.clone(),
+            &mut tasks,
+            catalog_version.clone(),
+        );
+        let images = spawn_versioned_reflector(
+            Api::<VpsImage>::all(client.clone()),
+            all.clone(),
+            &mut tasks,
+            catalog_version.clone(),
+        );
         let locations = spawn_reflector(Api::<VpsLocation>::all(client.clone()), all.clone(), &mut tasks);
         let accounts = spawn_reflector(Api::<VpsAccount>::all(client.clone()), all.clone(), &mut tasks);
         let ssh_keys = spawn_reflector(Api::<VpsSshKey>::all(client.clone()), all, &mut tasks);
-        let tokens = spawn_reflector(
+        let tokens = Arc::new(TokenIndex::default());
+        let index = tokens.clone();
+        spawn_watch(
             Api::<Secret>::namespaced(client, system_namespace),
             watcher::Config::default().labels(&format!("{TOKEN_LABEL}=true")),
             &mut tasks,
+            |_| {},
+            move |e| index.apply(e),
         );
         let ready = Arc::new(AtomicBool::new(false));
         let (s, p, i, l, a, k, t) = (
@@ -122,20 +233,21 @@ impl Caches {
         let flag = ready.clone();
         tasks.push(tokio::spawn(async move {
             let synced = futures::try_join!(
-                s.wait_until_ready(),
                 p.wait_until_ready(),
                 i.wait_until_ready(),
                 l.wait_until_ready(),
                 a.wait_until_ready(),
                 k.wait_until_ready(),
-                t.wait_until_ready()
             );
+            while !(s.is_ready() && t.is_ready()) {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
             if synced.is_ok() {
                 tracing::info!("Caches synced");
                 flag.store(true, Ordering::Release);
             }
         }));
-        Caches { servers, server_index, plans, images, locations, accounts, ssh_keys, tokens, ready, tasks }
+        Caches { servers, plans, images, locations, accounts, ssh_keys, tokens, catalog_version, ready, tasks }
     }
 
     /// Whether every cache has listed its objects once.
@@ -152,7 +264,13 @@ impl Caches {
 
     /// One server of a namespace by its integer id; deleted or deleting servers are gone.
     pub fn server(&self, namespace: &str, id: i64) -> Option<Arc<VpsServer>> {
-        self.server_index.get(namespace, id)
+        self.servers.get(namespace, id)
+    }
+
+    /// The JSON of an indexed server: rendered once, then reused until it or the catalog
+    /// changes. `None` for a server without an id.
+    pub fn rendered(&self, entry: &Entry) -> Option<Rendered> {
+        entry.rendered(self.catalog_version.load(Ordering::Acquire), |s| view::render(s, self))
     }
 
     pub fn plan_by_name(&self, name: &str) -> Option<Arc<VpsPlan>> {
@@ -185,19 +303,36 @@ fn at_least(have: Option<&str>, want: &str) -> bool {
     }
 }
 
-/// Waits until `store` holds `obj` at its resourceVersion or newer (or until the object is
-/// deleted, which is newer still). Gives up quietly after a bound: the write succeeded.
-pub async fn wait_for_write<K>(store: &Store<K>, obj: &K)
+/// A cache that can be asked for its copy of an object.
+pub trait Lookup<K> {
+    fn lookup(&self, obj: &K) -> Option<Arc<K>>;
+}
+
+impl<K> Lookup<K> for Store<K>
 where
     K: Resource + Clone + 'static,
     K::DynamicType: Default + Eq + Hash + Clone,
 {
+    fn lookup(&self, obj: &K) -> Option<Arc<K>> {
+        self.get(&ObjectRef::from_obj(obj))
+    }
+}
+
+impl Lookup<VpsServer> for ServerIndex {
+    fn lookup(&self, obj: &VpsServer) -> Option<Arc<VpsServer>> {
+        self.object(obj.metadata.namespace.as_deref().unwrap_or_default(), obj.metadata.name.as_deref()?)
+    }
+}
+
+/// Waits until `cache` holds `obj` at its resourceVersion or newer (or until the object is
+/// deleted, which is newer still). Gives up quietly after a bound: the write succeeded.
+pub async fn wait_for_write<K: Resource>(cache: &impl Lookup<K>, obj: &K) {
     let Some(want) = obj.resource_version() else { return };
-    let key = ObjectRef::from_obj(obj);
+    let key = obj.name_any();
     let uid = obj.uid();
     let deadline = tokio::time::Instant::now() + READ_YOUR_WRITES_TIMEOUT;
     loop {
-        match store.get(&key) {
+        match cache.lookup(obj) {
             Some(cached) if cached.uid() != uid => return,
             Some(cached) if at_least(cached.resource_version().as_deref(), &want) => return,
             _ => {}
@@ -210,17 +345,13 @@ where
     }
 }
 
-/// Waits until `store` no longer holds the object, or holds it marked for deletion.
-pub async fn wait_for_delete<K>(store: &Store<K>, obj: &K)
-where
-    K: Resource + Clone + 'static,
-    K::DynamicType: Default + Eq + Hash + Clone,
-{
-    let key = ObjectRef::from_obj(obj);
+/// Waits until `cache` no longer holds the object, or holds it marked for deletion.
+pub async fn wait_for_delete<K: Resource>(cache: &impl Lookup<K>, obj: &K) {
+    let key = obj.name_any();
     let uid = obj.uid();
     let deadline = tokio::time::Instant::now() + READ_YOUR_WRITES_TIMEOUT;
     loop {
-        match store.get(&key) {
+        match cache.lookup(obj) {
             None => return,
             Some(cached) if cached.uid() != uid || cached.meta().deletion_timestamp.is_some() => return,
             _ => {}

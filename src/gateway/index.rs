@@ -1,111 +1,246 @@
-//! The servers of each account, ordered by id: kept current from the server watch (updated
-//! just before the reflector store, so a write the store shows is in the index too). A list
-//! walks one account's entries in order with their API status precomputed, and touches only
-//! the servers of the page; a lookup by id is one map access.
+//! The gateway's store of servers, kept from the server watch: every object by namespace and
+//! name (what a write waits for), and each account's live servers ordered by id with their
+//! REST status computed and counted. A list walks one account's entries in order and touches
+//! only the servers of its page; a lookup by id is one map access. Each object is held once,
+//! behind an `Arc` that every view shares, and its JSON is rendered at most once per change.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, RwLock};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 
+use axum::body::Bytes;
 use kube::runtime::watcher::Event;
 
 use super::cache::server_id;
 use super::view::api_status;
 use crate::api::VpsServer;
 
-/// One indexed server.
+/// One numbered server of an account.
 pub struct Entry {
     pub server: Arc<VpsServer>,
     /// The REST API's `status`, computed once per change.
     pub status: &'static str,
+    /// Its JSON and the catalog version it was rendered for.
+    rendered: Mutex<Option<(u64, Rendered)>>,
 }
 
-type ByNamespace = HashMap<String, BTreeMap<i64, Entry>>;
-/// (namespace, name) → id.
-type Ids = HashMap<(String, String), i64>;
-
-#[derive(Default)]
-struct Inner {
-    by_namespace: ByNamespace,
-    /// (namespace, name) → id, to move or drop an entry when its object changes.
-    ids: Ids,
-    /// The index being rebuilt during a relist.
-    staging: Option<(ByNamespace, Ids)>,
+/// A server's JSON as the API shows it.
+#[derive(Clone)]
+pub struct Rendered {
+    /// `GET /api/v1/servers/{id}/`.
+    pub detail: Bytes,
+    /// One item of a list.
+    pub item: Bytes,
 }
 
-/// Servers with an id that are not being deleted, by namespace and id.
+impl Entry {
+    fn new(server: Arc<VpsServer>) -> Entry {
+        Entry { status: api_status(&server), server, rendered: Mutex::new(None) }
+    }
+
+    /// The server's JSON for catalog `version`: rendered by `render` once, then reused until
+    /// the server or the catalog changes.
+    pub fn rendered(&self, version: u64, render: impl FnOnce(&VpsServer) -> Option<Rendered>) -> Option<Rendered> {
+        let mut slot = self.rendered.lock().expect("rendered lock");
+        if let Some((v, r)) = &*slot
+            && *v == version
+        {
+            return Some(r.clone());
+        }
+        let r = render(&self.server)?;
+        *slot = Some((version, r.clone()));
+        Some(r)
+    }
+}
+
+/// The live (not deleting) servers of one account namespace.
 #[derive(Default)]
-pub struct ServerIndex {
-    inner: RwLock<Inner>,
+struct Account {
+    by_id: BTreeMap<i64, Entry>,
+    /// Servers without an id yet (made with kubectl, before the operator numbers them).
+    unnumbered: HashMap<String, Arc<VpsServer>>,
+    /// How many of `by_id` have each status.
+    statuses: HashMap<&'static str, usize>,
+}
+
+impl Account {
+    fn add(&mut self, server: Arc<VpsServer>) {
+        if server.metadata.deletion_timestamp.is_some() {
+            return;
+        }
+        let Some(id) = server_id(&server) else {
+            self.unnumbered.insert(server.metadata.name.clone().unwrap_or_default(), server);
+            return;
+        };
+        let entry = Entry::new(server);
+        *self.statuses.entry(entry.status).or_default() += 1;
+        if let Some(displaced) = self.by_id.insert(id, entry) {
+            self.uncount(displaced.status);
+        }
+    }
+
+    fn remove(&mut self, server: &VpsServer) {
+        let name = server.metadata.name.as_deref().unwrap_or_default();
+        match server_id(server) {
+            Some(id) if self.by_id.get(&id).is_some_and(|e| e.server.metadata.name.as_deref() == Some(name)) => {
+                if let Some(entry) = self.by_id.remove(&id) {
+                    self.uncount(entry.status);
+                }
+            }
+            Some(_) => {}
+            None => {
+                self.unnumbered.remove(name);
+            }
+        }
+    }
+
+    fn uncount(&mut self, status: &'static str) {
+        if let Some(n) = self.statuses.get_mut(status) {
+            *n = n.saturating_sub(1);
+        }
+    }
+}
+
+#[derive(Default)]
+struct Snapshot {
+    /// Every server, deleting ones included, by (namespace, name).
+    objects: HashMap<(String, String), Arc<VpsServer>>,
+    accounts: HashMap<String, Account>,
 }
 
 fn key(server: &VpsServer) -> (String, String) {
     (server.metadata.namespace.clone().unwrap_or_default(), server.metadata.name.clone().unwrap_or_default())
 }
 
-fn upsert(by_namespace: &mut ByNamespace, ids: &mut Ids, server: &VpsServer) {
-    let key = key(server);
-    if let Some(old) = ids.remove(&key)
-        && let Some(entries) = by_namespace.get_mut(&key.0)
-    {
-        entries.remove(&old);
+impl Snapshot {
+    fn upsert(&mut self, server: VpsServer) {
+        let server = Arc::new(server);
+        let key = key(&server);
+        let namespace = key.0.clone();
+        if let Some(old) = self.objects.insert(key, server.clone())
+            && let Some(account) = self.accounts.get_mut(&namespace)
+        {
+            account.remove(&old);
+        }
+        self.accounts.entry(namespace).or_default().add(server);
     }
-    let Some(id) = server_id(server).filter(|_| server.metadata.deletion_timestamp.is_none()) else { return };
-    let entry = Entry { server: Arc::new(server.clone()), status: api_status(server) };
-    by_namespace.entry(key.0.clone()).or_default().insert(id, entry);
-    ids.insert(key, id);
+
+    fn delete(&mut self, server: &VpsServer) {
+        let key = key(server);
+        if let Some(old) = self.objects.remove(&key)
+            && let Some(account) = self.accounts.get_mut(&key.0)
+        {
+            account.remove(&old);
+        }
+    }
+}
+
+#[derive(Default)]
+struct Inner {
+    live: Snapshot,
+    /// The store being rebuilt during a (re)list.
+    staging: Option<Snapshot>,
+}
+
+/// Which servers of an account a list asks for.
+#[derive(Clone, Copy, Default)]
+pub struct Filter<'a> {
+    /// A REST status (`active`).
+    pub status: Option<&'a str>,
+    /// A location code.
+    pub location: Option<&'a str>,
+}
+
+impl Filter<'_> {
+    fn matches(&self, e: &Entry) -> bool {
+        self.status.is_none_or(|s| e.status == s) && self.location.is_none_or(|l| e.server.spec.location == l)
+    }
+}
+
+/// The servers the gateway knows, kept by [`ServerIndex::apply`] from a server watch.
+#[derive(Default)]
+pub struct ServerIndex {
+    inner: RwLock<Inner>,
+    ready: AtomicBool,
 }
 
 impl ServerIndex {
     /// Follows one watch event.
-    pub fn apply(&self, event: &Event<VpsServer>) {
+    pub fn apply(&self, event: Event<VpsServer>) {
         let mut inner = self.inner.write().expect("index lock");
-        let inner = &mut *inner;
         match event {
-            Event::Apply(s) => upsert(&mut inner.by_namespace, &mut inner.ids, s),
-            Event::Delete(s) => {
-                if let Some(id) = inner.ids.remove(&key(s))
-                    && let Some(entries) = inner.by_namespace.get_mut(s.metadata.namespace.as_deref().unwrap_or(""))
-                {
-                    entries.remove(&id);
-                }
-            }
-            Event::Init => inner.staging = Some(Default::default()),
+            Event::Apply(s) => inner.live.upsert(s),
+            Event::Delete(s) => inner.live.delete(&s),
+            Event::Init => inner.staging = Some(Snapshot::default()),
             Event::InitApply(s) => {
-                if let Some((by_namespace, ids)) = &mut inner.staging {
-                    upsert(by_namespace, ids, s);
+                if let Some(staging) = &mut inner.staging {
+                    staging.upsert(s);
                 }
             }
             Event::InitDone => {
-                if let Some((by_namespace, ids)) = inner.staging.take() {
-                    inner.by_namespace = by_namespace;
-                    inner.ids = ids;
+                if let Some(staging) = inner.staging.take() {
+                    inner.live = staging;
                 }
+                self.ready.store(true, Ordering::Release);
             }
         }
     }
 
-    /// One server by namespace and id.
-    pub fn get(&self, namespace: &str, id: i64) -> Option<Arc<VpsServer>> {
-        let inner = self.inner.read().expect("index lock");
-        inner.by_namespace.get(namespace)?.get(&id).map(|e| e.server.clone())
+    /// Whether the first list has been read.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
     }
 
-    /// The matching servers of a namespace in id order: their total, and those of
-    /// `skip..skip + take`.
-    pub fn page(
+    /// The cached object of this namespace and name, also while it is being deleted.
+    pub fn object(&self, namespace: &str, name: &str) -> Option<Arc<VpsServer>> {
+        let inner = self.inner.read().expect("index lock");
+        inner.live.objects.get(&(namespace.to_string(), name.to_string())).cloned()
+    }
+
+    /// One live server by namespace and id.
+    pub fn get(&self, namespace: &str, id: i64) -> Option<Arc<VpsServer>> {
+        self.get_with(namespace, id, |e| e.server.clone())
+    }
+
+    /// `f` of one live server's entry.
+    pub fn get_with<T>(&self, namespace: &str, id: i64, f: impl FnOnce(&Entry) -> T) -> Option<T> {
+        let inner = self.inner.read().expect("index lock");
+        inner.live.accounts.get(namespace)?.by_id.get(&id).map(f)
+    }
+
+    /// Every live server of a namespace, numbered or not.
+    pub fn servers_of(&self, namespace: &str) -> Vec<Arc<VpsServer>> {
+        let inner = self.inner.read().expect("index lock");
+        let Some(account) = inner.live.accounts.get(namespace) else { return Vec::new() };
+        account.by_id.values().map(|e| e.server.clone()).chain(account.unnumbered.values().cloned()).collect()
+    }
+
+    /// The numbered servers of a namespace matching `filter`, in id order: how many there
+    /// are, and `f` of those of `skip..skip + take`. Without a location filter the total is a
+    /// counter and the walk stops at the end of the page.
+    pub fn page<T>(
         &self,
         namespace: &str,
-        matches: impl Fn(&Entry) -> bool,
+        filter: Filter<'_>,
         skip: usize,
         take: usize,
-    ) -> (usize, Vec<Arc<VpsServer>>) {
+        mut f: impl FnMut(&Entry) -> T,
+    ) -> (usize, Vec<T>) {
         let inner = self.inner.read().expect("index lock");
-        let Some(entries) = inner.by_namespace.get(namespace) else { return (0, Vec::new()) };
+        let Some(account) = inner.live.accounts.get(namespace) else { return (0, Vec::new()) };
+        let matching = account.by_id.values().filter(|e| filter.matches(e));
+        if filter.location.is_none() {
+            let count = match filter.status {
+                None => account.by_id.len(),
+                Some(s) => account.statuses.get(s).copied().unwrap_or(0),
+            };
+            return (count, matching.skip(skip).take(take).map(f).collect());
+        }
         let mut count = 0;
         let mut page = Vec::with_capacity(take.min(1000));
-        for entry in entries.values().filter(|e| matches(e)) {
+        for entry in matching {
             if count >= skip && page.len() < take {
-                page.push(entry.server.clone());
+                page.push(f(entry));
             }
             count += 1;
         }
@@ -126,39 +261,106 @@ mod tests {
         serde_json::from_value(json!({
             "apiVersion": "vps.org/v1alpha1", "kind": "VpsServer",
             "metadata": {"name": name, "namespace": ns, "labels": labels},
-            "spec": {"name": name, "plan": "p", "os": "o", "location": "l"},
+            "spec": {"name": name, "plan": "p", "os": "o", "location": if id == Some(3) { "eu" } else { "us" }},
             "status": {"phase": phase},
         }))
         .unwrap()
     }
 
+    fn ids(servers: &[Arc<VpsServer>]) -> Vec<i64> {
+        servers.iter().map(|s| server_id(s).unwrap()).collect()
+    }
+
+    /// `page` of the servers themselves.
+    fn list(
+        index: &ServerIndex,
+        ns: &str,
+        filter: Filter<'_>,
+        skip: usize,
+        take: usize,
+    ) -> (usize, Vec<Arc<VpsServer>>) {
+        index.page(ns, filter, skip, take, |e| e.server.clone())
+    }
+
+    const ALL: Filter<'static> = Filter { status: None, location: None };
+
     #[test]
     fn follows_the_watch_in_id_order() {
         let index = ServerIndex::default();
-        index.apply(&Event::Init);
-        index.apply(&Event::InitApply(mk("a", "x", Some(9), "Active")));
-        index.apply(&Event::InitApply(mk("a", "y", Some(3), "Stopped")));
-        index.apply(&Event::InitApply(mk("b", "z", Some(5), "Active")));
-        index.apply(&Event::InitApply(mk("a", "no-id", None, "Active")));
-        assert_eq!(index.page("a", |_| true, 0, 10).0, 0, "nothing before the relist is done");
-        index.apply(&Event::InitDone);
-        let (count, page) = index.page("a", |_| true, 0, 10);
-        assert_eq!(count, 2);
-        assert_eq!(page.iter().map(|s| server_id(s).unwrap()).collect::<Vec<_>>(), [3, 9]);
-        let (count, page) = index.page("a", |e| e.status == "active", 0, 10);
-        assert_eq!((count, page.len()), (1, 1));
-        assert_eq!(index.page("a", |_| true, 1, 1).1.len(), 1);
+        index.apply(Event::Init);
+        index.apply(Event::InitApply(mk("a", "x", Some(9), "Active")));
+        index.apply(Event::InitApply(mk("a", "y", Some(3), "Stopped")));
+        index.apply(Event::InitApply(mk("b", "z", Some(5), "Active")));
+        index.apply(Event::InitApply(mk("a", "no-id", None, "Active")));
+        assert!(!index.is_ready());
+        assert_eq!(list(&index, "a", ALL, 0, 10).0, 0, "nothing before the relist is done");
+        index.apply(Event::InitDone);
+        assert!(index.is_ready());
+        let (count, page) = list(&index, "a", ALL, 0, 10);
+        assert_eq!((count, ids(&page)), (2, vec![3, 9]));
+        let active = Filter { status: Some("active"), location: None };
+        assert_eq!((list(&index, "a", active, 0, 10).0, ids(&list(&index, "a", active, 0, 10).1)), (1, vec![9]));
+        let eu = Filter { status: None, location: Some("eu") };
+        assert_eq!((list(&index, "a", eu, 0, 10).0, ids(&list(&index, "a", eu, 0, 10).1)), (1, vec![3]));
+        assert_eq!(ids(&list(&index, "a", ALL, 1, 1).1), vec![9]);
+        assert_eq!(index.servers_of("a").len(), 3, "the unnumbered server counts for credit");
 
-        // An id appears later (the operator labels a kubectl-made server); a deletion starts.
-        index.apply(&Event::Apply(mk("a", "no-id", Some(1), "Active")));
+        // An id appears later (the operator numbers a kubectl-made server); a deletion starts.
+        index.apply(Event::Apply(mk("a", "no-id", Some(1), "Active")));
         assert_eq!(index.get("a", 1).unwrap().metadata.name.as_deref(), Some("no-id"));
+        assert_eq!(index.servers_of("a").len(), 3);
+        assert_eq!(list(&index, "a", active, 0, 10).0, 2);
         let mut deleting = mk("a", "x", Some(9), "Active");
         deleting.metadata.deletion_timestamp =
             Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(jiff::Timestamp::now()));
-        index.apply(&Event::Apply(deleting));
+        index.apply(Event::Apply(deleting));
         assert!(index.get("a", 9).is_none());
-        index.apply(&Event::Delete(mk("a", "y", Some(3), "Stopped")));
-        assert_eq!(index.page("a", |_| true, 0, 10).0, 1);
+        assert!(index.object("a", "x").is_some(), "a deleting object is still an object");
+        assert_eq!(list(&index, "a", active, 0, 10).0, 1, "the status count follows");
+        // A status change moves the count.
+        index.apply(Event::Apply(mk("a", "y", Some(3), "Active")));
+        assert_eq!(list(&index, "a", active, 0, 10).0, 2);
+        index.apply(Event::Delete(mk("a", "y", Some(3), "Active")));
+        assert_eq!(list(&index, "a", ALL, 0, 10).0, 1);
+        assert_eq!(list(&index, "a", active, 0, 10).0, 1);
+        assert!(index.object("a", "y").is_none());
         assert!(index.get("b", 5).is_some() && index.get("a", 5).is_none(), "ids are per namespace");
+
+        // A relist replaces everything.
+        index.apply(Event::Init);
+        index.apply(Event::InitApply(mk("b", "z", Some(5), "Active")));
+        index.apply(Event::InitDone);
+        assert_eq!(list(&index, "a", ALL, 0, 10).0, 0);
+        assert!(index.object("a", "x").is_none() && index.get("b", 5).is_some());
+    }
+}
+
+#[cfg(test)]
+mod rendering {
+    use super::*;
+
+    #[test]
+    fn renders_once_per_catalog_version() {
+        let server: VpsServer = serde_json::from_value(serde_json::json!({
+            "apiVersion": "vps.org/v1alpha1", "kind": "VpsServer",
+            "metadata": {"name": "s", "namespace": "a"},
+            "spec": {"name": "s", "plan": "p", "os": "o", "location": "l"},
+        }))
+        .unwrap();
+        let entry = Entry::new(Arc::new(server));
+        let calls = std::cell::Cell::new(0);
+        let render = |v: &str| {
+            let calls = &calls;
+            let v = v.to_string();
+            move |_: &VpsServer| {
+                calls.set(calls.get() + 1);
+                Some(Rendered { detail: Bytes::from(v.clone()), item: Bytes::from(v) })
+            }
+        };
+        assert_eq!(entry.rendered(1, render("one")).unwrap().detail, "one");
+        assert_eq!(entry.rendered(1, render("two")).unwrap().detail, "one", "reused");
+        assert_eq!(entry.rendered(2, render("two")).unwrap().item, "two", "a new catalog renders again");
+        assert_eq!(calls.get(), 2);
+        assert!(entry.rendered(3, |_| None).is_none());
     }
 }

@@ -1,7 +1,8 @@
 //! The REST gateway: the VPS API of `shared/API.md`, translated into operations on
 //! `VpsServer` objects in the caller's account namespace.
 //!
-//! - [`cache`]: reflector caches every read is served from.
+//! - [`cache`], [`index`]: the caches every read is served from.
+//! - [`credit`]: the credit check of creates.
 //! - [`auth`]: the Bearer-token extractor (tenancy).
 //! - [`servers`], [`catalog`], [`ssh_keys`]: one router per resource.
 //! - [`view`]: the JSON representation, [`validate`]: hand validation with DRF's messages.
@@ -11,6 +12,7 @@
 pub mod auth;
 pub mod cache;
 pub mod catalog;
+pub mod credit;
 pub mod error;
 pub mod idempotency;
 pub mod index;
@@ -22,9 +24,8 @@ pub mod ssh_keys;
 pub mod validate;
 pub mod view;
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
@@ -51,6 +52,10 @@ use metrics::Metrics;
 
 /// Largest accepted request body.
 pub const BODY_LIMIT: usize = 64 * 1024;
+/// How many ids the gateway takes from the cluster's counter at once: parallel creates share
+/// one compare-and-swap per block instead of racing one each. A restart leaves the rest of a
+/// block unused (ids are never reused, gaps are allowed).
+pub const SERVER_ID_BLOCK: i64 = 16;
 /// Field manager of the gateway's writes.
 pub const FIELD_MANAGER: &str = "vps-gateway";
 
@@ -68,36 +73,42 @@ pub struct GatewayArgs {
     pub request_timeout_secs: u64,
 }
 
-/// What every handler shares. Cheap to clone.
+/// What every handler shares: one pointer, cheap to clone for each request.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+/// The contents of [`AppState`].
+pub struct Shared {
     pub client: Client,
     pub system_namespace: String,
     pub caches: Arc<Caches>,
     pub ids: IdAllocator,
     pub metrics: Arc<Metrics>,
     pub request_timeout: Duration,
-    account_locks: Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
+    /// Creates in flight, for the credit check.
+    pub credit: Arc<credit::Credit>,
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
 }
 
 impl AppState {
     /// Starts the caches; serve requests once [`Caches::wait_ready`] resolves (`/readyz`).
     pub fn new(client: Client, system_namespace: &str, request_timeout: Duration) -> AppState {
-        AppState {
+        AppState(Arc::new(Shared {
             caches: Arc::new(Caches::start(client.clone(), system_namespace)),
-            ids: IdAllocator::new(client.clone(), system_namespace),
+            ids: IdAllocator::new(client.clone(), system_namespace).with_block(SERVER_ID_BLOCK),
             client,
             system_namespace: system_namespace.to_string(),
             metrics: Arc::new(Metrics::new()),
             request_timeout,
-            account_locks: Arc::default(),
-        }
-    }
-
-    /// Serializes the credit check and create of one account within this gateway.
-    pub fn account_lock(&self, account: &str) -> Arc<tokio::sync::Mutex<()>> {
-        let mut locks = self.account_locks.lock().expect("account lock table");
-        locks.entry(account.to_string()).or_default().clone()
+            credit: Arc::default(),
+        }))
     }
 }
 

@@ -17,6 +17,7 @@ use super::auth::Tenant;
 use super::cache::{server_id, wait_for_delete, wait_for_write};
 use super::error::{ApiError, FieldErrors, RawBody};
 use super::idempotency::{self, Claim, IDEMPOTENCY_LABEL, Stored};
+use super::index::Filter;
 use super::pagination::{self, Query};
 use super::validate::{Fields, IMMUTABLE, Presence};
 use super::view::{
@@ -64,12 +65,16 @@ fn write_error(e: kube::Error) -> ApiError {
 /// The caller's server with this id, or 404 (also for another tenant's servers and for
 /// ids that are not integers).
 fn find(state: &AppState, tenant: &Tenant, server_id: &str) -> Result<std::sync::Arc<VpsServer>, ApiError> {
-    // Digits only, as the documented integer path parameter (no sign, no spaces).
+    state.caches.server(&tenant.namespace, parse_id(server_id)?).ok_or(ApiError::NotFound)
+}
+
+/// The id of a server path: digits only, as the documented integer path parameter (no sign,
+/// no spaces); anything else names no server.
+fn parse_id(server_id: &str) -> Result<i64, ApiError> {
     if server_id.is_empty() || !server_id.bytes().all(|b| b.is_ascii_digit()) {
         return Err(ApiError::NotFound);
     }
-    let id = server_id.parse::<i64>().map_err(|_| ApiError::NotFound)?;
-    state.caches.server(&tenant.namespace, id).ok_or(ApiError::NotFound)
+    server_id.parse::<i64>().map_err(|_| ApiError::NotFound)
 }
 
 fn detail(state: &AppState, s: &VpsServer) -> Result<ServerDetail, ApiError> {
@@ -96,7 +101,7 @@ pub async fn list_servers(
     headers: HeaderMap,
     OriginalUri(uri): OriginalUri,
     RawQuery(raw): RawQuery,
-) -> Result<Json<Page<ServerListItem>>, ApiError> {
+) -> Result<Response, ApiError> {
     let query = Query::parse(raw.as_deref())?;
     let mut errors = FieldErrors::default();
     let status = query.get("status");
@@ -116,16 +121,19 @@ pub async fn list_servers(
 
     // The index keeps each account's servers in id order with their status computed: only
     // the servers of the page are touched and turned into list items.
-    let (count, servers) = state.caches.server_index.page(
-        &tenant.namespace,
-        |e| status.is_none_or(|st| e.status == st) && location.is_none_or(|l| e.server.spec.location == l),
-        (page.0 - 1) * page.1,
-        page.1,
-    );
+    let caches = &state.caches;
+    let (count, items) =
+        caches.servers.page(&tenant.namespace, Filter { status, location }, (page.0 - 1) * page.1, page.1, |e| {
+            caches.rendered(e).map(|r| r.item)
+        });
     let url = format!("{}{}", base_url(&headers), uri.path());
-    let page = pagination::page_of(count, servers, &query, page, &url)?;
-    let results = page.results.iter().filter_map(|s| view::server_list_item(s, &state.caches)).collect();
-    Ok(Json(Page { count: page.count, next: page.next, previous: page.previous, results }))
+    let page = pagination::page_of(count, items.into_iter().flatten().collect(), &query, page, &url)?;
+    Ok(json_response(view::page_json(&page)))
+}
+
+/// A 200 with a JSON body rendered elsewhere.
+fn json_response(body: impl Into<axum::body::Body>) -> Response {
+    ([(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], body.into()).into_response()
 }
 
 /// The create body, as documented (validated by hand, see [`super::validate`]).
@@ -247,12 +255,7 @@ async fn create(
         return Err(ApiError::Internal(anyhow::anyhow!("validation passed with a field missing")));
     };
 
-    // One create at a time per account in this gateway: the credit check sees every server.
-    let lock = state.account_lock(&tenant.account);
-    let _guard = lock.lock().await;
-    let existing: Vec<_> = caches.servers.state_filter(|s| {
-        s.namespace().as_deref() == Some(tenant.namespace.as_str()) && s.metadata.deletion_timestamp.is_none()
-    });
+    let existing = caches.servers.servers_of(&tenant.namespace);
     if let Some(key) = idempotency_key
         && let Some(earlier) =
             existing.iter().find(|s| s.labels().get(IDEMPOTENCY_LABEL).map(String::as_str) == Some(key))
@@ -262,16 +265,20 @@ async fn create(
         let location = format!("{}/api/v1/servers/{id}/", base_url(headers));
         return Ok((CreatedServer { server: detail(state, earlier)?, message: CREATED_MESSAGE }, location));
     }
-    let used: i64 =
-        existing.iter().filter_map(|s| caches.plan_by_name(&s.spec.plan)).map(|p| p.spec.monthly_price_cents).sum();
+    drop(existing);
+    // The credit check counts the account's servers and the creates in flight in this gateway.
     let price = plan.spec.monthly_price_cents;
-    if used + price > tenant.credit_cents {
-        return Err(ApiError::PaymentRequired(format!(
-            "Insufficient credit: the plan costs {price} cents per month and the account's servers already use \
-             {used} of its {} cents.",
-            tenant.credit_cents
-        )));
-    }
+    let plan_price = |s: &VpsServer| caches.plan_by_name(&s.spec.plan).map_or(0, |p| p.spec.monthly_price_cents);
+    let reservation = state
+        .credit
+        .reserve(&tenant.namespace, price, tenant.credit_cents, &caches.servers, plan_price)
+        .map_err(|used| {
+            ApiError::PaymentRequired(format!(
+                "Insufficient credit: the plan costs {price} cents per month and the account's servers already use \
+                 {used} of its {} cents.",
+                tenant.credit_cents
+            ))
+        })?;
 
     let id = state.ids.allocate(IdKind::Server).await.map_err(anyhow::Error::from)?;
     let mut labels = BTreeMap::from([
@@ -298,11 +305,13 @@ async fn create(
     );
     server.metadata.labels = Some(labels);
     server.metadata.annotations = Some(BTreeMap::from([(UPDATED_AT_ANNOTATION.to_string(), now_stamp())]));
+    reservation.name(&server.name_any());
     let api: Api<VpsServer> = Api::namespaced(state.client.clone(), &tenant.namespace);
     let pp = PostParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() };
     let created = api.create(&pp, &server).await.map_err(write_error)?;
     tracing::info!(id, namespace = tenant.namespace, "Server created");
-    wait_for_write(&caches.servers, &created).await;
+    wait_for_write(caches.servers.as_ref(), &created).await;
+    drop(reservation);
     let location = format!("{}/api/v1/servers/{id}/", base_url(headers));
     Ok((CreatedServer { server: detail(state, &created)?, message: CREATED_MESSAGE }, location))
 }
@@ -319,9 +328,11 @@ pub async fn get_server(
     tenant: Tenant,
     State(state): State<AppState>,
     Path(server_id): Path<String>,
-) -> Result<Json<ServerDetail>, ApiError> {
-    let server = find(&state, &tenant, &server_id)?;
-    Ok(Json(detail(&state, &server)?))
+) -> Result<Response, ApiError> {
+    let id = parse_id(&server_id)?;
+    let caches = &state.caches;
+    let rendered = caches.servers.get_with(&tenant.namespace, id, |e| caches.rendered(e)).flatten();
+    Ok(json_response(rendered.ok_or(ApiError::NotFound)?.detail))
 }
 
 /// The PUT body: every field required.
@@ -424,7 +435,7 @@ async fn patch_server_object(
     let api: Api<VpsServer> = Api::namespaced(state.client.clone(), &server.namespace().unwrap_or_default());
     let pp = PatchParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() };
     let updated = api.patch(&server.name_any(), &pp, &Patch::Merge(patch)).await.map_err(write_error)?;
-    wait_for_write(&state.caches.servers, &updated).await;
+    wait_for_write(state.caches.servers.as_ref(), &updated).await;
     Ok(updated)
 }
 
@@ -453,7 +464,7 @@ pub async fn delete_server(
         e => write_error(e),
     })?;
     tracing::info!(id = server_id, namespace = tenant.namespace, "Server deleted");
-    wait_for_delete(&state.caches.servers, &server).await;
+    wait_for_delete(state.caches.servers.as_ref(), &server).await;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -9,6 +9,8 @@ use crate::api::{Phase, PowerState, VpsImage, VpsLocation, VpsPlan, VpsServer, V
 use kube::ResourceExt;
 
 use super::cache::{Caches, server_id};
+use super::index::Rendered;
+use axum::body::Bytes;
 
 /// Annotation the gateway sets on every write it makes to a server.
 pub const UPDATED_AT_ANNOTATION: &str = "vps.org/updated-at";
@@ -229,14 +231,14 @@ pub fn ssh_key_view(k: &VpsSshKey) -> Option<SshKeyView> {
 
 /// The detail of a server; `None` when it has no id yet.
 pub fn server_detail(s: &VpsServer, caches: &Caches) -> Option<ServerDetail> {
-    let status = s.status.clone().unwrap_or_default();
+    let status = s.status.as_ref();
     Some(ServerDetail {
         id: server_id(s)?,
         name: s.spec.name.clone(),
         hostname: s.spec.hostname.clone(),
         status: api_status(s),
-        ip_address: status.ip_address,
-        ipv6_address: status.ipv6_address,
+        ip_address: status.and_then(|st| st.ip_address.clone()),
+        ipv6_address: status.and_then(|st| st.ipv6_address.clone()),
         location: s.spec.location.clone(),
         plan: caches.plan_by_name(&s.spec.plan).map(|p| PlanDetail {
             id: p.spec.id,
@@ -254,10 +256,43 @@ pub fn server_detail(s: &VpsServer, caches: &Caches) -> Option<ServerDetail> {
     })
 }
 
+/// A server's detail and list item as JSON; `None` when it has no id yet.
+pub fn render(s: &VpsServer, caches: &Caches) -> Option<Rendered> {
+    let detail = server_detail(s, caches)?;
+    let json = serde_json::to_vec(&detail).ok()?;
+    let item = serde_json::to_vec(&list_item(detail)).ok()?;
+    Some(Rendered { detail: Bytes::from(json), item: Bytes::from(item) })
+}
+
+/// A page of items already rendered as JSON, written as [`Page`] serializes.
+pub fn page_json(page: &Page<Bytes>) -> Vec<u8> {
+    let size = page.results.iter().map(|r| r.len() + 1).sum::<usize>();
+    let links = page.next.as_ref().map_or(0, String::len) + page.previous.as_ref().map_or(0, String::len);
+    let mut out = Vec::with_capacity(size + links + 64);
+    out.extend_from_slice(b"{\"count\":");
+    out.extend_from_slice(page.count.to_string().as_bytes());
+    for (key, link) in [(&b",\"next\":"[..], &page.next), (&b",\"previous\":"[..], &page.previous)] {
+        out.extend_from_slice(key);
+        serde_json::to_writer(&mut out, link).expect("a string serializes");
+    }
+    out.extend_from_slice(b",\"results\":[");
+    for (i, item) in page.results.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(item);
+    }
+    out.extend_from_slice(b"]}");
+    out
+}
+
 /// A server as a list item; `None` when it has no id yet.
 pub fn server_list_item(s: &VpsServer, caches: &Caches) -> Option<ServerListItem> {
-    let d = server_detail(s, caches)?;
-    Some(ServerListItem {
+    server_detail(s, caches).map(list_item)
+}
+
+fn list_item(d: ServerDetail) -> ServerListItem {
+    ServerListItem {
         id: d.id,
         name: d.name,
         hostname: d.hostname,
@@ -274,7 +309,7 @@ pub fn server_list_item(s: &VpsServer, caches: &Caches) -> Option<ServerListItem
         os: d.os,
         created_at: d.created_at,
         updated_at: d.updated_at,
-    })
+    }
 }
 
 #[cfg(test)]
@@ -322,6 +357,24 @@ mod tests {
         assert_eq!(api_status(&reboot), "rebooting");
         reboot.status.as_mut().unwrap().observed_reboot_request = Some("2025-01-01T00:00:00.1Z".into());
         assert_eq!(api_status(&reboot), "active");
+    }
+
+    #[test]
+    fn rendered_pages_are_pages() {
+        let items = [serde_json::json!({"id": 1, "name": "a\"b"}), serde_json::json!({"id": 2})];
+        for (next, previous) in [(None, None), (Some("http://h/?page=3&x=%22".to_string()), Some("http://h/".into()))] {
+            let rendered = Page {
+                count: 7,
+                next: next.clone(),
+                previous: previous.clone(),
+                results: items.iter().map(|i| Bytes::from(serde_json::to_vec(i).unwrap())).collect(),
+            };
+            let plain = Page { count: 7, next, previous, results: items.to_vec() };
+            let parsed: serde_json::Value = serde_json::from_slice(&page_json(&rendered)).unwrap();
+            assert_eq!(parsed, serde_json::to_value(&plain).unwrap());
+        }
+        let empty = Page { count: 0, next: None, previous: None, results: Vec::<Bytes>::new() };
+        assert_eq!(page_json(&empty), br#"{"count":0,"next":null,"previous":null,"results":[]}"#);
     }
 
     #[test]
