@@ -93,6 +93,40 @@ pub struct VmiInterface {
     pub ip_addresses: Vec<String>,
 }
 
+/// What the operator caches of a VirtualMachine: metadata and status. The spec (template,
+/// cloud-init, disk templates: most of the object) is skipped while parsing, never built.
+pub mod view {
+    use super::{VirtualMachineInstanceStatus, VirtualMachineStatus};
+    use kube::CustomResource;
+    use serde::{Deserialize, Serialize};
+
+    #[derive(CustomResource, Clone, Debug, Default, Deserialize, Serialize)]
+    #[kube(
+        group = "kubevirt.io",
+        version = "v1",
+        kind = "VirtualMachine",
+        root = "VirtualMachineView",
+        namespaced,
+        status = "VirtualMachineStatus",
+        schema = "disabled"
+    )]
+    pub struct SkippedVmSpec {}
+
+    /// What the operator caches of a VirtualMachineInstance: metadata and status.
+    #[derive(CustomResource, Clone, Debug, Default, Deserialize, Serialize)]
+    #[kube(
+        group = "kubevirt.io",
+        version = "v1",
+        kind = "VirtualMachineInstance",
+        root = "VirtualMachineInstanceView",
+        namespaced,
+        status = "VirtualMachineInstanceStatus",
+        schema = "disabled"
+    )]
+    pub struct SkippedVmiSpec {}
+}
+pub use view::{VirtualMachineInstanceView, VirtualMachineView};
+
 /// `cdi.kubevirt.io/v1beta1` DataVolume.
 #[derive(CustomResource, Clone, Debug, Default, Deserialize, Serialize)]
 #[kube(

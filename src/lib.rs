@@ -18,6 +18,7 @@ pub mod gateway;
 pub mod ids;
 pub mod kubevirt;
 pub mod local;
+pub mod memory;
 pub mod operator;
 pub mod simulator;
 pub mod testbed;

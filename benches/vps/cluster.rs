@@ -31,6 +31,7 @@ pub struct Cluster {
     pub operator_metrics: SocketAddr,
     pub token: String,
     pub logs: PathBuf,
+    exe: PathBuf,
 }
 
 /// Prints a progress line with the time since the bench started.
@@ -116,18 +117,7 @@ pub async fn start(servers: usize, logs: &Path) -> Result<Cluster> {
 
     let operator_metrics: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
     say("starting the operator");
-    let mut operator = spawn(
-        "operator",
-        logs,
-        &kubeconfig,
-        &exe,
-        &[
-            "operator".into(),
-            format!("--metrics-listen={operator_metrics}"),
-            format!("--system-namespace={SYSTEM_NAMESPACE}"),
-        ],
-    )?;
-    wait_http_ok(&format!("http://{operator_metrics}/readyz"), "operator", &mut operator).await?;
+    let operator = start_operator("operator", logs, &kubeconfig, &exe, operator_metrics).await?;
     let operator_pid = operator.pid();
 
     let gateway_addr: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
@@ -155,7 +145,31 @@ pub async fn start(servers: usize, logs: &Path) -> Result<Cluster> {
         operator_metrics,
         token,
         logs: logs.to_path_buf(),
+        exe,
     })
+}
+
+/// Starts the operator. With `VPS_BENCH_HEAPTRACK` set, a restarted operator runs under
+/// `heaptrack` (its record lands in `logs/operator.heaptrack.*`; its RSS is then heaptrack's).
+async fn start_operator(
+    name: &str,
+    logs: &Path,
+    kubeconfig: &Path,
+    exe: &Path,
+    metrics: SocketAddr,
+) -> Result<Process> {
+    let flags =
+        ["operator".into(), format!("--metrics-listen={metrics}"), format!("--system-namespace={SYSTEM_NAMESPACE}")];
+    let heaptrack = std::env::var_os("VPS_BENCH_HEAPTRACK").is_some() && name != "operator";
+    let mut operator = if heaptrack {
+        let record = logs.join("operator.heaptrack").display().to_string();
+        let args = [vec!["-o".into(), record, exe.display().to_string()], flags.to_vec()].concat();
+        spawn(name, logs, kubeconfig, Path::new("/usr/bin/heaptrack"), &args)?
+    } else {
+        spawn(name, logs, kubeconfig, exe, &flags)?
+    };
+    wait_http_ok(&format!("http://{metrics}/readyz"), "operator", &mut operator).await?;
+    Ok(operator)
 }
 
 impl Cluster {
@@ -164,6 +178,18 @@ impl Cluster {
         if let Some(mut p) = self.operator.take() {
             p.stop(Duration::from_secs(10));
         }
+    }
+
+    /// Starts the operator again (after [`Cluster::stop_operator`]), logging to
+    /// `operator-restarted.log`.
+    pub async fn restart_operator(&mut self) -> Result<()> {
+        self.stop_operator();
+        let (logs, kubeconfig) = (&self.logs, self.plane.kubeconfig_path());
+        let operator =
+            start_operator("operator-restarted", logs, &kubeconfig, &self.exe, self.operator_metrics).await?;
+        self.operator_pid = operator.pid();
+        self.operator = Some(operator);
+        Ok(())
     }
 
     /// Fails if the gateway has exited.

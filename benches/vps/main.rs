@@ -588,6 +588,49 @@ async fn bench(args: Args) -> Result<()> {
         Some(mib(gwm) < 128.0),
     ));
 
+    // 4 and 5 again with the operator holding every server: the filled servers get the VM and
+    // VM instance the operator would have made, with the status of the real ones, and the
+    // operator starts on the whole cluster.
+    if !args.fill_rest && ids.len() > args.create {
+        say("stopping virt-controller; giving each filled server the VM and VM instance of an active one");
+        c.plane.stop_supervised("virt-controller");
+        let staged = Instant::now();
+        stage_vms(&c, ids[0], &ids[args.create..], args.clients).await?;
+        say(format!("staged {} VMs and instances in {:.1} s", ids.len() - args.create, staged.elapsed().as_secs_f64()));
+        c.restart_operator().await?;
+        let settled = wait_quiet(&c, args.fill_timeout).await?;
+        say(format!("the operator went quiet after {:.1} s", settled.as_secs_f64()));
+        let before = cluster::apiserver_writes(&c.client).await?;
+        let reconciles_before = cluster::operator_reconciles(c.operator_metrics).await?;
+        tokio::time::sleep(args.settle).await;
+        let writes = cluster::diff(&before, &cluster::apiserver_writes(&c.client).await?);
+        let reconciles = cluster::operator_reconciles(c.operator_metrics).await? - reconciles_before;
+        let op_writes: u64 = writes.iter().filter(|(k, _)| cluster::operator_resource(k)).map(|(_, v)| v).sum();
+        let counts = api.counts().await?;
+        rows.push(row(
+            "5",
+            format!(
+                "settled, {} (virt-controller stopped): writes/min to the operator's resources",
+                counts_text(&counts)
+            ),
+            format!(
+                "{:.1}/min over {:.0} s ({reconciles} reconciles)",
+                op_writes as f64 / (args.settle.as_secs_f64() / 60.0),
+                args.settle.as_secs_f64()
+            ),
+            "0",
+            Some(op_writes == 0),
+        ));
+        let rss = cluster::rss_kib(c.operator_pid)?;
+        rows.push(row(
+            "4",
+            format!("operator RSS, {} servers with their VMs and instances", ids.len()),
+            format!("{:.1} MiB (peak {:.1} MiB)", mib(rss.0), mib(rss.1)),
+            "< 64 MiB",
+            Some(mib(rss.0) < 64.0),
+        ));
+    }
+
     print_table(&rows, &args, &state, &notes);
     Ok(())
 }
@@ -626,6 +669,109 @@ async fn fill_direct(c: &Cluster, template_id: i64, from: usize, to: usize, clie
         .buffer_unordered(clients)
         .try_collect()
         .await
+}
+
+/// Gives each server of `ids` what the operator would have made for it: its VirtualMachine
+/// (built by the operator's own `build_vm`, so the spec hash matches) with the status of the
+/// VM of server `template_id`, and a VirtualMachineInstance copied from that server's.
+/// virt-controller must be stopped first, or it would act on them.
+async fn stage_vms(c: &Cluster, template_id: i64, ids: &[i64], clients: usize) -> Result<()> {
+    use futures::{StreamExt, TryStreamExt};
+    use kube::api::{ApiResource, DynamicObject, ObjectMeta, Patch, PatchParams, PostParams};
+    use kube::{Api, Resource, ResourceExt};
+    use vps_operator::api::{VpsImage, VpsLocation, VpsPlan, VpsServer};
+    use vps_operator::kubevirt::{VirtualMachine, VirtualMachineInstance};
+    use vps_operator::operator::vm::{VmInputs, build_vm};
+
+    let client = &c.client;
+    let servers: Api<VpsServer> = Api::namespaced(client.clone(), ACCOUNT);
+    let vm_resource = ApiResource::erase::<VirtualMachine>(&());
+    let vmi_resource = ApiResource::erase::<VirtualMachineInstance>(&());
+    let vms: Api<DynamicObject> = Api::namespaced_with(client.clone(), ACCOUNT, &vm_resource);
+    let vmis: Api<DynamicObject> = Api::namespaced_with(client.clone(), ACCOUNT, &vmi_resource);
+    let template_name = format!("srv-{template_id}");
+    let template = servers.get(&template_name).await?;
+    let plan = Api::<VpsPlan>::all(client.clone()).get(&template.spec.plan).await?;
+    let image = Api::<VpsImage>::all(client.clone()).get(&template.spec.os).await?;
+    let location = Api::<VpsLocation>::all(client.clone()).get(&template.spec.location).await?;
+    let vm_status = vms.get(&template_name).await?.data["status"].clone();
+    let template_vmi = vmis.get(&template_name).await?;
+    let vmi_status = template_vmi.data["status"].clone();
+    let template_id = template_id.to_string();
+    let (plan, image, location) = (&plan, &image, &location);
+    let (vm_status, vmi_status, template_vmi) = (&vm_status, &vmi_status, &template_vmi);
+    let (template_name, template_id, vm_resource) = (&template_name, &template_id, &vm_resource);
+    futures::stream::iter(ids.iter().copied())
+        .map(|id| {
+            let (servers, vms, vmis, vmi_resource) = (servers.clone(), vms.clone(), vmis.clone(), vmi_resource.clone());
+            async move {
+                let name = format!("srv-{id}");
+                let server = servers.get(&name).await?;
+                let inputs = VmInputs { server: &server, id, plan, image, location, ssh_key: None };
+                let apply = PatchParams::apply(vps_operator::operator::reconcile::MANAGER).force();
+                let vm = vms.patch(&name, &apply, &Patch::Apply(&build_vm(&inputs))).await?;
+                vms.patch_status(&name, &PatchParams::default(), &Patch::Merge(&json!({"status": vm_status}))).await?;
+                let rename = |v: &String| {
+                    if v == template_name {
+                        name.clone()
+                    } else if v == template_id {
+                        id.to_string()
+                    } else {
+                        v.clone()
+                    }
+                };
+                let mut vmi = DynamicObject::new(&name, &vmi_resource).within(ACCOUNT);
+                vmi.metadata = ObjectMeta {
+                    name: Some(name.clone()),
+                    namespace: Some(ACCOUNT.into()),
+                    // Labels under kubevirt.io/ are KubeVirt's own: its admission refuses them from anyone else.
+                    labels: Some(
+                        template_vmi
+                            .labels()
+                            .iter()
+                            .filter(|(k, _)| !k.starts_with("kubevirt.io/"))
+                            .map(|(k, v)| (k.clone(), rename(v)))
+                            .collect(),
+                    ),
+                    annotations: Some(template_vmi.annotations().clone()),
+                    owner_references: Some(vec![vm.controller_owner_ref(vm_resource).context("VM owner ref")?]),
+                    ..Default::default()
+                };
+                vmi.data = json!({"spec": template_vmi.data["spec"].clone()});
+                vmis.create(&PostParams::default(), &vmi).await?;
+                vmis.patch(&name, &PatchParams::default(), &Patch::Merge(&json!({"status": vmi_status}))).await?;
+                anyhow::Ok(())
+            }
+        })
+        .buffer_unordered(clients)
+        .try_collect::<()>()
+        .await
+}
+
+/// Waits until the operator has neither reconciled nor written for 15 s in a row; returns how
+/// long that took.
+async fn wait_quiet(c: &Cluster, limit: Duration) -> Result<Duration> {
+    let started = Instant::now();
+    let mut quiet_since = Instant::now();
+    let mut last = (cluster::operator_reconciles(c.operator_metrics).await?, operator_writes(c).await?);
+    loop {
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let now = (cluster::operator_reconciles(c.operator_metrics).await?, operator_writes(c).await?);
+        if now != last {
+            quiet_since = Instant::now();
+            last = now;
+        } else if quiet_since.elapsed() >= Duration::from_secs(15) {
+            return Ok(started.elapsed());
+        }
+        if started.elapsed() > limit {
+            bail!("the operator did not go quiet within {:.0} s", limit.as_secs_f64());
+        }
+    }
+}
+
+async fn operator_writes(c: &Cluster) -> Result<u64> {
+    let writes = cluster::apiserver_writes(&c.client).await?;
+    Ok(writes.iter().filter(|(k, _)| cluster::operator_resource(k)).map(|(_, v)| v).sum())
 }
 
 /// Runs `load`, with `perf record` on the gateway meanwhile when `--perf` was given.

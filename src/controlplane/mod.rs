@@ -164,6 +164,17 @@ impl ControlPlane {
         self.supervised.iter().filter(|s| s.name() == name).for_each(Supervised::kill_current);
     }
 
+    /// Stops the named supervised processes for good (a benchmark freezing KubeVirt's
+    /// controllers while it stages objects they would otherwise act on).
+    pub fn stop_supervised(&mut self, name: &str) {
+        self.supervised.retain_mut(|s| {
+            if s.name() == name {
+                s.stop();
+            }
+            s.name() != name
+        });
+    }
+
     /// Fails if any of the processes has exited.
     pub fn check_running(&mut self) -> Result<()> {
         self.processes.iter_mut().try_for_each(Process::check_running)

@@ -215,6 +215,7 @@ pub async fn run(args: GatewayArgs) -> Result<()> {
     }
     let state = AppState::new(client.clone(), &args.system_namespace, Duration::from_secs(args.request_timeout_secs));
     tokio::spawn(idempotency::sweep_forever(client, args.system_namespace.clone()));
+    tokio::spawn(crate::memory::trim_forever(crate::memory::TRIM_EVERY));
     let listener =
         tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("listen on {}", args.listen))?;
     tracing::info!(address = %args.listen, "Gateway listening");

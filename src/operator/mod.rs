@@ -30,7 +30,7 @@ use kube::{Client, Resource, ResourceExt};
 
 use crate::api::{VpsImage, VpsLocation, VpsPlan, VpsServer};
 use crate::ids::{IdAllocator, IdError};
-use crate::kubevirt::{VirtualMachine, VirtualMachineInstance};
+use crate::kubevirt::{VirtualMachineInstanceView, VirtualMachineView};
 
 /// The finalizer that guarantees teardown of a server's VM, disks and snapshots.
 pub const FINALIZER: &str = "vps.org/teardown";
@@ -132,8 +132,8 @@ pub struct Context {
     pub plans: Store<VpsPlan>,
     pub images: Store<VpsImage>,
     pub locations: Store<VpsLocation>,
-    pub vms: Store<VirtualMachine>,
-    pub vmis: Store<VirtualMachineInstance>,
+    pub vms: Store<VirtualMachineView>,
+    pub vmis: Store<VirtualMachineInstanceView>,
     pub config: OperatorConfig,
     pub metrics: metrics::Metrics,
     /// (account namespace, image namespace) pairs whose clone RoleBinding is in place.
@@ -145,19 +145,59 @@ fn slim<K: Resource>(object: &mut K) {
     object.meta_mut().managed_fields = None;
 }
 
-/// Also drops the VirtualMachine's spec: reconciles read a cached VM's annotations (the
-/// spec hash) and status only, and the spec (template, cloud-init, disk templates) is most
-/// of its size.
-fn slim_vm(vm: &mut VirtualMachine) {
-    slim(vm);
-    vm.spec.template = serde_json::Value::Null;
-    vm.spec.data_volume_templates = Vec::new();
+/// A server keeps its spec, status, labels (its id), finalizers and the annotations its VM
+/// copies; no other annotation is read.
+fn slim_server(server: &mut VpsServer) {
+    slim(server);
+    let annotations = &mut server.metadata.annotations;
+    if let Some(map) = annotations {
+        map.retain(|k, _| k.starts_with(vm::SIMULATOR_ANNOTATION_PREFIX));
+    }
+    drop_if_empty(annotations);
 }
 
-/// Also drops the instance's spec: reconciles read its metadata and status only.
-fn slim_vmi(vmi: &mut VirtualMachineInstance) {
+/// A VirtualMachine (parsed without its spec) keeps its status and the spec hash annotation;
+/// it is mapped to its server by name (a server's VM has its name). Of its conditions,
+/// [`phase::observe`] reads the `Failure` ones, and the first message when the VM is in an
+/// error state: only those stay, in their order.
+fn slim_vm(vm: &mut VirtualMachineView) {
+    slim(vm);
+    let meta = &mut vm.metadata;
+    (meta.labels, meta.finalizers, meta.owner_references) = (None, None, None);
+    if let Some(map) = &mut meta.annotations {
+        map.retain(|k, _| k == vm::SPEC_HASH_ANNOTATION);
+    }
+    drop_if_empty(&mut meta.annotations);
+    if let Some(status) = &mut vm.status {
+        let error = status.printable_status.as_deref().is_some_and(|p| phase::ERROR_STATUSES.contains(&p));
+        let mut message_kept = false;
+        status.conditions.retain(|c| {
+            let first_message = error && c.message.is_some() && !message_kept;
+            message_kept |= first_message;
+            first_message || c.type_ == "Failure"
+        });
+    }
+}
+
+/// An instance (parsed without its spec) keeps its uid and status (of its conditions,
+/// `Ready`); it is mapped to its server by name.
+fn slim_vmi(vmi: &mut VirtualMachineInstanceView) {
     slim(vmi);
-    vmi.spec.rest = serde_json::Map::new();
+    let meta = &mut vmi.metadata;
+    (meta.labels, meta.annotations, meta.finalizers, meta.owner_references) = (None, None, None, None);
+    if let Some(status) = &mut vmi.status {
+        status.conditions.retain(|c| c.type_ == "Ready");
+        for c in &mut status.conditions {
+            (c.reason, c.message) = (None, None);
+        }
+    }
+}
+
+/// An empty map still holds a node: none is cheaper.
+fn drop_if_empty(map: &mut Option<std::collections::BTreeMap<String, String>>) {
+    if map.as_ref().is_some_and(|m| m.is_empty()) {
+        *map = None;
+    }
 }
 
 fn reflect<K>(
@@ -193,17 +233,20 @@ pub async fn run(
     let (images, image_stream) = reflect(Api::<VpsImage>::all(client.clone()), watcher::Config::default(), slim);
     let (locations, location_stream) =
         reflect(Api::<VpsLocation>::all(client.clone()), watcher::Config::default(), slim);
-    let (vms, vm_stream) =
-        reflect(Api::<VirtualMachine>::all(client.clone()), watcher::Config::default().labels(&server_label), slim_vm);
+    let (vms, vm_stream) = reflect(
+        Api::<VirtualMachineView>::all(client.clone()),
+        watcher::Config::default().labels(&server_label),
+        slim_vm,
+    );
     let (vmis, vmi_stream) = reflect(
-        Api::<VirtualMachineInstance>::all(client.clone()),
+        Api::<VirtualMachineInstanceView>::all(client.clone()),
         watcher::Config::default().labels(&server_label),
         slim_vmi,
     );
     let (servers, server_writer) = reflector::store::<VpsServer>();
     let server_stream = watcher(Api::<VpsServer>::all(client.clone()), watcher::Config::default().page_size(500))
         .default_backoff()
-        .modify(slim)
+        .modify(slim_server)
         .reflect(server_writer)
         .touched_objects()
         // Our own status writes change neither of these: they do not wake us again.
@@ -258,21 +301,24 @@ pub async fn run(
 
     let controller = Controller::for_stream(server_stream, servers)
         .with_config(ControllerConfig::default().concurrency(config.concurrency))
-        .owns_stream(vm_stream)
-        .watches_stream(vmi_stream, |vmi: VirtualMachineInstance| {
-            let ns = vmi.namespace();
-            vmi.labels()
-                .get(vm::SERVER_LABEL)
-                .map(|name| ObjectRef::<VpsServer>::new(name).within(&ns.unwrap_or_default()))
-        })
+        // A server's VM and its instance have the server's name (and carry its label, which
+        // the watches select on).
+        .watches_stream(vm_stream, |vm: VirtualMachineView| Some(same_name(&vm)))
+        .watches_stream(vmi_stream, |vmi: VirtualMachineInstanceView| Some(same_name(&vmi)))
         .reconcile_all_on(catalog.filter_map(|r| async move { r.ok() }).boxed());
     let controller = controller.run(reconcile_server, error_policy, ctx).for_each(|result| async move {
         if let Err(e) = result {
             tracing::debug!("Reconcile failed: {e}");
         }
     });
-    futures::join!(controller, metrics_server, readiness);
+    futures::join!(controller, metrics_server, readiness, crate::memory::trim_forever(crate::memory::TRIM_EVERY));
     Ok(())
+}
+
+/// The server of the same namespace and name as `object`.
+fn same_name(object: &impl Resource) -> ObjectRef<VpsServer> {
+    let meta = object.meta();
+    ObjectRef::new(meta.name.as_deref().unwrap_or_default()).within(meta.namespace.as_deref().unwrap_or_default())
 }
 
 /// Hash of what should wake a reconcile: generation (spec), labels, finalizers, deletion.
@@ -331,7 +377,7 @@ async fn check_crds(client: &Client) -> anyhow::Result<()> {
         .list_metadata(&lp)
         .await
         .map_err(|e| anyhow::anyhow!("the vps.org CRDs are not installed (apply crds/vps.org.yaml first): {e}"))?;
-    Api::<VirtualMachine>::all(client.clone())
+    Api::<VirtualMachineView>::all(client.clone())
         .list_metadata(&lp)
         .await
         .map_err(|e| anyhow::anyhow!("KubeVirt's VirtualMachine CRD is not installed (is KubeVirt installed?): {e}"))?;
@@ -355,5 +401,69 @@ async fn ensure_clone_cluster_role(client: &Client) {
         api.patch(reconcile::CLONE_CLUSTER_ROLE, &PatchParams::apply(reconcile::MANAGER), &Patch::Apply(&role)).await
     {
         tracing::warn!("Could not create ClusterRole {}: {e}", reconcile::CLONE_CLUSTER_ROLE);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kubevirt::KvCondition;
+
+    fn condition(type_: &str, status: &str, message: Option<&str>) -> KvCondition {
+        KvCondition {
+            type_: type_.into(),
+            status: status.into(),
+            reason: Some("R".into()),
+            message: message.map(Into::into),
+        }
+    }
+
+    #[test]
+    fn slim_caches_keep_what_the_phase_reads() {
+        let mut vm: VirtualMachineView = serde_json::from_value(serde_json::json!({
+            "apiVersion": "kubevirt.io/v1", "kind": "VirtualMachine",
+            "metadata": {"name": "web", "labels": {"a": "b"}, "annotations": {vm::SPEC_HASH_ANNOTATION: "h", "x": "y"}},
+            "spec": {"template": {"spec": {"domain": {}}}, "runStrategy": "Always"},
+            "status": {"printableStatus": "ErrorUnschedulable"},
+        }))
+        .unwrap();
+        vm.status.as_mut().unwrap().conditions = vec![
+            condition("Ready", "False", None),
+            condition("PodScheduled", "False", Some("0/3 nodes are available")),
+            condition("LiveMigratable", "False", Some("not shared")),
+            condition("Failure", "True", None),
+        ];
+        let spec: crate::api::VpsServerSpec =
+            serde_json::from_value(serde_json::json!({"name": "web", "plan": "p", "os": "o", "location": "l"}))
+                .unwrap();
+        let before = phase::observe(&spec, None, Some(&vm), None, None);
+        slim_vm(&mut vm);
+        let kept: Vec<_> = vm.status.as_ref().unwrap().conditions.iter().map(|c| c.type_.as_str()).collect();
+        assert_eq!(kept, ["PodScheduled", "Failure"]);
+        assert_eq!(vm.annotations().len(), 1);
+        assert!(vm.metadata.labels.is_none());
+        let mut running = vm.clone();
+        running.status.as_mut().unwrap().printable_status = Some("Running".into());
+        running.status.as_mut().unwrap().conditions.insert(0, condition("LiveMigratable", "False", Some("not shared")));
+        slim_vm(&mut running);
+        let kept: Vec<_> = running.status.as_ref().unwrap().conditions.iter().map(|c| c.type_.as_str()).collect();
+        assert_eq!(kept, ["Failure"], "no message is read outside error states");
+        let after = phase::observe(&spec, None, Some(&vm), None, None);
+        assert_eq!((before.phase, before.reason, before.message), (after.phase, after.reason, after.message));
+
+        let mut vmi: VirtualMachineInstanceView = serde_json::from_value(serde_json::json!({
+            "apiVersion": "kubevirt.io/v1", "kind": "VirtualMachineInstance",
+            "metadata": {"name": "web", "uid": "u", "labels": {vm::SERVER_LABEL: "web", "kubevirt.io/nodeName": "n"}},
+            "spec": {"domain": {"devices": {}}},
+            "status": {"phase": "Running", "conditions": [
+                {"type": "Ready", "status": "True", "message": "m"}, {"type": "LiveMigratable", "status": "False"}]},
+        }))
+        .unwrap();
+        assert!(phase::instance_ready(&vmi));
+        slim_vmi(&mut vmi);
+        assert!(phase::instance_ready(&vmi));
+        assert_eq!(vmi.status.as_ref().unwrap().conditions.len(), 1);
+        assert!(vmi.metadata.labels.is_none());
+        assert_eq!(same_name(&vmi), ObjectRef::<VpsServer>::new("web").within(""));
     }
 }

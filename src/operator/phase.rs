@@ -3,7 +3,7 @@
 //! addresses. No client, no clock: unit-tested with small builders.
 
 use crate::api::{Phase, PowerState, VpsServerSpec};
-use crate::kubevirt::{VirtualMachine, VirtualMachineInstance};
+use crate::kubevirt::{VirtualMachineInstanceView, VirtualMachineView};
 
 /// What the operator concludes from one look at the world.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -23,7 +23,7 @@ impl Observation {
 }
 
 /// `printableStatus` values KubeVirt uses for a VM that cannot make progress.
-const ERROR_STATUSES: [&str; 8] = [
+pub const ERROR_STATUSES: [&str; 8] = [
     "ErrorUnschedulable",
     "ErrImagePull",
     "ImagePullBackOff",
@@ -40,8 +40,8 @@ const ERROR_STATUSES: [&str; 8] = [
 pub fn observe(
     spec: &VpsServerSpec,
     reference_error: Option<(&str, &str)>,
-    vm: Option<&VirtualMachine>,
-    vmi: Option<&VirtualMachineInstance>,
+    vm: Option<&VirtualMachineView>,
+    vmi: Option<&VirtualMachineInstanceView>,
     rebooting_from: Option<&str>,
 ) -> Observation {
     let mut obs = phase_only(spec, reference_error, vm, vmi, rebooting_from);
@@ -55,8 +55,8 @@ pub fn observe(
 fn phase_only(
     spec: &VpsServerSpec,
     reference_error: Option<(&str, &str)>,
-    vm: Option<&VirtualMachine>,
-    vmi: Option<&VirtualMachineInstance>,
+    vm: Option<&VirtualMachineView>,
+    vmi: Option<&VirtualMachineInstanceView>,
     rebooting_from: Option<&str>,
 ) -> Observation {
     if let Some((reason, message)) = reference_error {
@@ -111,7 +111,7 @@ fn phase_only(
 }
 
 /// Whether the instance runs and its launcher Pod is ready.
-pub fn instance_ready(vmi: &VirtualMachineInstance) -> bool {
+pub fn instance_ready(vmi: &VirtualMachineInstanceView) -> bool {
     let Some(status) = &vmi.status else { return false };
     status.phase.as_deref() == Some("Running")
         && status.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True")
@@ -119,7 +119,7 @@ pub fn instance_ready(vmi: &VirtualMachineInstance) -> bool {
 }
 
 /// The first IPv4 and IPv6 address the instance reports on its interfaces.
-pub fn addresses(vmi: &VirtualMachineInstance) -> (Option<String>, Option<String>) {
+pub fn addresses(vmi: &VirtualMachineInstanceView) -> (Option<String>, Option<String>) {
     let mut v4 = None;
     let mut v6 = None;
     for iface in vmi.status.iter().flat_map(|s| s.interfaces.iter()) {
@@ -155,15 +155,15 @@ mod tests {
         serde_json::from_value(json!({"name": "web", "plan": "p", "os": "o", "location": "l"})).unwrap()
     }
 
-    fn mk_vm(printable: &str, ready: bool) -> VirtualMachine {
-        let mut vm = VirtualMachine::new("web", Default::default());
+    fn mk_vm(printable: &str, ready: bool) -> VirtualMachineView {
+        let mut vm = VirtualMachineView::new("web", Default::default());
         vm.status =
             Some(VirtualMachineStatus { printable_status: Some(printable.into()), ready, ..Default::default() });
         vm
     }
 
-    fn mk_vmi(uid: &str, phase: &str, ready: bool) -> VirtualMachineInstance {
-        let mut vmi = VirtualMachineInstance::new("web", Default::default());
+    fn mk_vmi(uid: &str, phase: &str, ready: bool) -> VirtualMachineInstanceView {
+        let mut vmi = VirtualMachineInstanceView::new("web", Default::default());
         vmi.metadata.uid = Some(uid.into());
         vmi.status = Some(VirtualMachineInstanceStatus {
             phase: Some(phase.into()),
@@ -182,7 +182,7 @@ mod tests {
         vmi
     }
 
-    fn phase(spec: &VpsServerSpec, vm: Option<&VirtualMachine>, vmi: Option<&VirtualMachineInstance>) -> Phase {
+    fn phase(spec: &VpsServerSpec, vm: Option<&VirtualMachineView>, vmi: Option<&VirtualMachineInstanceView>) -> Phase {
         observe(spec, None, vm, vmi, None).phase
     }
 

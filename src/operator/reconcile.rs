@@ -15,7 +15,7 @@ use super::vm::{self, SERVER_LABEL, VmInputs};
 use super::{Context, Error, Result, backups, status};
 use crate::api::{Phase, SERVER_ID_LABEL, VpsServer, VpsServerStatus, VpsSshKey};
 use crate::ids::IdKind;
-use crate::kubevirt::{DataVolume, VirtualMachine, VirtualMachineInstance, VirtualMachineSnapshot};
+use crate::kubevirt::{DataVolume, VirtualMachineInstanceView, VirtualMachineSnapshot, VirtualMachineView};
 
 /// The operator's field manager for server-side apply.
 pub const MANAGER: &str = "vps-operator";
@@ -42,7 +42,7 @@ pub async fn apply(server: Arc<VpsServer>, ctx: Arc<Context>) -> Result<Action> 
 
     let old_status = server.status.clone().unwrap_or_default();
     let mut new_status = VpsServerStatus { id: Some(id), ..old_status.clone() };
-    let vm_ref = ObjectRef::<VirtualMachine>::new(&name).within(&ns);
+    let vm_ref = ObjectRef::<VirtualMachineView>::new(&name).within(&ns);
     let mut vm = ctx.vms.get(&vm_ref);
 
     let resolved = resolve(&server, &ctx, &ns).await?;
@@ -59,7 +59,7 @@ pub async fn apply(server: Arc<VpsServer>, ctx: Arc<Context>) -> Result<Action> 
         });
         let current_hash = vm.as_ref().and_then(|v| v.annotations().get(vm::SPEC_HASH_ANNOTATION).cloned());
         if current_hash.as_deref() != vm::spec_hash(&desired) {
-            let vms: Api<VirtualMachine> = Api::namespaced(ctx.client.clone(), &ns);
+            let vms: Api<VirtualMachineView> = Api::namespaced(ctx.client.clone(), &ns);
             let applied = vms.patch(&name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(&desired)).await?;
             if current_hash.is_none() {
                 publish(&ctx, &server, EventType::Normal, "VirtualMachineCreated", "Created the virtual machine").await;
@@ -69,7 +69,7 @@ pub async fn apply(server: Arc<VpsServer>, ctx: Arc<Context>) -> Result<Action> 
         new_status.vm_name = Some(name.clone());
     }
 
-    let vmi = ctx.vmis.get(&ObjectRef::<VirtualMachineInstance>::new(&name).within(&ns));
+    let vmi = ctx.vmis.get(&ObjectRef::<VirtualMachineInstanceView>::new(&name).within(&ns));
     handle_reboot(&server, &ctx, vmi.as_deref(), &mut new_status).await?;
 
     let obs: Observation = phase::observe(
@@ -139,7 +139,7 @@ pub async fn cleanup(server: Arc<VpsServer>, ctx: Arc<Context>) -> Result<Action
     let lp = ListParams::default().labels(&selector);
     let mut remaining = 0;
 
-    let vms: Api<VirtualMachine> = Api::namespaced(ctx.client.clone(), &ns);
+    let vms: Api<VirtualMachineView> = Api::namespaced(ctx.client.clone(), &ns);
     if vms.get_opt(&name).await?.is_some() {
         remaining += 1;
         ignore_not_found(vms.delete(&name, &DeleteParams::foreground()).await)?;
@@ -231,7 +231,7 @@ async fn ensure_clone_permission(ctx: &Context, ns: &str, image_ns: &str) -> Res
 async fn handle_reboot(
     server: &VpsServer,
     ctx: &Context,
-    vmi: Option<&VirtualMachineInstance>,
+    vmi: Option<&VirtualMachineInstanceView>,
     status: &mut VpsServerStatus,
 ) -> Result<()> {
     let Some(stamp) = &server.spec.reboot_requested_at else { return Ok(()) };
@@ -244,7 +244,8 @@ async fn handle_reboot(
         return Ok(()); // nothing runs: nothing to reboot
     };
     let uid = vmi.metadata.uid.clone();
-    let api: Api<VirtualMachineInstance> = Api::namespaced(ctx.client.clone(), &vmi.namespace().unwrap_or_default());
+    let api: Api<VirtualMachineInstanceView> =
+        Api::namespaced(ctx.client.clone(), &vmi.namespace().unwrap_or_default());
     let dp = DeleteParams {
         preconditions: Some(Preconditions { uid: uid.clone(), resource_version: None }),
         ..Default::default()
