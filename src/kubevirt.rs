@@ -110,7 +110,12 @@ pub mod view {
         status = "VirtualMachineStatus",
         schema = "disabled"
     )]
-    pub struct SkippedVmSpec {}
+    pub struct SkippedVmSpec {
+        /// The operator's spec hash annotation, moved here when the VM is cached (so the
+        /// cache holds no annotation map); never read from or written to JSON.
+        #[serde(skip)]
+        pub cached_spec_hash: Option<String>,
+    }
 
     /// What the operator caches of a VirtualMachineInstance: metadata and status.
     #[derive(CustomResource, Clone, Debug, Default, Deserialize, Serialize)]

@@ -52,6 +52,8 @@ struct Args {
     fill_rest: bool,
     /// Record `perf` profiles of the gateway during its load runs (into the log folder).
     perf: bool,
+    /// Record a 60 s CPU profile of kube-apiserver while the servers are created.
+    profile_apiserver: bool,
 }
 
 fn parse_args() -> Result<Option<Args>> {
@@ -65,6 +67,7 @@ fn parse_args() -> Result<Option<Args>> {
         fill_timeout: Duration::from_secs(900),
         create_timeout: Duration::from_secs(600),
         perf: false,
+        profile_apiserver: false,
         fill_rest: false,
     };
     let mut bench = false;
@@ -81,6 +84,7 @@ fn parse_args() -> Result<Option<Args>> {
         match name.as_str() {
             "--bench" => bench = true,
             "--perf" => args.perf = true,
+            "--profile-apiserver" => args.profile_apiserver = true,
             "--fill-rest" => args.fill_rest = true,
             "--servers" => args.servers = value()? as usize,
             "--create" => args.create = value()? as usize,
@@ -93,7 +97,7 @@ fn parse_args() -> Result<Option<Args>> {
             "--help" | "-h" => {
                 println!(
                     "cargo bench --bench vps -- [--servers 10000] [--create 1000] [--clients 32] [--concurrency 16] \
-                     [--duration 10] [--settle 60] [--fill-timeout 900] [--create-timeout 600] [--fill-rest] [--perf]"
+                     [--duration 10] [--settle 60] [--fill-timeout 900] [--create-timeout 600] [--fill-rest] [--perf] [--profile-apiserver]"
                 );
                 return Ok(None);
             }
@@ -314,6 +318,7 @@ async fn bench(args: Args) -> Result<()> {
     let before = cluster::apiserver_writes(&c.client).await?;
     let cpu_before = cluster::child_cpu_seconds();
     let started = Instant::now();
+    let profile = args.profile_apiserver.then(|| profile_apiserver(&c));
     let (mut ids, failed) = create_servers(&api, 0, args.create, args.clients).await?;
     let posted = started.elapsed();
     say(format!("{} created ({failed} failed) in {:.1} s; waiting until active", ids.len(), posted.as_secs_f64()));
@@ -332,6 +337,12 @@ async fn bench(args: Args) -> Result<()> {
     ));
     let cpu = cluster::cpu_text(&cpu_before, &cluster::child_cpu_seconds(), wall);
     say(format!("what the cluster spent its CPU on:\n{cpu}"));
+    if let Some(profile) = profile {
+        match profile.await? {
+            Ok(top) => say(format!("kube-apiserver's CPU profile while provisioning:\n{top}")),
+            Err(e) => say(format!("no kube-apiserver profile: {e:#}")),
+        }
+    }
     let created_ok = all_active && failed == 0 && ids.len() == args.create;
     rows.push(row(
         "3",
@@ -772,6 +783,34 @@ async fn wait_quiet(c: &Cluster, limit: Duration) -> Result<Duration> {
 async fn operator_writes(c: &Cluster) -> Result<u64> {
     let writes = cluster::apiserver_writes(&c.client).await?;
     Ok(writes.iter().filter(|(k, _)| cluster::operator_resource(k)).map(|(_, v)| v).sum())
+}
+
+/// Records 60 s of kube-apiserver's CPU profile (`/debug/pprof/profile`) into the log folder;
+/// resolves to `go tool pprof -top` of it, or where it lies when Go's pprof cannot be run.
+fn profile_apiserver(c: &Cluster) -> tokio::task::JoinHandle<Result<String>> {
+    let kubectl = c.plane.binaries().kube("kubectl");
+    let kubeconfig = c.plane.kubeconfig_path();
+    let out = c.logs.join("apiserver-cpu.pprof");
+    tokio::task::spawn_blocking(move || {
+        let raw = std::process::Command::new(kubectl)
+            .arg("--kubeconfig")
+            .arg(kubeconfig)
+            .args(["get", "--raw", "/debug/pprof/profile?seconds=60"])
+            .output()
+            .context("run kubectl")?;
+        if !raw.status.success() {
+            bail!("profile kube-apiserver: {}", String::from_utf8_lossy(&raw.stderr));
+        }
+        std::fs::write(&out, raw.stdout)?;
+        let top = std::process::Command::new("go")
+            .args(["tool", "pprof", "-top", "-nodecount=25"])
+            .arg(&out)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned());
+        Ok(top.unwrap_or_else(|| format!("saved to {}; read it with `go tool pprof -top`", out.display())))
+    })
 }
 
 /// Runs `load`, with `perf record` on the gateway meanwhile when `--perf` was given.

@@ -243,7 +243,8 @@ impl ControlPlane {
             format!("--proxy-client-cert-file={}", p("front-proxy-client.crt")),
             format!("--proxy-client-key-file={}", p("front-proxy-client.key")),
             "--enable-priority-and-fairness=false".into(),
-            "--profiling=false".into(),
+            // /debug/pprof for admins (the benchmark profiles provisioning with it).
+            "--profiling=true".into(),
             "--v=1".into(),
         ];
         self.spawn("kube-apiserver", args)

@@ -145,8 +145,9 @@ fn slim<K: Resource>(object: &mut K) {
     object.meta_mut().managed_fields = None;
 }
 
-/// A server keeps its spec, status, labels (its id), finalizers and the annotations its VM
-/// copies; no other annotation is read.
+/// A server keeps its spec, status, finalizers and the annotations its VM copies. Of its
+/// labels only the id is read: it moves into the cached `status.id` (where [`server_id`]
+/// finds it when there is no label), so the cache holds no label map.
 fn slim_server(server: &mut VpsServer) {
     slim(server);
     let annotations = &mut server.metadata.annotations;
@@ -154,20 +155,21 @@ fn slim_server(server: &mut VpsServer) {
         map.retain(|k, _| k.starts_with(vm::SIMULATOR_ANNOTATION_PREFIX));
     }
     drop_if_empty(annotations);
+    if let Some(id) = server.labels().get(crate::api::SERVER_ID_LABEL).and_then(|v| v.parse::<i64>().ok()) {
+        server.status.get_or_insert_default().id = Some(id);
+    }
+    server.metadata.labels = None;
 }
 
-/// A VirtualMachine (parsed without its spec) keeps its status and the spec hash annotation;
-/// it is mapped to its server by name (a server's VM has its name). Of its conditions,
-/// [`phase::observe`] reads the `Failure` ones, and the first message when the VM is in an
-/// error state: only those stay, in their order.
+/// A VirtualMachine (parsed without its spec) keeps its status and its spec hash, moved out
+/// of the annotations into `spec.cached_spec_hash`; it is mapped to its server by name (a
+/// server's VM has its name). Of its conditions, [`phase::observe`] reads the `Failure` ones,
+/// and the first message when the VM is in an error state: only those stay, in their order.
 fn slim_vm(vm: &mut VirtualMachineView) {
     slim(vm);
     let meta = &mut vm.metadata;
-    (meta.labels, meta.finalizers, meta.owner_references) = (None, None, None);
-    if let Some(map) = &mut meta.annotations {
-        map.retain(|k, _| k == vm::SPEC_HASH_ANNOTATION);
-    }
-    drop_if_empty(&mut meta.annotations);
+    vm.spec.cached_spec_hash = meta.annotations.as_mut().and_then(|a| a.remove(vm::SPEC_HASH_ANNOTATION));
+    (meta.labels, meta.annotations, meta.finalizers, meta.owner_references) = (None, None, None, None);
     if let Some(status) = &mut vm.status {
         let error = status.printable_status.as_deref().is_some_and(|p| phase::ERROR_STATUSES.contains(&p));
         let mut message_kept = false;
@@ -186,6 +188,10 @@ fn slim_vmi(vmi: &mut VirtualMachineInstanceView) {
     let meta = &mut vmi.metadata;
     (meta.labels, meta.annotations, meta.finalizers, meta.owner_references) = (None, None, None, None);
     if let Some(status) = &mut vmi.status {
+        status.node_name = None;
+        for iface in &mut status.interfaces {
+            iface.name = None;
+        }
         status.conditions.retain(|c| c.type_ == "Ready");
         for c in &mut status.conditions {
             (c.reason, c.message) = (None, None);
@@ -321,12 +327,12 @@ fn same_name(object: &impl Resource) -> ObjectRef<VpsServer> {
     ObjectRef::new(meta.name.as_deref().unwrap_or_default()).within(meta.namespace.as_deref().unwrap_or_default())
 }
 
-/// Hash of what should wake a reconcile: generation (spec), labels, finalizers, deletion.
+/// Hash of what should wake a reconcile: generation (spec), the id, finalizers, deletion.
 fn spec_and_metadata(server: &VpsServer) -> Option<u64> {
     use std::hash::{Hash, Hasher};
     let mut h = std::collections::hash_map::DefaultHasher::new();
     server.metadata.generation.hash(&mut h);
-    server.labels().get(crate::api::SERVER_ID_LABEL).hash(&mut h);
+    reconcile::server_id(server).hash(&mut h);
     server.finalizers().hash(&mut h);
     server.metadata.deletion_timestamp.as_ref().map(|t| t.0.to_string()).hash(&mut h);
     Some(h.finish())
@@ -440,7 +446,8 @@ mod tests {
         slim_vm(&mut vm);
         let kept: Vec<_> = vm.status.as_ref().unwrap().conditions.iter().map(|c| c.type_.as_str()).collect();
         assert_eq!(kept, ["PodScheduled", "Failure"]);
-        assert_eq!(vm.annotations().len(), 1);
+        assert_eq!(vm.spec.cached_spec_hash.as_deref(), Some("h"));
+        assert!(vm.metadata.annotations.is_none());
         assert!(vm.metadata.labels.is_none());
         let mut running = vm.clone();
         running.status.as_mut().unwrap().printable_status = Some("Running".into());
@@ -450,6 +457,17 @@ mod tests {
         assert_eq!(kept, ["Failure"], "no message is read outside error states");
         let after = phase::observe(&spec, None, Some(&vm), None, None);
         assert_eq!((before.phase, before.reason, before.message), (after.phase, after.reason, after.message));
+
+        let mut server: VpsServer = serde_json::from_value(serde_json::json!({
+            "apiVersion": "vps.org/v1alpha1", "kind": "VpsServer",
+            "metadata": {"name": "web", "labels": {crate::api::SERVER_ID_LABEL: "7", "other": "x"},
+                "annotations": {"kubectl.kubernetes.io/last-applied-configuration": "{}", "simulator.vps.org/fail": "crash"}},
+            "spec": {"name": "web", "plan": "p", "os": "o", "location": "l"},
+        }))
+        .unwrap();
+        slim_server(&mut server);
+        assert_eq!((reconcile::server_id(&server), server.metadata.labels.as_ref()), (Some(7), None));
+        assert_eq!(server.annotations().keys().collect::<Vec<_>>(), ["simulator.vps.org/fail"]);
 
         let mut vmi: VirtualMachineInstanceView = serde_json::from_value(serde_json::json!({
             "apiVersion": "kubevirt.io/v1", "kind": "VirtualMachineInstance",

@@ -57,7 +57,7 @@ pub async fn apply(server: Arc<VpsServer>, ctx: Arc<Context>) -> Result<Action> 
             location: &inputs.location,
             ssh_key: inputs.ssh_key.as_ref(),
         });
-        let current_hash = vm.as_ref().and_then(|v| v.annotations().get(vm::SPEC_HASH_ANNOTATION).cloned());
+        let current_hash = vm.as_ref().and_then(|v| v.spec.cached_spec_hash.clone());
         if current_hash.as_deref() != vm::spec_hash(&desired) {
             let vms: Api<VirtualMachineView> = Api::namespaced(ctx.client.clone(), &ns);
             let applied = vms.patch(&name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(&desired)).await?;
