@@ -1,8 +1,8 @@
 //! Gives freed heap memory back to the system. glibc's allocator keeps what a burst of work
 //! freed (a relist's pages, a wave of API responses) in its arenas, so a long-running
 //! process's resident memory shows its busiest moment rather than what it holds. The
-//! operator and the gateway trim their heap on a timer. musl (the static image) returns
-//! memory by itself; there this does nothing.
+//! operator and the gateway trim their heap on a timer. Built against musl (the static image)
+//! this does nothing; how musl's allocator behaves here was not measured.
 
 use std::time::Duration;
 

@@ -255,17 +255,18 @@ async fn create(
         return Err(ApiError::Internal(anyhow::anyhow!("validation passed with a field missing")));
     };
 
-    let existing = caches.servers.servers_of(&tenant.namespace);
+    // A gateway that died after creating this server but before recording the answer.
     if let Some(key) = idempotency_key
-        && let Some(earlier) =
-            existing.iter().find(|s| s.labels().get(IDEMPOTENCY_LABEL).map(String::as_str) == Some(key))
+        && let Some(earlier) = caches
+            .servers
+            .servers_of(&tenant.namespace)
+            .into_iter()
+            .find(|s| s.labels().get(IDEMPOTENCY_LABEL).map(String::as_str) == Some(key))
     {
-        // A gateway that died after creating this server but before recording the answer.
-        let id = server_id(earlier).unwrap_or_default();
+        let id = server_id(&earlier).unwrap_or_default();
         let location = format!("{}/api/v1/servers/{id}/", base_url(headers));
-        return Ok((CreatedServer { server: detail(state, earlier)?, message: CREATED_MESSAGE }, location));
+        return Ok((CreatedServer { server: detail(state, &earlier)?, message: CREATED_MESSAGE }, location));
     }
-    drop(existing);
     // The credit check counts the account's servers and the creates in flight in this gateway.
     let price = plan.spec.monthly_price_cents;
     let plan_price = |s: &VpsServer| caches.plan_by_name(&s.spec.plan).map_or(0, |p| p.spec.monthly_price_cents);

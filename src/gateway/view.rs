@@ -286,11 +286,7 @@ pub fn page_json(page: &Page<Bytes>) -> Vec<u8> {
     out
 }
 
-/// A server as a list item; `None` when it has no id yet.
-pub fn server_list_item(s: &VpsServer, caches: &Caches) -> Option<ServerListItem> {
-    server_detail(s, caches).map(list_item)
-}
-
+/// A server's detail cut down to a list item.
 fn list_item(d: ServerDetail) -> ServerListItem {
     ServerListItem {
         id: d.id,
