@@ -110,12 +110,7 @@ pub mod view {
         status = "VirtualMachineStatus",
         schema = "disabled"
     )]
-    pub struct SkippedVmSpec {
-        /// The operator's spec hash annotation, moved here when the VM is cached (so the
-        /// cache holds no annotation map); never read from or written to JSON.
-        #[serde(skip)]
-        pub cached_spec_hash: Option<String>,
-    }
+    pub struct SkippedVmSpec {}
 
     /// What the operator caches of a VirtualMachineInstance: metadata and status.
     #[derive(CustomResource, Clone, Debug, Default, Deserialize, Serialize)]

@@ -32,6 +32,9 @@ pub struct Options {
     pub scheduler: bool,
 }
 
+/// Where a control plane's data folder records its [`Layout`].
+const LAYOUT_FILE: &str = "layout.json";
+
 /// Ports and secrets that stay the same across restarts of a persistent control plane.
 #[derive(Clone, Debug, Deserialize, Serialize)]
 struct Layout {
@@ -66,7 +69,34 @@ impl ControlPlane {
     /// Starts etcd and kube-apiserver only, and returns once `/readyz` answers. CRDs installed
     /// before [`ControlPlane::start_controllers`] are known to the garbage collector from its
     /// start (it rediscovers resources only every 30 s).
+    ///
+    /// A new control plane (a temporary one, or a first start in its data folder) that fails
+    /// to come up (a port taken between choosing and binding it, say) is thrown away and
+    /// started afresh, with new ports, up to three times.
     pub async fn start_api(binaries: Binaries, options: Options) -> Result<ControlPlane> {
+        let new = options.data_dir.as_ref().is_none_or(|dir| !dir.join(LAYOUT_FILE).exists());
+        let attempts = if new { 3 } else { 1 };
+        let mut attempt = 1;
+        loop {
+            match Self::try_start_api(binaries.clone(), &options).await {
+                Ok(plane) => return Ok(plane),
+                Err(e) if attempt < attempts => {
+                    tracing::warn!("The control plane did not start (attempt {attempt} of {attempts}): {e:#}");
+                    if let Some(dir) = &options.data_dir {
+                        // Everything the failed first start made there, so the next draws anew.
+                        for made in [LAYOUT_FILE, "kubeconfig", "pki", "etcd"] {
+                            let path = dir.join(made);
+                            let _ = std::fs::remove_dir_all(&path).or_else(|_| std::fs::remove_file(&path));
+                        }
+                    }
+                    attempt += 1;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    async fn try_start_api(binaries: Binaries, options: &Options) -> Result<ControlPlane> {
         let (dir, temporary) = match &options.data_dir {
             Some(dir) => (dir.clone(), false),
             None => (new_temp_dir()?, true),
@@ -325,7 +355,7 @@ pub async fn client_from_kubeconfig(path: &Path) -> Result<Client> {
 /// Writes certificates, keys, the token file and the kubeconfig on first use; reads the
 /// saved layout afterwards.
 fn prepare(dir: &Path) -> Result<Layout> {
-    let saved = dir.join("layout.json");
+    let saved = dir.join(LAYOUT_FILE);
     if saved.exists() {
         return Ok(serde_json::from_slice(&std::fs::read(&saved)?)?);
     }

@@ -147,7 +147,24 @@ fn signal(pid: u32, sig: i32) {
 }
 
 /// A free TCP port on 127.0.0.1 (bound and released; the caller binds it right away).
+///
+/// It is drawn at random from below the kernel's ephemeral range: a port the kernel hands
+/// out (`bind` to port 0) is one it also gives to outgoing connections, and a busy process
+/// (a client retrying against loopback, say) could take it before the caller binds it.
 pub fn free_port() -> Result<u16> {
+    use rand::RngExt as _;
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    if ephemeral_low > 12_000 {
+        for _ in 0..100 {
+            let port = rand::rng().random_range(10_000..ephemeral_low);
+            if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+                return Ok(port);
+            }
+        }
+    }
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 

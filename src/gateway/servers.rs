@@ -306,6 +306,9 @@ async fn create(
     );
     server.metadata.labels = Some(labels);
     server.metadata.annotations = Some(BTreeMap::from([(UPDATED_AT_ANNOTATION.to_string(), now_stamp())]));
+    // The operator's teardown finalizer from the start: it would otherwise add it with a write
+    // of its own.
+    server.metadata.finalizers = Some(vec![crate::operator::FINALIZER.to_string()]);
     reservation.name(&server.name_any());
     let api: Api<VpsServer> = Api::namespaced(state.client.clone(), &tenant.namespace);
     let pp = PostParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() };

@@ -1,6 +1,7 @@
 //! The operator: a kube-runtime `Controller` on `VpsServer` that owns KubeVirt
 //! `VirtualMachine`s and watches their `VirtualMachineInstance`s.
 //!
+//! - [`observed`]: what is kept of the VMs and instances, in compact [`cache`]s.
 //! - [`phase`]: pure mapping from KubeVirt's view to the server's phase.
 //! - [`vm`]: pure construction of the VirtualMachine.
 //! - [`reconcile`]: apply and cleanup (behind a finalizer).
@@ -8,7 +9,9 @@
 //! - [`metrics`]: Prometheus metrics and health endpoints.
 
 pub mod backups;
+pub mod cache;
 pub mod metrics;
+pub mod observed;
 pub mod phase;
 pub mod reconcile;
 pub mod status;
@@ -31,6 +34,8 @@ use kube::{Client, Resource, ResourceExt};
 use crate::api::{VpsImage, VpsLocation, VpsPlan, VpsServer};
 use crate::ids::{IdAllocator, IdError};
 use crate::kubevirt::{VirtualMachineInstanceView, VirtualMachineView};
+use cache::Cache;
+use observed::{VmState, VmiState};
 
 /// The finalizer that guarantees teardown of a server's VM, disks and snapshots.
 pub const FINALIZER: &str = "vps.org/teardown";
@@ -132,12 +137,14 @@ pub struct Context {
     pub plans: Store<VpsPlan>,
     pub images: Store<VpsImage>,
     pub locations: Store<VpsLocation>,
-    pub vms: Store<VirtualMachineView>,
-    pub vmis: Store<VirtualMachineInstanceView>,
+    pub vms: Cache<VmState>,
+    pub vmis: Cache<VmiState>,
     pub config: OperatorConfig,
     pub metrics: metrics::Metrics,
     /// (account namespace, image namespace) pairs whose clone RoleBinding is in place.
     pub clone_bindings: Mutex<HashSet<(String, String)>>,
+    /// Status writes the server cache does not show yet.
+    pub written: status::Written,
 }
 
 /// Prunes what the caches need not hold.
@@ -161,44 +168,6 @@ fn slim_server(server: &mut VpsServer) {
     server.metadata.labels = None;
 }
 
-/// A VirtualMachine (parsed without its spec) keeps its status and its spec hash, moved out
-/// of the annotations into `spec.cached_spec_hash`; it is mapped to its server by name (a
-/// server's VM has its name). Of its conditions, [`phase::observe`] reads the `Failure` ones,
-/// and the first message when the VM is in an error state: only those stay, in their order.
-fn slim_vm(vm: &mut VirtualMachineView) {
-    slim(vm);
-    let meta = &mut vm.metadata;
-    vm.spec.cached_spec_hash = meta.annotations.as_mut().and_then(|a| a.remove(vm::SPEC_HASH_ANNOTATION));
-    (meta.labels, meta.annotations, meta.finalizers, meta.owner_references) = (None, None, None, None);
-    if let Some(status) = &mut vm.status {
-        let error = status.printable_status.as_deref().is_some_and(|p| phase::ERROR_STATUSES.contains(&p));
-        let mut message_kept = false;
-        status.conditions.retain(|c| {
-            let first_message = error && c.message.is_some() && !message_kept;
-            message_kept |= first_message;
-            first_message || c.type_ == "Failure"
-        });
-    }
-}
-
-/// An instance (parsed without its spec) keeps its uid and status (of its conditions,
-/// `Ready`); it is mapped to its server by name.
-fn slim_vmi(vmi: &mut VirtualMachineInstanceView) {
-    slim(vmi);
-    let meta = &mut vmi.metadata;
-    (meta.labels, meta.annotations, meta.finalizers, meta.owner_references) = (None, None, None, None);
-    if let Some(status) = &mut vmi.status {
-        status.node_name = None;
-        for iface in &mut status.interfaces {
-            iface.name = None;
-        }
-        status.conditions.retain(|c| c.type_ == "Ready");
-        for c in &mut status.conditions {
-            (c.reason, c.message) = (None, None);
-        }
-    }
-}
-
 /// An empty map still holds a node: none is cheaper.
 fn drop_if_empty(map: &mut Option<std::collections::BTreeMap<String, String>>) {
     if map.as_ref().is_some_and(|m| m.is_empty()) {
@@ -216,6 +185,22 @@ where
 {
     let (reader, writer) = reflector::store();
     let stream = watcher(api, config.page_size(500)).default_backoff().modify(prune).reflect(writer).touched_objects();
+    (reader, stream)
+}
+
+/// A watch of `api` that keeps `derive(object)` of each object in a compact [`Cache`].
+fn observe<K, T>(
+    api: Api<K>,
+    config: watcher::Config,
+    derive: fn(&K) -> T,
+) -> (Cache<T>, impl futures::Stream<Item = Result<K, watcher::Error>> + Send)
+where
+    K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+    T: Send + Sync + 'static,
+{
+    let (reader, mut writer) = cache::cache(derive);
+    let stream =
+        watcher(api, config.page_size(500)).default_backoff().inspect_ok(move |e| writer.apply(e)).touched_objects();
     (reader, stream)
 }
 
@@ -239,15 +224,15 @@ pub async fn run(
     let (images, image_stream) = reflect(Api::<VpsImage>::all(client.clone()), watcher::Config::default(), slim);
     let (locations, location_stream) =
         reflect(Api::<VpsLocation>::all(client.clone()), watcher::Config::default(), slim);
-    let (vms, vm_stream) = reflect(
+    let (vms, vm_stream) = observe(
         Api::<VirtualMachineView>::all(client.clone()),
         watcher::Config::default().labels(&server_label),
-        slim_vm,
+        VmState::of,
     );
-    let (vmis, vmi_stream) = reflect(
+    let (vmis, vmi_stream) = observe(
         Api::<VirtualMachineInstanceView>::all(client.clone()),
         watcher::Config::default().labels(&server_label),
-        slim_vmi,
+        VmiState::of,
     );
     let (servers, server_writer) = reflector::store::<VpsServer>();
     let server_stream = watcher(Api::<VpsServer>::all(client.clone()), watcher::Config::default().page_size(500))
@@ -255,8 +240,8 @@ pub async fn run(
         .modify(slim_server)
         .reflect(server_writer)
         .touched_objects()
-        // Our own status writes change neither of these: they do not wake us again.
-        .predicate_filter(spec_and_metadata, Default::default());
+        // Our own status writes change none of this: they do not wake us again.
+        .try_filter(wakes_on_change());
 
     let metrics = metrics::Metrics::default();
     let recorder = Recorder::new(call_client.clone(), Reporter { controller: "vps-operator".into(), instance: None });
@@ -272,6 +257,7 @@ pub async fn run(
         config: config.clone(),
         metrics: metrics.clone(),
         clone_bindings: Mutex::new(HashSet::new()),
+        written: status::Written::default(),
     });
     ensure_clone_cluster_role(&call_client).await;
 
@@ -327,15 +313,34 @@ fn same_name(object: &impl Resource) -> ObjectRef<VpsServer> {
     ObjectRef::new(meta.name.as_deref().unwrap_or_default()).within(meta.namespace.as_deref().unwrap_or_default())
 }
 
-/// Hash of what should wake a reconcile: generation (spec), the id, finalizers, deletion.
-fn spec_and_metadata(server: &VpsServer) -> Option<u64> {
+/// Hash of what should wake a reconcile: uid, generation (spec), the id, finalizers, deletion.
+fn spec_and_metadata(server: &VpsServer) -> u64 {
     use std::hash::{Hash, Hasher};
     let mut h = std::collections::hash_map::DefaultHasher::new();
+    server.metadata.uid.hash(&mut h);
     server.metadata.generation.hash(&mut h);
     reconcile::server_id(server).hash(&mut h);
     server.finalizers().hash(&mut h);
     server.metadata.deletion_timestamp.as_ref().map(|t| t.0.to_string()).hash(&mut h);
-    Some(h.finish())
+    h.finish()
+}
+
+/// A filter that passes a server on only when [`spec_and_metadata`] changed since it last
+/// passed (kube-runtime's `predicate_filter` keeps three strings per server for this; this
+/// keeps one key). A server that is going away, with no finalizer left, always passes and is
+/// forgotten.
+fn wakes_on_change() -> impl FnMut(&VpsServer) -> futures::future::Ready<bool> {
+    let mut seen: std::collections::HashMap<Box<str>, u64> = std::collections::HashMap::new();
+    move |server| {
+        let meta = &server.metadata;
+        let key = cache::key(meta.namespace.as_deref().unwrap_or_default(), meta.name.as_deref().unwrap_or_default());
+        if meta.deletion_timestamp.is_some() && server.finalizers().is_empty() {
+            seen.remove(&key);
+            return futures::future::ready(true);
+        }
+        let hash = spec_and_metadata(server);
+        futures::future::ready(seen.insert(key, hash) != Some(hash))
+    }
 }
 
 async fn reconcile_server(server: Arc<VpsServer>, ctx: Arc<Context>) -> Result<Action> {
@@ -413,51 +418,9 @@ async fn ensure_clone_cluster_role(client: &Client) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kubevirt::KvCondition;
-
-    fn condition(type_: &str, status: &str, message: Option<&str>) -> KvCondition {
-        KvCondition {
-            type_: type_.into(),
-            status: status.into(),
-            reason: Some("R".into()),
-            message: message.map(Into::into),
-        }
-    }
 
     #[test]
-    fn slim_caches_keep_what_the_phase_reads() {
-        let mut vm: VirtualMachineView = serde_json::from_value(serde_json::json!({
-            "apiVersion": "kubevirt.io/v1", "kind": "VirtualMachine",
-            "metadata": {"name": "web", "labels": {"a": "b"}, "annotations": {vm::SPEC_HASH_ANNOTATION: "h", "x": "y"}},
-            "spec": {"template": {"spec": {"domain": {}}}, "runStrategy": "Always"},
-            "status": {"printableStatus": "ErrorUnschedulable"},
-        }))
-        .unwrap();
-        vm.status.as_mut().unwrap().conditions = vec![
-            condition("Ready", "False", None),
-            condition("PodScheduled", "False", Some("0/3 nodes are available")),
-            condition("LiveMigratable", "False", Some("not shared")),
-            condition("Failure", "True", None),
-        ];
-        let spec: crate::api::VpsServerSpec =
-            serde_json::from_value(serde_json::json!({"name": "web", "plan": "p", "os": "o", "location": "l"}))
-                .unwrap();
-        let before = phase::observe(&spec, None, Some(&vm), None, None);
-        slim_vm(&mut vm);
-        let kept: Vec<_> = vm.status.as_ref().unwrap().conditions.iter().map(|c| c.type_.as_str()).collect();
-        assert_eq!(kept, ["PodScheduled", "Failure"]);
-        assert_eq!(vm.spec.cached_spec_hash.as_deref(), Some("h"));
-        assert!(vm.metadata.annotations.is_none());
-        assert!(vm.metadata.labels.is_none());
-        let mut running = vm.clone();
-        running.status.as_mut().unwrap().printable_status = Some("Running".into());
-        running.status.as_mut().unwrap().conditions.insert(0, condition("LiveMigratable", "False", Some("not shared")));
-        slim_vm(&mut running);
-        let kept: Vec<_> = running.status.as_ref().unwrap().conditions.iter().map(|c| c.type_.as_str()).collect();
-        assert_eq!(kept, ["Failure"], "no message is read outside error states");
-        let after = phase::observe(&spec, None, Some(&vm), None, None);
-        assert_eq!((before.phase, before.reason, before.message), (after.phase, after.reason, after.message));
-
+    fn the_cached_server_keeps_its_id_and_simulator_annotations() {
         let mut server: VpsServer = serde_json::from_value(serde_json::json!({
             "apiVersion": "vps.org/v1alpha1", "kind": "VpsServer",
             "metadata": {"name": "web", "labels": {crate::api::SERVER_ID_LABEL: "7", "other": "x"},
@@ -468,20 +431,34 @@ mod tests {
         slim_server(&mut server);
         assert_eq!((reconcile::server_id(&server), server.metadata.labels.as_ref()), (Some(7), None));
         assert_eq!(server.annotations().keys().collect::<Vec<_>>(), ["simulator.vps.org/fail"]);
+        let vmi = VirtualMachineInstanceView::new("web", Default::default());
+        assert_eq!(same_name(&vmi), ObjectRef::<VpsServer>::new("web").within(""));
+    }
 
-        let mut vmi: VirtualMachineInstanceView = serde_json::from_value(serde_json::json!({
-            "apiVersion": "kubevirt.io/v1", "kind": "VirtualMachineInstance",
-            "metadata": {"name": "web", "uid": "u", "labels": {vm::SERVER_LABEL: "web", "kubevirt.io/nodeName": "n"}},
-            "spec": {"domain": {"devices": {}}},
-            "status": {"phase": "Running", "conditions": [
-                {"type": "Ready", "status": "True", "message": "m"}, {"type": "LiveMigratable", "status": "False"}]},
+    #[test]
+    fn only_spec_and_metadata_changes_wake_a_reconcile() {
+        let mut wakes = wakes_on_change();
+        let mut passes = |s: &VpsServer| futures::executor::block_on(wakes(s));
+        let mut server: VpsServer = serde_json::from_value(serde_json::json!({
+            "apiVersion": "vps.org/v1alpha1", "kind": "VpsServer",
+            "metadata": {"name": "web", "namespace": "acme", "uid": "u1", "generation": 1},
+            "spec": {"name": "web", "plan": "p", "os": "o", "location": "l"},
         }))
         .unwrap();
-        assert!(phase::instance_ready(&vmi));
-        slim_vmi(&mut vmi);
-        assert!(phase::instance_ready(&vmi));
-        assert_eq!(vmi.status.as_ref().unwrap().conditions.len(), 1);
-        assert!(vmi.metadata.labels.is_none());
-        assert_eq!(same_name(&vmi), ObjectRef::<VpsServer>::new("web").within(""));
+        assert!(passes(&server), "first sight");
+        server.status =
+            Some(crate::api::VpsServerStatus { phase: Some(crate::api::Phase::Active), ..Default::default() });
+        assert!(!passes(&server), "our own status write");
+        server.metadata.generation = Some(2);
+        assert!(passes(&server), "a spec change");
+        server.metadata.finalizers = Some(vec![FINALIZER.into()]);
+        assert!(passes(&server));
+        let now = k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(jiff::Timestamp::now());
+        server.metadata.deletion_timestamp = Some(now);
+        assert!(passes(&server), "deletion");
+        server.metadata.finalizers = None;
+        assert!(passes(&server) && passes(&server), "gone: always passes, never remembered");
+        server.metadata.deletion_timestamp = None;
+        assert!(passes(&server), "a new server of the same name is new");
     }
 }

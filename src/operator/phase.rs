@@ -1,9 +1,9 @@
 //! From what KubeVirt reports to what the customer sees: a pure function from the server's
-//! spec and its VirtualMachine and VirtualMachineInstance to the server's phase, reason and
-//! addresses. No client, no clock: unit-tested with small builders.
+//! spec and what is kept of its VirtualMachine and VirtualMachineInstance ([`super::observed`])
+//! to the server's phase, reason and addresses. No client, no clock: unit-tested with small builders.
 
+use super::observed::{VmState, VmiState};
 use crate::api::{Phase, PowerState, VpsServerSpec};
-use crate::kubevirt::{VirtualMachineInstanceView, VirtualMachineView};
 
 /// What the operator concludes from one look at the world.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -40,13 +40,13 @@ pub const ERROR_STATUSES: [&str; 8] = [
 pub fn observe(
     spec: &VpsServerSpec,
     reference_error: Option<(&str, &str)>,
-    vm: Option<&VirtualMachineView>,
-    vmi: Option<&VirtualMachineInstanceView>,
+    vm: Option<&VmState>,
+    vmi: Option<&VmiState>,
     rebooting_from: Option<&str>,
 ) -> Observation {
     let mut obs = phase_only(spec, reference_error, vm, vmi, rebooting_from);
-    if let Some(vmi) = vmi.filter(|v| v.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")) {
-        (obs.ipv4, obs.ipv6) = addresses(vmi);
+    if let Some(vmi) = vmi.filter(|v| v.running) {
+        (obs.ipv4, obs.ipv6) = (vmi.ipv4.map(|a| a.to_string()), vmi.ipv6.map(|a| a.to_string()));
     }
     obs
 }
@@ -55,83 +55,65 @@ pub fn observe(
 fn phase_only(
     spec: &VpsServerSpec,
     reference_error: Option<(&str, &str)>,
-    vm: Option<&VirtualMachineView>,
-    vmi: Option<&VirtualMachineInstanceView>,
+    vm: Option<&VmState>,
+    vmi: Option<&VmiState>,
     rebooting_from: Option<&str>,
 ) -> Observation {
     if let Some((reason, message)) = reference_error {
         return Observation::new(Phase::Error, reason, message);
     }
     let Some(vm) = vm else {
-        return Observation::new(Phase::Provisioning, "CreatingVirtualMachine", "The virtual machine is being created");
+        return provisioning();
     };
-    let status = vm.status.clone().unwrap_or_default();
     // KubeVirt reports a missing DataSource or a refused clone as a Failure condition while
     // printableStatus may still say Stopped.
-    if let Some(failure) = status.conditions.iter().find(|c| c.type_ == "Failure" && c.status == "True") {
-        let reason = failure.reason.clone().unwrap_or_else(|| "Failure".into());
-        return Observation::new(Phase::Error, &camel(&reason), failure.message.clone().unwrap_or_default());
+    if let Some(failure) = &vm.failure {
+        let reason = failure.reason.as_deref().unwrap_or("Failure");
+        return Observation::new(Phase::Error, &camel(reason), failure.message.clone().unwrap_or_default());
     }
-    let printable = status.printable_status.as_deref().unwrap_or("");
+    let printable = &*vm.printable_status;
     if ERROR_STATUSES.contains(&printable) {
-        let message = status.conditions.iter().find_map(|c| c.message.clone()).unwrap_or_default();
-        return Observation::new(Phase::Error, printable, message);
+        return Observation::new(Phase::Error, printable, vm.error_message.as_deref().unwrap_or_default());
     }
     if spec.suspended {
         return Observation::new(Phase::Suspended, "Suspended", "The server is suspended by an administrator");
     }
-    let vmi_ready = vmi.is_some_and(instance_ready);
+    let vmi_ready = vmi.is_some_and(|v| v.ready);
     if let Some(from) = rebooting_from {
-        let replaced = vmi.is_some_and(|v| v.metadata.uid.as_deref() != Some(from));
+        let replaced = vmi.is_some_and(|v| v.uid.as_deref() != Some(from));
         if !(replaced && vmi_ready) {
             return Observation::new(Phase::Rebooting, "Rebooting", "The server is restarting");
         }
     }
     let want_running = spec.power_state == PowerState::Running;
     match printable {
-        "Provisioning" | "WaitingForVolumeBinding" => {
-            Observation::new(Phase::Provisioning, printable, "The root disk is being prepared")
+        "Provisioning" => provisioning(),
+        "WaitingForVolumeBinding" => {
+            Observation::new(Phase::Provisioning, printable, "The root disk waits for its volume to be bound")
         }
         "Running" | "Migrating" | "Paused" if !want_running => {
             Observation::new(Phase::Stopping, "Stopping", "The server is shutting down")
         }
-        "Running" | "Migrating" if status.ready && vmi_ready => {
+        "Running" | "Migrating" if vm.ready && vmi_ready => {
             Observation::new(Phase::Active, "Running", "The server is running")
         }
         "Running" | "Migrating" | "Starting" | "Paused" => {
             Observation::new(Phase::Starting, "Starting", "The server is starting")
         }
         "Stopping" | "Terminating" => Observation::new(Phase::Stopping, "Stopping", "The server is shutting down"),
-        "Stopped" | "Halted" | "" if want_running => {
-            Observation::new(Phase::Starting, "Starting", "The server is starting")
-        }
-        "Stopped" | "Halted" | "" => Observation::new(Phase::Stopped, "Stopped", "The server is stopped"),
+        // A VM that virt-controller has not reported on yet (it always sets a status).
+        "" => provisioning(),
+        "Stopped" | "Halted" if want_running => Observation::new(Phase::Starting, "Starting", "The server is starting"),
+        "Stopped" | "Halted" => Observation::new(Phase::Stopped, "Stopped", "The server is stopped"),
         other => Observation::new(Phase::Starting, &camel(other), format!("KubeVirt reports {other}")),
     }
 }
 
-/// Whether the instance runs and its launcher Pod is ready.
-pub fn instance_ready(vmi: &VirtualMachineInstanceView) -> bool {
-    let Some(status) = &vmi.status else { return false };
-    status.phase.as_deref() == Some("Running")
-        && status.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True")
-        && vmi.metadata.deletion_timestamp.is_none()
-}
-
-/// The first IPv4 and IPv6 address the instance reports on its interfaces.
-pub fn addresses(vmi: &VirtualMachineInstanceView) -> (Option<String>, Option<String>) {
-    let mut v4 = None;
-    let mut v6 = None;
-    for iface in vmi.status.iter().flat_map(|s| s.interfaces.iter()) {
-        for ip in iface.ip_address.iter().chain(iface.ip_addresses.iter()) {
-            match ip.parse::<std::net::IpAddr>() {
-                Ok(std::net::IpAddr::V4(_)) if v4.is_none() => v4 = Some(ip.clone()),
-                Ok(std::net::IpAddr::V6(a)) if v6.is_none() && !a.is_unicast_link_local() => v6 = Some(ip.clone()),
-                _ => {}
-            }
-        }
-    }
-    (v4, v6)
+/// From the server's creation until its root disk is ready: one reason and message, so that
+/// the steps in between (the VM made, then seen by KubeVirt, its disk importing) cost no
+/// status writes.
+fn provisioning() -> Observation {
+    Observation::new(Phase::Provisioning, "Provisioning", "The virtual machine and its root disk are being prepared")
 }
 
 /// Makes a reason CamelCase as conditions require (`failed create` → `FailedCreate`).
@@ -148,21 +130,34 @@ fn camel(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kubevirt::{KvCondition, VirtualMachineInstanceStatus, VirtualMachineStatus, VmiInterface};
+    use crate::kubevirt::{
+        KvCondition, VirtualMachineInstanceStatus, VirtualMachineInstanceView, VirtualMachineStatus,
+        VirtualMachineView, VmiInterface,
+    };
     use serde_json::json;
 
     fn mk_spec() -> VpsServerSpec {
         serde_json::from_value(json!({"name": "web", "plan": "p", "os": "o", "location": "l"})).unwrap()
     }
 
-    fn mk_vm(printable: &str, ready: bool) -> VirtualMachineView {
+    /// The cached state of a VM (built as KubeVirt reports it).
+    fn mk_vm(printable: &str, ready: bool) -> VmState {
+        VmState::of(&mk_vm_view(printable, ready, vec![]))
+    }
+
+    fn mk_vm_view(printable: &str, ready: bool, conditions: Vec<KvCondition>) -> VirtualMachineView {
         let mut vm = VirtualMachineView::new("web", Default::default());
-        vm.status =
-            Some(VirtualMachineStatus { printable_status: Some(printable.into()), ready, ..Default::default() });
+        vm.status = Some(VirtualMachineStatus {
+            printable_status: Some(printable.into()),
+            ready,
+            conditions,
+            ..Default::default()
+        });
         vm
     }
 
-    fn mk_vmi(uid: &str, phase: &str, ready: bool) -> VirtualMachineInstanceView {
+    /// The cached state of an instance (built as KubeVirt reports it).
+    fn mk_vmi(uid: &str, phase: &str, ready: bool) -> VmiState {
         let mut vmi = VirtualMachineInstanceView::new("web", Default::default());
         vmi.metadata.uid = Some(uid.into());
         vmi.status = Some(VirtualMachineInstanceStatus {
@@ -179,10 +174,10 @@ mod tests {
             }],
             ..Default::default()
         });
-        vmi
+        VmiState::of(&vmi)
     }
 
-    fn phase(spec: &VpsServerSpec, vm: Option<&VirtualMachineView>, vmi: Option<&VirtualMachineInstanceView>) -> Phase {
+    fn phase(spec: &VpsServerSpec, vm: Option<&VmState>, vmi: Option<&VmiState>) -> Phase {
         observe(spec, None, vm, vmi, None).phase
     }
 
@@ -190,6 +185,8 @@ mod tests {
     fn first_boot_is_provisioning() {
         let spec = mk_spec();
         assert_eq!(phase(&spec, None, None), Phase::Provisioning);
+        let created = VmState::of(&VirtualMachineView::new("web", Default::default()));
+        assert_eq!(phase(&spec, Some(&created), None), Phase::Provisioning, "no status from KubeVirt yet");
         assert_eq!(phase(&spec, Some(&mk_vm("Provisioning", false)), None), Phase::Provisioning);
         assert_eq!(phase(&spec, Some(&mk_vm("WaitingForVolumeBinding", false)), None), Phase::Provisioning);
     }
@@ -236,17 +233,34 @@ mod tests {
     #[test]
     fn failure_condition_wins_over_stopped() {
         let spec = mk_spec();
-        let mut vm = mk_vm("Stopped", false);
-        vm.status.as_mut().unwrap().conditions.push(KvCondition {
+        let failure = KvCondition {
             type_: "Failure".into(),
             status: "True".into(),
             reason: Some("FailedCreate".into()),
             message: Some("DataSource missing".into()),
-        });
+        };
+        let vm = VmState::of(&mk_vm_view("Stopped", false, vec![failure]));
         let obs = observe(&spec, None, Some(&vm), None, None);
         assert_eq!(
             (obs.phase, obs.reason.as_str(), obs.message.as_str()),
             (Phase::Error, "FailedCreate", "DataSource missing")
+        );
+    }
+
+    #[test]
+    fn kubevirt_error_messages_come_from_its_conditions() {
+        let unschedulable = KvCondition {
+            type_: "PodScheduled".into(),
+            status: "False".into(),
+            reason: Some("Unschedulable".into()),
+            message: Some("0/3 nodes are available".into()),
+        };
+        let ready = KvCondition { type_: "Ready".into(), status: "False".into(), ..Default::default() };
+        let vm = VmState::of(&mk_vm_view("ErrorUnschedulable", false, vec![ready, unschedulable]));
+        let obs = observe(&mk_spec(), None, Some(&vm), None, None);
+        assert_eq!(
+            (obs.phase, obs.reason.as_str(), obs.message.as_str()),
+            (Phase::Error, "ErrorUnschedulable", "0/3 nodes are available")
         );
     }
 

@@ -10,6 +10,7 @@ use kube::{Resource, ResourceExt};
 use serde_json::json;
 use std::sync::Arc;
 
+use super::observed::{VmState, VmiState, decode_hash};
 use super::phase::{self, Observation};
 use super::vm::{self, SERVER_LABEL, VmInputs};
 use super::{Context, Error, Result, backups, status};
@@ -42,8 +43,7 @@ pub async fn apply(server: Arc<VpsServer>, ctx: Arc<Context>) -> Result<Action> 
 
     let old_status = server.status.clone().unwrap_or_default();
     let mut new_status = VpsServerStatus { id: Some(id), ..old_status.clone() };
-    let vm_ref = ObjectRef::<VirtualMachineView>::new(&name).within(&ns);
-    let mut vm = ctx.vms.get(&vm_ref);
+    let mut vm = ctx.vms.get(&ns, &name);
 
     let resolved = resolve(&server, &ctx, &ns).await?;
     let reference_error = resolved.as_ref().err().map(|(r, m)| (r.as_str(), m.as_str()));
@@ -57,26 +57,26 @@ pub async fn apply(server: Arc<VpsServer>, ctx: Arc<Context>) -> Result<Action> 
             location: &inputs.location,
             ssh_key: inputs.ssh_key.as_ref(),
         });
-        let current_hash = vm.as_ref().and_then(|v| v.spec.cached_spec_hash.clone());
-        if current_hash.as_deref() != vm::spec_hash(&desired) {
+        let current_hash = vm.as_ref().and_then(|v| v.spec_hash);
+        if current_hash != vm::spec_hash(&desired).and_then(decode_hash) {
             let vms: Api<VirtualMachineView> = Api::namespaced(ctx.client.clone(), &ns);
             let applied = vms.patch(&name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(&desired)).await?;
-            if current_hash.is_none() {
+            if vm.is_none() {
                 publish(&ctx, &server, EventType::Normal, "VirtualMachineCreated", "Created the virtual machine").await;
             }
-            vm = Some(Arc::new(applied));
+            vm = Some(VmState::of(&applied));
         }
         new_status.vm_name = Some(name.clone());
     }
 
-    let vmi = ctx.vmis.get(&ObjectRef::<VirtualMachineInstanceView>::new(&name).within(&ns));
-    handle_reboot(&server, &ctx, vmi.as_deref(), &mut new_status).await?;
+    let vmi = ctx.vmis.get(&ns, &name);
+    handle_reboot(&server, &ctx, vmi.as_ref(), &mut new_status).await?;
 
     let obs: Observation = phase::observe(
         &server.spec,
         reference_error,
-        vm.as_deref(),
-        vmi.as_deref(),
+        vm.as_ref(),
+        vmi.as_ref(),
         new_status.reboot_from_instance.as_deref(),
     );
     if new_status.reboot_from_instance.is_some() && obs.phase != Phase::Rebooting {
@@ -104,11 +104,22 @@ pub async fn apply(server: Arc<VpsServer>, ctx: Arc<Context>) -> Result<Action> 
         &now,
     );
 
-    // Condition times only move when a status flips: an unchanged world writes nothing.
-    if old_status != new_status {
+    // Condition times only move when a status flips: an unchanged world writes nothing. What
+    // is compared is the newest status: the cached one, or the operator's own last write when
+    // the cache does not show it yet.
+    let key = super::cache::key(&ns, &name);
+    let (changed, old_phase) = match ctx.written.newer_than_cache(&key, server.metadata.resource_version.as_deref()) {
+        Some(last) => (!last.wrote(&new_status), last.phase),
+        None => (old_status != new_status, old_status.phase),
+    };
+    if changed {
         let patch = json!({"apiVersion": "vps.org/v1alpha1", "kind": "VpsServer", "status": new_status});
-        servers.patch_status(&name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(&patch)).await?;
-        if old_status.phase != new_status.phase {
+        let written = servers.patch_status(&name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(&patch)).await?;
+        ctx.written.record(&key, written.metadata.resource_version.as_deref(), &new_status);
+        // A first status is no transition (the VirtualMachineCreated Event tells of it),
+        // unless it is an error.
+        let first = old_phase.is_none() && obs.phase != Phase::Error;
+        if old_phase != new_status.phase && !first {
             let (kind, reason) = match obs.phase {
                 Phase::Error => (EventType::Warning, obs.reason.clone()),
                 p => (EventType::Normal, format!("{p:?}")),
@@ -158,6 +169,7 @@ pub async fn cleanup(server: Arc<VpsServer>, ctx: Arc<Context>) -> Result<Action
         // An error keeps the finalizer (the finalizer helper removes it on success).
         return Err(Error::TeardownPending(remaining));
     }
+    ctx.written.forget(&super::cache::key(&ns, &name));
     publish(&ctx, &server, EventType::Normal, "Deleted", "The virtual machine, its disks and snapshots are gone").await;
     Ok(Action::await_change())
 }
@@ -231,7 +243,7 @@ async fn ensure_clone_permission(ctx: &Context, ns: &str, image_ns: &str) -> Res
 async fn handle_reboot(
     server: &VpsServer,
     ctx: &Context,
-    vmi: Option<&VirtualMachineInstanceView>,
+    vmi: Option<&VmiState>,
     status: &mut VpsServerStatus,
 ) -> Result<()> {
     let Some(stamp) = &server.spec.reboot_requested_at else { return Ok(()) };
@@ -239,18 +251,19 @@ async fn handle_reboot(
         return Ok(());
     }
     status.observed_reboot_request = Some(stamp.clone());
-    let running = vmi.filter(|v| v.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"));
+    let running = vmi.filter(|v| v.running);
     let Some(vmi) = running.filter(|_| vm::run_strategy(server) == "Always") else {
         return Ok(()); // nothing runs: nothing to reboot
     };
-    let uid = vmi.metadata.uid.clone();
+    let uid = vmi.uid.as_deref().map(String::from);
+    // The instance has the server's name.
     let api: Api<VirtualMachineInstanceView> =
-        Api::namespaced(ctx.client.clone(), &vmi.namespace().unwrap_or_default());
+        Api::namespaced(ctx.client.clone(), &server.namespace().unwrap_or_default());
     let dp = DeleteParams {
         preconditions: Some(Preconditions { uid: uid.clone(), resource_version: None }),
         ..Default::default()
     };
-    ignore_not_found(api.delete(&vmi.name_any(), &dp).await)?;
+    ignore_not_found(api.delete(&server.name_any(), &dp).await)?;
     status.reboot_from_instance = uid;
     publish(ctx, server, EventType::Normal, "Rebooting", "Restarting the virtual machine instance").await;
     Ok(())

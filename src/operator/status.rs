@@ -1,7 +1,10 @@
 //! Building the server's status from an observation, keeping condition transition times
 //! stable so that an unchanged world means an unchanged status (and no write).
 
-use crate::api::{Condition, ConditionStatus, Phase};
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use crate::api::{Condition, ConditionStatus, Phase, VpsServerStatus};
 
 use super::phase::Observation;
 
@@ -48,6 +51,74 @@ pub fn conditions(
         .collect()
 }
 
+/// The last status the operator wrote to each server, until its cache of servers shows it.
+///
+/// A reconcile woken by a VM or instance event may see a cached server from before the
+/// operator's own last status write. Compared with that, the status it computes differs, and
+/// it would write the same status again (and publish the same Event again).
+#[derive(Default)]
+pub struct Written {
+    servers: Mutex<HashMap<Box<str>, LastWrite>>,
+}
+
+/// A status write: the resourceVersion it produced, a digest and the phase it wrote.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LastWrite {
+    resource_version: u64,
+    digest: u64,
+    pub phase: Option<Phase>,
+}
+
+impl LastWrite {
+    /// Whether `status` is what this write wrote.
+    pub fn wrote(&self, status: &VpsServerStatus) -> bool {
+        self.digest == digest(status)
+    }
+}
+
+fn digest(status: &VpsServerStatus) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    serde_json::to_vec(status).expect("a status serializes").hash(&mut h);
+    h.finish()
+}
+
+impl Written {
+    /// The operator's last write to server `key` when the cached server (at `cached_version`)
+    /// does not show it yet; forgets the write once the cache has caught up.
+    pub fn newer_than_cache(&self, key: &str, cached_version: Option<&str>) -> Option<LastWrite> {
+        let mut servers = self.servers.lock().expect("lock");
+        let last = *servers.get(key)?;
+        match cached_version.and_then(|v| v.parse::<u64>().ok()) {
+            Some(cached) if cached < last.resource_version => Some(last),
+            _ => {
+                servers.remove(key);
+                None
+            }
+        }
+    }
+
+    /// Records a status write that produced `resource_version`.
+    pub fn record(&self, key: &str, resource_version: Option<&str>, status: &VpsServerStatus) {
+        let mut servers = self.servers.lock().expect("lock");
+        match resource_version.and_then(|v| v.parse::<u64>().ok()) {
+            Some(resource_version) => {
+                let write = LastWrite { resource_version, digest: digest(status), phase: status.phase };
+                servers.insert(key.into(), write);
+            }
+            // Not a number: nothing can be told about the cache; compare with it alone.
+            None => {
+                servers.remove(key);
+            }
+        }
+    }
+
+    /// Forgets a server that is gone.
+    pub fn forget(&self, key: &str) {
+        self.servers.lock().expect("lock").remove(key);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -66,5 +137,22 @@ mod tests {
         assert_eq!((ready.status, ready.last_transition_time.as_str()), (ConditionStatus::True, "t3"));
         let refs = active.iter().find(|c| c.type_ == "ReferencesResolved").unwrap();
         assert_eq!(refs.last_transition_time, "t1");
+    }
+
+    #[test]
+    fn a_write_is_remembered_until_the_cache_shows_it() {
+        let written = Written::default();
+        let starting = VpsServerStatus { phase: Some(Phase::Starting), ..Default::default() };
+        let active = VpsServerStatus { phase: Some(Phase::Active), ..Default::default() };
+        assert_eq!(written.newer_than_cache("ns/a", Some("10")), None, "nothing written yet");
+        written.record("ns/a", Some("12"), &starting);
+        let last = written.newer_than_cache("ns/a", Some("10")).expect("the cache lags");
+        assert!(last.wrote(&starting) && !last.wrote(&active));
+        assert_eq!(last.phase, Some(Phase::Starting));
+        assert_eq!(written.newer_than_cache("ns/b", Some("10")), None, "per server");
+        assert_eq!(written.newer_than_cache("ns/a", Some("12")), None, "the cache caught up");
+        assert_eq!(written.newer_than_cache("ns/a", Some("10")), None, "and the write is forgotten");
+        written.record("ns/a", Some("not-a-number"), &active);
+        assert_eq!(written.newer_than_cache("ns/a", Some("1")), None);
     }
 }
