@@ -43,7 +43,8 @@ pub fn key(namespace: &str, name: &str) -> Box<str> {
     format!("{namespace}/{name}").into_boxed_str()
 }
 
-fn key_of(object: &impl Resource) -> Box<str> {
+/// The cache key of an object.
+pub fn key_of(object: &impl Resource) -> Box<str> {
     let meta = object.meta();
     key(meta.namespace.as_deref().unwrap_or_default(), meta.name.as_deref().unwrap_or_default())
 }
@@ -56,6 +57,16 @@ impl<T: Clone> Cache<T> {
 }
 
 impl<T> Cache<T> {
+    /// `f` of the entry under `key` (as [`key`] makes it).
+    pub fn with<R>(&self, key: &str, f: impl FnOnce(&T) -> R) -> Option<R> {
+        self.objects.read().expect("cache lock").get(key).map(f)
+    }
+
+    /// Every key.
+    pub fn keys(&self) -> Vec<Box<str>> {
+        self.objects.read().expect("cache lock").keys().cloned().collect()
+    }
+
     pub fn len(&self) -> usize {
         self.objects.read().expect("cache lock").len()
     }

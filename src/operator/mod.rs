@@ -2,6 +2,7 @@
 //! `VirtualMachine`s and watches their `VirtualMachineInstance`s.
 //!
 //! - [`observed`]: what is kept of the VMs and instances, in compact [`cache`]s.
+//! - [`queue`]: which server to reconcile when.
 //! - [`phase`]: pure mapping from KubeVirt's view to the server's phase.
 //! - [`vm`]: pure construction of the VirtualMachine.
 //! - [`reconcile`]: apply and cleanup (behind a finalizer).
@@ -13,6 +14,7 @@ pub mod cache;
 pub mod metrics;
 pub mod observed;
 pub mod phase;
+pub mod queue;
 pub mod reconcile;
 pub mod status;
 pub mod vm;
@@ -24,10 +26,8 @@ use std::time::{Duration, Instant};
 
 use futures::{StreamExt, TryStreamExt};
 use kube::api::{Api, Patch, PatchParams};
-use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
 use kube::runtime::events::{Recorder, Reporter};
-use kube::runtime::finalizer::{Event as Finalizer, finalizer};
-use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
 
@@ -47,8 +47,6 @@ pub enum Error {
     Kube(#[from] kube::Error),
     #[error("id allocation failed: {0}")]
     Ids(#[from] IdError),
-    #[error("finalizer error: {0}")]
-    Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
     #[error("object has no {0}")]
     MissingField(&'static str),
     #[error("API call timed out")]
@@ -63,7 +61,6 @@ impl Error {
         match self {
             Error::Kube(_) => "kube",
             Error::Ids(_) => "ids",
-            Error::Finalizer(_) => "finalizer",
             Error::MissingField(_) => "invalid",
             Error::Timeout => "timeout",
             Error::TeardownPending(_) => "teardown_pending",
@@ -137,6 +134,9 @@ pub struct Context {
     pub plans: Store<VpsPlan>,
     pub images: Store<VpsImage>,
     pub locations: Store<VpsLocation>,
+    /// Each server as the JSON of its cached form ([`slim_server`]): a tenth of the memory of
+    /// the parsed object; parsed again for each reconcile.
+    pub servers: Cache<Box<[u8]>>,
     pub vms: Cache<VmState>,
     pub vmis: Cache<VmiState>,
     pub config: OperatorConfig,
@@ -234,11 +234,12 @@ pub async fn run(
         watcher::Config::default().labels(&server_label),
         VmiState::of,
     );
-    let (servers, server_writer) = reflector::store::<VpsServer>();
+    let (servers, mut server_writer) =
+        cache::cache(|server: &VpsServer| serde_json::to_vec(server).expect("a server serializes").into_boxed_slice());
     let server_stream = watcher(Api::<VpsServer>::all(client.clone()), watcher::Config::default().page_size(500))
         .default_backoff()
         .modify(slim_server)
-        .reflect(server_writer)
+        .inspect_ok(move |e| server_writer.apply(e))
         .touched_objects()
         // Our own status writes change none of this: they do not wake us again.
         .try_filter(wakes_on_change());
@@ -252,6 +253,7 @@ pub async fn run(
         plans: plans.clone(),
         images: images.clone(),
         locations: locations.clone(),
+        servers: servers.clone(),
         vms: vms.clone(),
         vmis: vmis.clone(),
         config: config.clone(),
@@ -291,26 +293,40 @@ pub async fn run(
         }
     };
 
-    let controller = Controller::for_stream(server_stream, servers)
-        .with_config(ControllerConfig::default().concurrency(config.concurrency))
-        // A server's VM and its instance have the server's name (and carry its label, which
-        // the watches select on).
-        .watches_stream(vm_stream, |vm: VirtualMachineView| Some(same_name(&vm)))
-        .watches_stream(vmi_stream, |vmi: VirtualMachineInstanceView| Some(same_name(&vmi)))
-        .reconcile_all_on(catalog.filter_map(|r| async move { r.ok() }).boxed());
-    let controller = controller.run(reconcile_server, error_policy, ctx).for_each(|result| async move {
-        if let Err(e) = result {
-            tracing::debug!("Reconcile failed: {e}");
+    // What wakes a server: its own changes, its VM's and its instance's (they have its name,
+    // and carry its label, which the watches select on), and any catalog change (a plan that
+    // appears, say).
+    let (requests, queue) = queue::queue();
+    let wake = |requests: queue::Requests| {
+        move |object: Result<Box<str>, watcher::Error>| {
+            match object {
+                Ok(key) => requests.now(key),
+                Err(e) => tracing::debug!("Watch failed: {e}"),
+            }
+            futures::future::ready(())
         }
-    });
-    futures::join!(controller, metrics_server, readiness, crate::memory::trim_forever(crate::memory::TRIM_EVERY));
+    };
+    let triggers = futures::future::join4(
+        server_stream.map_ok(|s| cache::key_of(&s)).for_each(wake(requests.clone())),
+        vm_stream.map_ok(|vm| cache::key_of(&vm)).for_each(wake(requests.clone())),
+        vmi_stream.map_ok(|vmi| cache::key_of(&vmi)).for_each(wake(requests.clone())),
+        // A burst of catalog events (the first list) wakes every server once.
+        catalog.ready_chunks(256).for_each(|events| {
+            if events.iter().any(Result::is_ok) {
+                servers.keys().into_iter().for_each(|key| requests.now(key));
+            }
+            futures::future::ready(())
+        }),
+    );
+    let reconciles = queue::run(queue, config.concurrency.into(), |key| reconcile_key(key, ctx.clone()));
+    futures::join!(
+        reconciles,
+        triggers,
+        metrics_server,
+        readiness,
+        crate::memory::trim_forever(crate::memory::TRIM_EVERY)
+    );
     Ok(())
-}
-
-/// The server of the same namespace and name as `object`.
-fn same_name(object: &impl Resource) -> ObjectRef<VpsServer> {
-    let meta = object.meta();
-    ObjectRef::new(meta.name.as_deref().unwrap_or_default()).within(meta.namespace.as_deref().unwrap_or_default())
 }
 
 /// Hash of what should wake a reconcile: uid, generation (spec), the id, finalizers, deletion.
@@ -343,41 +359,80 @@ fn wakes_on_change() -> impl FnMut(&VpsServer) -> futures::future::Ready<bool> {
     }
 }
 
-async fn reconcile_server(server: Arc<VpsServer>, ctx: Arc<Context>) -> Result<Action> {
+/// Reconciles the server under `key`, if it still exists; says when to run again.
+async fn reconcile_key(key: Box<str>, ctx: Arc<Context>) -> queue::Next {
+    let server = match ctx.servers.with(&key, |json| serde_json::from_slice::<VpsServer>(json)) {
+        None => return queue::Next::OnChange, // gone
+        Some(Ok(server)) => Arc::new(server),
+        Some(Err(e)) => {
+            tracing::error!(server = %key, "A cached server does not parse: {e}");
+            return queue::Next::OnChange;
+        }
+    };
+    match reconcile_server(server.clone(), ctx).await {
+        Ok(next) => next,
+        Err(Error::TeardownPending(_)) => queue::Next::After(Duration::from_millis(500)),
+        Err(error) => {
+            tracing::warn!(server = %server.name_any(), namespace = ?server.namespace(), "Reconcile failed: {error}");
+            queue::Next::After(Duration::from_secs(2))
+        }
+    }
+}
+
+async fn reconcile_server(server: Arc<VpsServer>, ctx: Arc<Context>) -> Result<queue::Next> {
     // Never judge a server by half-filled caches (a plan not seen yet is not a missing plan).
     if !ctx.metrics.ready.load(std::sync::atomic::Ordering::SeqCst) {
-        return Ok(Action::requeue(Duration::from_millis(200)));
+        return Ok(queue::Next::After(Duration::from_millis(200)));
     }
     let started = Instant::now();
-    let ns = server.namespace().ok_or(Error::MissingField("metadata.namespace"))?;
-    let api: Api<VpsServer> = Api::namespaced(ctx.client.clone(), &ns);
     // Each call has its own deadline; this bounds a reconcile that makes many.
     let timeout = ctx.config.api_timeout * 4;
-    let ctx2 = ctx.clone();
-    let result = tokio::time::timeout(
-        timeout,
-        finalizer(&api, FINALIZER, server, |event| async move {
-            match event {
-                Finalizer::Apply(s) => reconcile::apply(s, ctx2).await,
-                Finalizer::Cleanup(s) => reconcile::cleanup(s, ctx2).await,
-            }
-        }),
-    )
-    .await
-    .map_err(|_| Error::Timeout)
-    .and_then(|r| r.map_err(|e| Error::Finalizer(Box::new(e))));
+    let result = tokio::time::timeout(timeout, with_finalizer(server, ctx.clone()))
+        .await
+        .map_err(|_| Error::Timeout)
+        .and_then(|r| r);
     ctx.metrics.observe(started.elapsed(), result.as_ref().err().map(Error::metric_label));
     result
 }
 
-fn error_policy(server: Arc<VpsServer>, error: &Error, _ctx: Arc<Context>) -> Action {
-    if let Error::Finalizer(inner) = error
-        && let kube::runtime::finalizer::Error::CleanupFailed(Error::TeardownPending(_)) = inner.as_ref()
-    {
-        return Action::requeue(Duration::from_millis(500));
+/// Runs [`reconcile::apply`] on a server that carries the teardown finalizer (adding it
+/// first), and [`reconcile::cleanup`] on one being deleted, removing the finalizer once
+/// everything is gone. Finalizer writes are conditional on the server's resourceVersion.
+async fn with_finalizer(server: Arc<VpsServer>, ctx: Arc<Context>) -> Result<queue::Next> {
+    let ns = server.namespace().ok_or(Error::MissingField("metadata.namespace"))?;
+    let api: Api<VpsServer> = Api::namespaced(ctx.client.clone(), &ns);
+    let ours = server.finalizers().iter().any(|f| f == FINALIZER);
+    let set_finalizers = |finalizers: Vec<String>| {
+        let patch = serde_json::json!({"metadata": {
+            "finalizers": finalizers,
+            "resourceVersion": server.metadata.resource_version,
+        }});
+        let api = api.clone();
+        let name = server.name_any();
+        async move { api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch)).await }
+    };
+    match (server.metadata.deletion_timestamp.is_some(), ours) {
+        (true, true) => {
+            reconcile::cleanup(server.clone(), ctx.clone()).await?;
+            let rest = server.finalizers().iter().filter(|f| *f != FINALIZER).cloned().collect();
+            match set_finalizers(rest).await {
+                Err(kube::Error::Api(e)) if e.code == 404 => {}
+                other => drop(other?),
+            }
+            ctx.written.forget(&cache::key_of(server.as_ref()));
+            Ok(queue::Next::OnChange)
+        }
+        // Not ours to tear down, or torn down already.
+        (true, false) => Ok(queue::Next::OnChange),
+        // Nothing is made before the finalizer is in place; its write wakes the server again.
+        (false, false) => {
+            let mut finalizers = server.finalizers().to_vec();
+            finalizers.push(FINALIZER.into());
+            set_finalizers(finalizers).await?;
+            Ok(queue::Next::OnChange)
+        }
+        (false, true) => reconcile::apply(server, ctx).await,
     }
-    tracing::warn!(server = %server.name_any(), namespace = ?server.namespace(), "Reconcile failed: {error}");
-    Action::requeue(Duration::from_secs(2))
 }
 
 /// Exits with a clear message when the CRDs are not installed (the operator never installs them).
@@ -431,8 +486,9 @@ mod tests {
         slim_server(&mut server);
         assert_eq!((reconcile::server_id(&server), server.metadata.labels.as_ref()), (Some(7), None));
         assert_eq!(server.annotations().keys().collect::<Vec<_>>(), ["simulator.vps.org/fail"]);
-        let vmi = VirtualMachineInstanceView::new("web", Default::default());
-        assert_eq!(same_name(&vmi), ObjectRef::<VpsServer>::new("web").within(""));
+        let mut vmi = VirtualMachineInstanceView::new("web", Default::default());
+        vmi.metadata.namespace = Some("acme".into());
+        assert_eq!(&*cache::key_of(&vmi), "acme/web", "a server's instance has its key");
     }
 
     #[test]

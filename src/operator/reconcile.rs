@@ -3,7 +3,6 @@
 
 use k8s_openapi::api::rbac::v1::RoleBinding;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, Preconditions};
-use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType};
 use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
@@ -12,6 +11,7 @@ use std::sync::Arc;
 
 use super::observed::{VmState, VmiState, decode_hash};
 use super::phase::{self, Observation};
+use super::queue::Next;
 use super::vm::{self, SERVER_LABEL, VmInputs};
 use super::{Context, Error, Result, backups, status};
 use crate::api::{Phase, SERVER_ID_LABEL, VpsServer, VpsServerStatus, VpsSshKey};
@@ -25,7 +25,7 @@ pub const MANAGER: &str = "vps-operator";
 pub const CLONE_CLUSTER_ROLE: &str = "vps-datavolume-cloner";
 
 /// Brings the world in line with one server (the finalizer is in place).
-pub async fn apply(server: Arc<VpsServer>, ctx: Arc<Context>) -> Result<Action> {
+pub async fn apply(server: Arc<VpsServer>, ctx: Arc<Context>) -> Result<Next> {
     let ns = server.namespace().ok_or(Error::MissingField("metadata.namespace"))?;
     let name = server.name_any();
     let servers: Api<VpsServer> = Api::namespaced(ctx.client.clone(), &ns);
@@ -136,14 +136,14 @@ pub async fn apply(server: Arc<VpsServer>, ctx: Arc<Context>) -> Result<Action> 
 
     let backup_wait = backup?.map(|r| r.next);
     Ok(match (reference_error, backup_wait) {
-        (Some(_), _) => Action::requeue(ctx.config.reference_retry),
-        (None, Some(wait)) => Action::requeue(wait),
-        (None, None) => Action::await_change(),
+        (Some(_), _) => Next::After(ctx.config.reference_retry),
+        (None, Some(wait)) => Next::After(wait),
+        (None, None) => Next::OnChange,
     })
 }
 
 /// Tears down the VM, its disks and its snapshots; done once they are all gone.
-pub async fn cleanup(server: Arc<VpsServer>, ctx: Arc<Context>) -> Result<Action> {
+pub async fn cleanup(server: Arc<VpsServer>, ctx: Arc<Context>) -> Result<()> {
     let ns = server.namespace().ok_or(Error::MissingField("metadata.namespace"))?;
     let name = server.name_any();
     let selector = format!("{SERVER_LABEL}={name}");
@@ -166,12 +166,11 @@ pub async fn cleanup(server: Arc<VpsServer>, ctx: Arc<Context>) -> Result<Action
         ignore_not_found(snapshots.delete(&snapshot.name_any(), &DeleteParams::background()).await)?;
     }
     if remaining > 0 {
-        // An error keeps the finalizer (the finalizer helper removes it on success).
+        // An error keeps the finalizer (it is removed once cleanup succeeds).
         return Err(Error::TeardownPending(remaining));
     }
-    ctx.written.forget(&super::cache::key(&ns, &name));
     publish(&ctx, &server, EventType::Normal, "Deleted", "The virtual machine, its disks and snapshots are gone").await;
-    Ok(Action::await_change())
+    Ok(())
 }
 
 /// The server's id: its label, else what the status recorded.
