@@ -445,9 +445,11 @@ async fn bench(args: Args) -> Result<()> {
         let fill_started = Instant::now();
         let more = fill_direct(&c, ids[0], ids.len(), n, args.clients).await?;
         ids.extend(more);
+        // The copies are active once the gateway has seen their status writes too.
+        let active_wanted = counts.get("active").copied().unwrap_or(0) + (ids.len() - args.create);
         loop {
             let page = api.get("/api/v1/servers/?page_size=1").await?;
-            if page["count"].as_u64() == Some(ids.len() as u64) {
+            if page["count"].as_u64() == Some(ids.len() as u64) && api.count("active").await? >= active_wanted {
                 break;
             }
             if fill_started.elapsed() > args.fill_timeout {

@@ -1,5 +1,6 @@
-//! The operator: a kube-runtime `Controller` on `VpsServer` that owns KubeVirt
-//! `VirtualMachine`s and watches their `VirtualMachineInstance`s.
+//! The operator: a controller on `VpsServer` that owns KubeVirt `VirtualMachine`s and
+//! watches their `VirtualMachineInstance`s. kube-runtime's watcher feeds compact caches of
+//! its own; its work queue takes the place of kube-runtime's `Controller`.
 //!
 //! - [`observed`]: what is kept of the VMs and instances, in compact [`cache`]s.
 //! - [`queue`]: which server to reconcile when.

@@ -87,10 +87,9 @@ fn phase_only(
     }
     let want_running = spec.power_state == PowerState::Running;
     match printable {
-        "Provisioning" => provisioning(),
-        "WaitingForVolumeBinding" => {
-            Observation::new(Phase::Provisioning, printable, "The root disk waits for its volume to be bound")
-        }
+        // With WaitForFirstConsumer storage the root disk's volume is bound once the
+        // importer runs: a normal step of provisioning, not a fault.
+        "Provisioning" | "WaitingForVolumeBinding" => provisioning(),
         "Running" | "Migrating" | "Paused" if !want_running => {
             Observation::new(Phase::Stopping, "Stopping", "The server is shutting down")
         }
