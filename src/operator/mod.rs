@@ -237,14 +237,6 @@ pub async fn run(
     );
     let (servers, mut server_writer) =
         cache::cache(|server: &VpsServer| serde_json::to_vec(server).expect("a server serializes").into_boxed_slice());
-    let server_stream = watcher(Api::<VpsServer>::all(client.clone()), watcher::Config::default().page_size(500))
-        .default_backoff()
-        .modify(slim_server)
-        .inspect_ok(move |e| server_writer.apply(e))
-        .touched_objects()
-        // Our own status writes change none of this: they do not wake us again.
-        .try_filter(wakes_on_change());
-
     let metrics = metrics::Metrics::default();
     let recorder = Recorder::new(call_client.clone(), Reporter { controller: "vps-operator".into(), instance: None });
     let ctx = Arc::new(Context {
@@ -263,6 +255,21 @@ pub async fn run(
         written: status::Written::default(),
     });
     ensure_clone_cluster_role(&call_client).await;
+    let server_stream = watcher(Api::<VpsServer>::all(client.clone()), watcher::Config::default().page_size(500))
+        .default_backoff()
+        .modify(slim_server)
+        .inspect_ok({
+            let ctx = ctx.clone();
+            move |e| {
+                server_writer.apply(e);
+                if let watcher::Event::Apply(s) | watcher::Event::InitApply(s) = e {
+                    ctx.written.cached(&cache::key_of(s), s.metadata.resource_version.as_deref());
+                }
+            }
+        })
+        .touched_objects()
+        // Our own status writes change none of this: they do not wake us again.
+        .try_filter(wakes_on_change());
 
     // Catalog changes (a plan that appears, say) wake the servers that name it.
     let catalog = futures::stream::select_all([

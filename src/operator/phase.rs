@@ -35,16 +35,18 @@ pub const ERROR_STATUSES: [&str; 8] = [
 ];
 
 /// Derives the phase. `reference_error` is a bad plan/image/location/key (reason, message);
-/// `rebooting_from` is the UID of the instance a reboot replaced, while that reboot lasts.
-/// Addresses are reported while the instance runs.
+/// `rebooting_from` is the UID of the instance a reboot replaced, while that reboot lasts;
+/// `previous` is the phase the server's status shows. Addresses are reported while the
+/// instance runs.
 pub fn observe(
     spec: &VpsServerSpec,
     reference_error: Option<(&str, &str)>,
     vm: Option<&VmState>,
     vmi: Option<&VmiState>,
     rebooting_from: Option<&str>,
+    previous: Option<Phase>,
 ) -> Observation {
-    let mut obs = phase_only(spec, reference_error, vm, vmi, rebooting_from);
+    let mut obs = phase_only(spec, reference_error, vm, vmi, rebooting_from, previous);
     if let Some(vmi) = vmi.filter(|v| v.running) {
         (obs.ipv4, obs.ipv6) = (vmi.ipv4.map(|a| a.to_string()), vmi.ipv6.map(|a| a.to_string()));
     }
@@ -58,6 +60,7 @@ fn phase_only(
     vm: Option<&VmState>,
     vmi: Option<&VmiState>,
     rebooting_from: Option<&str>,
+    previous: Option<Phase>,
 ) -> Observation {
     if let Some((reason, message)) = reference_error {
         return Observation::new(Phase::Error, reason, message);
@@ -102,6 +105,9 @@ fn phase_only(
         "Stopping" | "Terminating" => Observation::new(Phase::Stopping, "Stopping", "The server is shutting down"),
         // A VM that virt-controller has not reported on yet (it always sets a status).
         "" => provisioning(),
+        // A new VM's first status says Stopped until virt-controller has looked at its disk:
+        // still provisioning, not starting yet.
+        "Stopped" if want_running && matches!(previous, None | Some(Phase::Provisioning)) => provisioning(),
         "Stopped" | "Halted" if want_running => Observation::new(Phase::Starting, "Starting", "The server is starting"),
         "Stopped" | "Halted" => Observation::new(Phase::Stopped, "Stopped", "The server is stopped"),
         other => Observation::new(Phase::Starting, &camel(other), format!("KubeVirt reports {other}")),
@@ -177,13 +183,23 @@ mod tests {
     }
 
     fn phase(spec: &VpsServerSpec, vm: Option<&VmState>, vmi: Option<&VmiState>) -> Phase {
-        observe(spec, None, vm, vmi, None).phase
+        observe(spec, None, vm, vmi, None, None).phase
     }
 
     #[test]
     fn first_boot_is_provisioning() {
         let spec = mk_spec();
         assert_eq!(phase(&spec, None, None), Phase::Provisioning);
+        assert_eq!(
+            observe(&spec, None, Some(&mk_vm("Stopped", false)), None, None, Some(Phase::Provisioning)).phase,
+            Phase::Provisioning,
+            "a new VM's first status"
+        );
+        assert_eq!(
+            observe(&spec, None, Some(&mk_vm("Stopped", false)), None, None, Some(Phase::Stopped)).phase,
+            Phase::Starting,
+            "a stopped server started"
+        );
         let created = VmState::of(&VirtualMachineView::new("web", Default::default()));
         assert_eq!(phase(&spec, Some(&created), None), Phase::Provisioning, "no status from KubeVirt yet");
         assert_eq!(phase(&spec, Some(&mk_vm("Provisioning", false)), None), Phase::Provisioning);
@@ -194,7 +210,7 @@ mod tests {
     fn running_and_ready_is_active_with_addresses() {
         let spec = mk_spec();
         let vmi = mk_vmi("a", "Running", true);
-        let obs = observe(&spec, None, Some(&mk_vm("Running", true)), Some(&vmi), None);
+        let obs = observe(&spec, None, Some(&mk_vm("Running", true)), Some(&vmi), None, None);
         assert_eq!(obs.phase, Phase::Active);
         assert_eq!(obs.ipv4.as_deref(), Some("10.0.0.5"));
         assert_eq!(obs.ipv6.as_deref(), Some("2001:db8::5"), "link-local addresses are skipped");
@@ -206,7 +222,9 @@ mod tests {
         assert_eq!(phase(&spec, Some(&mk_vm("Starting", false)), None), Phase::Starting);
         let vmi = mk_vmi("a", "Running", false);
         assert_eq!(phase(&spec, Some(&mk_vm("Running", false)), Some(&vmi)), Phase::Starting);
-        assert_eq!(phase(&spec, Some(&mk_vm("Stopped", false)), None), Phase::Starting, "wanted running");
+        let stopped = mk_vm("Stopped", false);
+        let started = observe(&spec, None, Some(&stopped), None, None, Some(Phase::Stopped));
+        assert_eq!(started.phase, Phase::Starting, "wanted running");
     }
 
     #[test]
@@ -224,7 +242,7 @@ mod tests {
     fn kubevirt_errors_keep_their_reason() {
         let spec = mk_spec();
         for status in ERROR_STATUSES {
-            let obs = observe(&spec, None, Some(&mk_vm(status, false)), None, None);
+            let obs = observe(&spec, None, Some(&mk_vm(status, false)), None, None, None);
             assert_eq!((obs.phase, obs.reason.as_str()), (Phase::Error, status));
         }
     }
@@ -239,7 +257,7 @@ mod tests {
             message: Some("DataSource missing".into()),
         };
         let vm = VmState::of(&mk_vm_view("Stopped", false, vec![failure]));
-        let obs = observe(&spec, None, Some(&vm), None, None);
+        let obs = observe(&spec, None, Some(&vm), None, None, None);
         assert_eq!(
             (obs.phase, obs.reason.as_str(), obs.message.as_str()),
             (Phase::Error, "FailedCreate", "DataSource missing")
@@ -256,7 +274,7 @@ mod tests {
         };
         let ready = KvCondition { type_: "Ready".into(), status: "False".into(), ..Default::default() };
         let vm = VmState::of(&mk_vm_view("ErrorUnschedulable", false, vec![ready, unschedulable]));
-        let obs = observe(&mk_spec(), None, Some(&vm), None, None);
+        let obs = observe(&mk_spec(), None, Some(&vm), None, None, None);
         assert_eq!(
             (obs.phase, obs.reason.as_str(), obs.message.as_str()),
             (Phase::Error, "ErrorUnschedulable", "0/3 nodes are available")
@@ -265,7 +283,7 @@ mod tests {
 
     #[test]
     fn bad_reference_is_an_error_without_vm() {
-        let obs = observe(&mk_spec(), Some(("PlanNotFound", "no plan p")), None, None, None);
+        let obs = observe(&mk_spec(), Some(("PlanNotFound", "no plan p")), None, None, None, None);
         assert_eq!((obs.phase, obs.reason.as_str()), (Phase::Error, "PlanNotFound"));
     }
 
@@ -281,12 +299,15 @@ mod tests {
         let spec = mk_spec();
         let vm = mk_vm("Running", true);
         let old = mk_vmi("old", "Running", true);
-        assert_eq!(observe(&spec, None, Some(&vm), Some(&old), Some("old")).phase, Phase::Rebooting);
-        assert_eq!(observe(&spec, None, Some(&mk_vm("Starting", false)), None, Some("old")).phase, Phase::Rebooting);
+        assert_eq!(observe(&spec, None, Some(&vm), Some(&old), Some("old"), None).phase, Phase::Rebooting);
+        assert_eq!(
+            observe(&spec, None, Some(&mk_vm("Starting", false)), None, Some("old"), None).phase,
+            Phase::Rebooting
+        );
         let new_not_ready = mk_vmi("new", "Scheduled", false);
-        assert_eq!(observe(&spec, None, Some(&vm), Some(&new_not_ready), Some("old")).phase, Phase::Rebooting);
+        assert_eq!(observe(&spec, None, Some(&vm), Some(&new_not_ready), Some("old"), None).phase, Phase::Rebooting);
         let new = mk_vmi("new", "Running", true);
-        assert_eq!(observe(&spec, None, Some(&vm), Some(&new), Some("old")).phase, Phase::Active);
+        assert_eq!(observe(&spec, None, Some(&vm), Some(&new), Some("old"), None).phase, Phase::Active);
     }
 
     #[test]

@@ -41,7 +41,12 @@ pub async fn apply(server: Arc<VpsServer>, ctx: Arc<Context>) -> Result<Next> {
         }
     };
 
-    let old_status = server.status.clone().unwrap_or_default();
+    // The newest status: the operator's own last write while the cache does not show it yet.
+    let key = super::cache::key(&ns, &name);
+    let old_status = match ctx.written.newer_than_cache(&key, server.metadata.resource_version.as_deref()) {
+        Some(written) => written,
+        None => server.status.clone().unwrap_or_default(),
+    };
     let mut new_status = VpsServerStatus { id: Some(id), ..old_status.clone() };
     let mut vm = ctx.vms.get(&ns, &name);
 
@@ -78,6 +83,7 @@ pub async fn apply(server: Arc<VpsServer>, ctx: Arc<Context>) -> Result<Next> {
         vm.as_ref(),
         vmi.as_ref(),
         new_status.reboot_from_instance.as_deref(),
+        old_status.phase,
     );
     if new_status.reboot_from_instance.is_some() && obs.phase != Phase::Rebooting {
         new_status.reboot_from_instance = None;
@@ -104,22 +110,15 @@ pub async fn apply(server: Arc<VpsServer>, ctx: Arc<Context>) -> Result<Next> {
         &now,
     );
 
-    // Condition times only move when a status flips: an unchanged world writes nothing. What
-    // is compared is the newest status: the cached one, or the operator's own last write when
-    // the cache does not show it yet.
-    let key = super::cache::key(&ns, &name);
-    let (changed, old_phase) = match ctx.written.newer_than_cache(&key, server.metadata.resource_version.as_deref()) {
-        Some(last) => (!last.wrote(&new_status), last.phase),
-        None => (old_status != new_status, old_status.phase),
-    };
-    if changed {
+    // Condition times only move when a status flips: an unchanged world writes nothing.
+    if old_status != new_status {
         let patch = json!({"apiVersion": "vps.org/v1alpha1", "kind": "VpsServer", "status": new_status});
         let written = servers.patch_status(&name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(&patch)).await?;
         ctx.written.record(&key, written.metadata.resource_version.as_deref(), &new_status);
         // A first status is no transition (the VirtualMachineCreated Event tells of it),
         // unless it is an error.
-        let first = old_phase.is_none() && obs.phase != Phase::Error;
-        if old_phase != new_status.phase && !first {
+        let first = old_status.phase.is_none() && obs.phase != Phase::Error;
+        if old_status.phase != new_status.phase && !first {
             let (kind, reason) = match obs.phase {
                 Phase::Error => (EventType::Warning, obs.reason.clone()),
                 p => (EventType::Normal, format!("{p:?}")),

@@ -54,68 +54,56 @@ pub fn conditions(
 /// The last status the operator wrote to each server, until its cache of servers shows it.
 ///
 /// A reconcile woken by a VM or instance event may see a cached server from before the
-/// operator's own last status write. Compared with that, the status it computes differs, and
-/// it would write the same status again (and publish the same Event again).
+/// operator's own last status write. Built on that, its status would differ from what was
+/// written (a condition's transition time, a phase event again), and it would write again.
+/// It builds on the written status instead, while the cache lags.
 #[derive(Default)]
 pub struct Written {
-    servers: Mutex<HashMap<Box<str>, LastWrite>>,
+    servers: Mutex<HashMap<Box<str>, (u64, VpsServerStatus)>>,
 }
 
-/// A status write: the resourceVersion it produced, a digest and the phase it wrote.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct LastWrite {
-    resource_version: u64,
-    digest: u64,
-    pub phase: Option<Phase>,
-}
-
-impl LastWrite {
-    /// Whether `status` is what this write wrote.
-    pub fn wrote(&self, status: &VpsServerStatus) -> bool {
-        self.digest == digest(status)
-    }
-}
-
-fn digest(status: &VpsServerStatus) -> u64 {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    serde_json::to_vec(status).expect("a status serializes").hash(&mut h);
-    h.finish()
+fn version(resource_version: Option<&str>) -> Option<u64> {
+    resource_version.and_then(|v| v.parse().ok())
 }
 
 impl Written {
-    /// The operator's last write to server `key` when the cached server (at `cached_version`)
-    /// does not show it yet; forgets the write once the cache has caught up.
-    pub fn newer_than_cache(&self, key: &str, cached_version: Option<&str>) -> Option<LastWrite> {
-        let mut servers = self.servers.lock().expect("lock");
-        let last = *servers.get(key)?;
-        match cached_version.and_then(|v| v.parse::<u64>().ok()) {
-            Some(cached) if cached < last.resource_version => Some(last),
-            _ => {
-                servers.remove(key);
-                None
-            }
+    /// The operator's last write to server `key`, when the cached server (at
+    /// `cached_version`) does not show it yet.
+    pub fn newer_than_cache(&self, key: &str, cached_version: Option<&str>) -> Option<VpsServerStatus> {
+        let servers = self.servers.lock().expect("lock");
+        let (written, status) = servers.get(key)?;
+        (version(cached_version)? < *written).then(|| status.clone())
+    }
+
+    /// Records a status write that produced `resource_version` (not a number: nothing can be
+    /// told about the cache, which is then trusted).
+    pub fn record(&self, key: &str, resource_version: Option<&str>, status: &VpsServerStatus) {
+        if let Some(written) = version(resource_version) {
+            self.servers.lock().expect("lock").insert(key.into(), (written, status.clone()));
         }
     }
 
-    /// Records a status write that produced `resource_version`.
-    pub fn record(&self, key: &str, resource_version: Option<&str>, status: &VpsServerStatus) {
+    /// The cache now holds server `key` at `resource_version`: a write it shows is forgotten.
+    pub fn cached(&self, key: &str, resource_version: Option<&str>) {
         let mut servers = self.servers.lock().expect("lock");
-        match resource_version.and_then(|v| v.parse::<u64>().ok()) {
-            Some(resource_version) => {
-                let write = LastWrite { resource_version, digest: digest(status), phase: status.phase };
-                servers.insert(key.into(), write);
-            }
-            // Not a number: nothing can be told about the cache; compare with it alone.
-            None => {
-                servers.remove(key);
-            }
+        if let Some((written, _)) = servers.get(key)
+            && version(resource_version).is_some_and(|v| v >= *written)
+        {
+            servers.remove(key);
         }
     }
 
     /// Forgets a server that is gone.
     pub fn forget(&self, key: &str) {
         self.servers.lock().expect("lock").remove(key);
+    }
+
+    pub fn len(&self) -> usize {
+        self.servers.lock().expect("lock").len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 }
 
@@ -143,16 +131,16 @@ mod tests {
     fn a_write_is_remembered_until_the_cache_shows_it() {
         let written = Written::default();
         let starting = VpsServerStatus { phase: Some(Phase::Starting), ..Default::default() };
-        let active = VpsServerStatus { phase: Some(Phase::Active), ..Default::default() };
         assert_eq!(written.newer_than_cache("ns/a", Some("10")), None, "nothing written yet");
         written.record("ns/a", Some("12"), &starting);
-        let last = written.newer_than_cache("ns/a", Some("10")).expect("the cache lags");
-        assert!(last.wrote(&starting) && !last.wrote(&active));
-        assert_eq!(last.phase, Some(Phase::Starting));
+        assert_eq!(written.newer_than_cache("ns/a", Some("10")), Some(starting.clone()), "the cache lags");
         assert_eq!(written.newer_than_cache("ns/b", Some("10")), None, "per server");
-        assert_eq!(written.newer_than_cache("ns/a", Some("12")), None, "the cache caught up");
-        assert_eq!(written.newer_than_cache("ns/a", Some("10")), None, "and the write is forgotten");
-        written.record("ns/a", Some("not-a-number"), &active);
-        assert_eq!(written.newer_than_cache("ns/a", Some("1")), None);
+        assert_eq!(written.newer_than_cache("ns/a", Some("12")), None, "a cache at the write");
+        written.cached("ns/a", Some("11"));
+        assert_eq!(written.len(), 1, "an older version does not clear it");
+        written.cached("ns/a", Some("13"));
+        assert!(written.is_empty(), "forgotten once the cache shows it");
+        written.record("ns/a", Some("not-a-number"), &starting);
+        assert!(written.is_empty());
     }
 }
