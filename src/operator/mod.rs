@@ -135,8 +135,8 @@ pub struct Context {
     pub plans: Store<VpsPlan>,
     pub images: Store<VpsImage>,
     pub locations: Store<VpsLocation>,
-    /// Each server as the JSON of its cached form ([`slim_server`]): a tenth of the memory of
-    /// the parsed object; parsed again for each reconcile.
+    /// Each server as the JSON of its cached form ([`slim_server`]): about half the memory of
+    /// the parsed object in kube-runtime's store; parsed again for each reconcile.
     pub servers: Cache<Box<[u8]>>,
     pub vms: Cache<VmState>,
     pub vmis: Cache<VmiState>,
@@ -356,9 +356,8 @@ fn spec_and_metadata(server: &VpsServer) -> u64 {
 fn wakes_on_change() -> impl FnMut(&VpsServer) -> futures::future::Ready<bool> {
     let mut seen: std::collections::HashMap<Box<str>, u64> = std::collections::HashMap::new();
     move |server| {
-        let meta = &server.metadata;
-        let key = cache::key(meta.namespace.as_deref().unwrap_or_default(), meta.name.as_deref().unwrap_or_default());
-        if meta.deletion_timestamp.is_some() && server.finalizers().is_empty() {
+        let key = cache::key_of(server);
+        if server.metadata.deletion_timestamp.is_some() && server.finalizers().is_empty() {
             seen.remove(&key);
             return futures::future::ready(true);
         }
