@@ -7,6 +7,41 @@ use kube::CustomResource;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+/// The `printableStatus` values KubeVirt gives a VirtualMachine.
+pub const PRINTABLE_STATUSES: [&str; 19] = [
+    "Stopped",
+    "Provisioning",
+    "Starting",
+    "Running",
+    "Paused",
+    "Stopping",
+    "Terminating",
+    "CrashLoopBackOff",
+    "Migrating",
+    "Unknown",
+    "ErrorUnschedulable",
+    "ErrImagePull",
+    "ImagePullBackOff",
+    "ErrorPvcNotFound",
+    "DataVolumeError",
+    "WaitingForVolumeBinding",
+    "WaitingForReceiver",
+    "ErrorDataVolumeNotFound",
+    "Halted",
+];
+
+/// `printableStatus` values KubeVirt uses for a VM that cannot make progress.
+pub const ERROR_STATUSES: [&str; 8] = [
+    "ErrorUnschedulable",
+    "ErrImagePull",
+    "ImagePullBackOff",
+    "ErrorPvcNotFound",
+    "ErrorDataVolumeNotFound",
+    "DataVolumeError",
+    "CrashLoopBackOff",
+    "Unknown",
+];
+
 /// A condition as KubeVirt and CDI report them.
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
 #[serde(rename_all = "camelCase")]

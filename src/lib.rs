@@ -1,25 +1,36 @@
 //! A Kubernetes operator and REST gateway that turn a cluster running KubeVirt into a VPS
 //! provider.
 //!
-//! - [`api`]: the `vps.org/v1alpha1` custom resources.
-//! - [`controlplane`]: builds and starts a real control plane (etcd, kube-apiserver,
-//!   kube-controller-manager) for tests and the local run.
-//! - [`gateway`]: the REST gateway (the VPS API) and [`tokens`], its API tokens.
-//! - [`ids`]: the cluster-wide integer id allocator shared by operator and gateway.
-//! - [`testbed`]: the CRDs such a control plane needs (ours, KubeVirt's, CDI's).
-//! - [`local`]: the all-in-one local run.
+//! The layers, each importing only those below it (`tests/layers.rs` keeps it so):
+//!
+//! 1. [`api`]: the `vps.org/v1alpha1` custom resources and the names the parts share
+//!    ([`api::contract`]). Imports nothing of ours.
+//! 2. Shared leaves, importing at most [`api`]: [`kubevirt`] (KubeVirt's, CDI's and the
+//!    snapshotter's objects), [`ids`] (the cluster-wide integer ids), [`tokens`] (API
+//!    tokens), [`watch_cache`] (caches kept from a watch), [`preflight`] (start-up checks),
+//!    [`flags`], [`shutdown`], [`timestamps`], [`memory`].
+//! 3. The parts, which never import each other: [`operator`] (VpsServer → VirtualMachine),
+//!    [`gateway`] (the REST API), [`simulator`] (KubeVirt's hosts, for tests and local runs),
+//!    and [`controlplane`] (a real control plane built from source) with [`testbed`] (what
+//!    a test or local cluster needs installed).
+//! 4. The wiring: [`local`] (everything on one machine) and the `vps-operator` binary.
 #![deny(rust_2018_idioms)]
 // kube-derive's repeated `printcolumn(type_ = ...)` attributes trip this lint.
 #![allow(clippy::duplicated_attributes)]
 
 pub mod api;
 pub mod controlplane;
+pub mod flags;
 pub mod gateway;
 pub mod ids;
 pub mod kubevirt;
 pub mod local;
 pub mod memory;
 pub mod operator;
+pub mod preflight;
+pub mod shutdown;
 pub mod simulator;
 pub mod testbed;
+pub mod timestamps;
 pub mod tokens;
+pub mod watch_cache;

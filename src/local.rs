@@ -19,11 +19,9 @@ use anyhow::{Context, Result};
 use clap::Args;
 use k8s_openapi::api::core::v1::Secret;
 use kube::Client;
-use kube::api::{Api, ListParams, Patch, PatchParams};
-use serde_json::json;
+use kube::api::{Api, ListParams};
 use tokio::task::JoinSet;
 
-use crate::api::VpsAccount;
 use crate::controlplane::{self, Binaries, ControlPlane, Options};
 use crate::operator::OperatorConfig;
 use crate::simulator::SimulatorConfig;
@@ -73,7 +71,7 @@ struct Running {
 
 /// Runs until Ctrl-C or SIGTERM.
 pub async fn run(args: LocalArgs) -> Result<()> {
-    let mut signal = std::pin::pin!(wait_for_shutdown_signal());
+    let mut signal = std::pin::pin!(crate::shutdown::signal());
     // A signal while starting drops what was started so far (the control plane stops).
     let mut running = tokio::select! {
         running = start(&args) => running?,
@@ -131,23 +129,17 @@ async fn start(args: &LocalArgs) -> Result<Running> {
     // Before the gateway starts, so that its first list of tokens has them.
     let tokens = if demo { demo_tokens(&client, &system_namespace, state_dir.as_deref()).await? } else { vec![] };
     let config = OperatorConfig { system_namespace: system_namespace.clone(), ..OperatorConfig::default() };
-    tasks.spawn(async move { crate::operator::run(kube_config, config, None).await.context("operator") });
+    // Every task stops when the JoinSet is shut down.
+    let forever = std::future::pending::<()>;
+    tasks.spawn(async move { crate::operator::run(kube_config, config, None, forever()).await.context("operator") });
 
-    let state = crate::gateway::AppState::new(client.clone(), &system_namespace, Duration::from_secs(30));
-    tokio::time::timeout(Duration::from_secs(60), state.caches.wait_ready())
-        .await
-        .context("the gateway's caches did not sync within 60 s")?;
+    let state =
+        crate::gateway::start(client.clone(), &system_namespace, Duration::from_secs(30)).await?.synced().await?;
     let listener = tokio::net::TcpListener::bind(SocketAddr::new(args.bind, args.port))
         .await
         .with_context(|| format!("listen on {}:{} (choose another with --port)", args.bind, args.port))?;
     let address = listener.local_addr()?;
-    let (c, ns) = (client.clone(), system_namespace.clone());
-    tasks.spawn(async move {
-        crate::gateway::idempotency::sweep_forever(c, ns).await;
-        Ok(())
-    });
-    let app = crate::gateway::app(state);
-    tasks.spawn(async move { axum::serve(listener, app).await.context("gateway") });
+    tasks.spawn(async move { crate::gateway::serve(listener, state, forever()).await.context("gateway") });
 
     let url = format!("http://{}", display_address(address));
     if let Some(path) = &args.env_file {
@@ -186,19 +178,6 @@ async fn kube_config(kubeconfig: &Path) -> Result<kube::Config> {
     Ok(kube::Config::from_custom_kubeconfig(file, &Default::default()).await?)
 }
 
-/// Creates (or updates) a `VpsAccount` named `name` owning the namespace `name`, and the
-/// namespace itself.
-pub async fn ensure_account(client: &Client, name: &str, credit_cents: i64) -> Result<()> {
-    controlplane::ensure_namespace(client, name).await?;
-    let account = json!({"apiVersion": "vps.org/v1alpha1", "kind": "VpsAccount", "metadata": {"name": name},
-        "spec": {"namespace": name, "creditCents": credit_cents}});
-    Api::<VpsAccount>::all(client.clone())
-        .patch(name, &PatchParams::apply("vps-operator-local").force(), &Patch::Apply(&account))
-        .await
-        .with_context(|| format!("apply VpsAccount {name}"))?;
-    controlplane::wait_for_default_service_account(client, name).await
-}
-
 /// The demo accounts and a token for each, in [`DEMO_ACCOUNTS`] order. Tokens saved in
 /// `state_dir` (`demo-tokens.json`) are reused while their Secret still exists, so that a
 /// restart keeps them working; otherwise new ones are created and saved.
@@ -218,7 +197,7 @@ pub async fn demo_tokens(
         .await?;
     let mut out = Vec::new();
     for (account, credit) in DEMO_ACCOUNTS {
-        ensure_account(client, account, credit).await?;
+        crate::testbed::ensure_account(client, account, credit).await?;
         let still_valid = saved
             .get(account)
             .is_some_and(|t| tokens::account_for_token(t, &secrets.items).as_deref() == Some(account));
@@ -283,13 +262,4 @@ fn print_banner(kubeconfig: &Path, url: &str, tokens: &[(String, String)], local
     }
     println!();
     println!("Press Ctrl-C to stop.");
-}
-
-/// Resolves on Ctrl-C or SIGTERM.
-pub async fn wait_for_shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
 }

@@ -59,16 +59,14 @@ async fn main() -> Result<()> {
         Command::Token(args) => vps_operator::tokens::run(args).await,
         Command::Operator(args) => {
             let config = kube::Config::infer().await?;
-            tokio::select! {
-                r = vps_operator::operator::run(config, args.config, Some(args.metrics_listen)) => r,
-                _ = vps_operator::local::wait_for_shutdown_signal() => Ok(()),
-            }
+            let shutdown = vps_operator::shutdown::signal();
+            vps_operator::operator::run(config, args.config, Some(args.metrics_listen), shutdown).await
         }
         Command::Simulator(config) => {
             let client = kube::Client::try_default().await?;
             tokio::select! {
                 r = vps_operator::simulator::run(client, config) => r,
-                _ = vps_operator::local::wait_for_shutdown_signal() => Ok(()),
+                _ = vps_operator::shutdown::signal() => Ok(()),
             }
         }
     }

@@ -4,8 +4,10 @@
 
 use anyhow::{Context, Result, bail};
 use kube::Client;
+use kube::api::{Api, Patch, PatchParams};
 
-use crate::controlplane::{Binaries, apply_crds, apply_yaml};
+use crate::api::{VpsAccount, VpsAccountSpec};
+use crate::controlplane::{self, Binaries, apply_crds, apply_yaml};
 
 /// CDI's CRDs (the five kinds virt-controller watches).
 pub const CDI_CRDS: &str = include_str!("../tests/crds/cdi.yaml");
@@ -38,4 +40,17 @@ pub async fn install_crds(client: &Client, binaries: &Binaries) -> Result<()> {
     apply_yaml(client, VOLUME_SNAPSHOT_CRDS, "default").await?;
     apply_yaml(client, &kubevirt_crds_yaml(binaries)?, "default").await?;
     Ok(())
+}
+
+/// Creates (or updates) a `VpsAccount` named `name` owning the namespace `name` with
+/// `credit_cents` of monthly credit, and the namespace itself (once it has its `default`
+/// ServiceAccount, which CDI's clones run as).
+pub async fn ensure_account(client: &Client, name: &str, credit_cents: i64) -> Result<()> {
+    controlplane::ensure_namespace(client, name).await?;
+    let account = VpsAccount::new(name, VpsAccountSpec { namespace: name.to_string(), credit_cents });
+    Api::<VpsAccount>::all(client.clone())
+        .patch(name, &PatchParams::apply("vps-testbed").force(), &Patch::Apply(&account))
+        .await
+        .with_context(|| format!("apply VpsAccount {name}"))?;
+    controlplane::wait_for_default_service_account(client, name).await
 }

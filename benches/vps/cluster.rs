@@ -9,9 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use kube::Client;
-use kube::api::{Api, Patch, PatchParams};
-use serde_json::json;
-use vps_operator::api::VpsAccount;
+
 use vps_operator::controlplane::{self, Binaries, ControlPlane, Options, Process, free_port};
 
 pub const SYSTEM_NAMESPACE: &str = "vps-system";
@@ -99,13 +97,7 @@ pub async fn start(servers: usize, logs: &Path) -> Result<Cluster> {
     plane.start_kubevirt().await?;
     vps_operator::testbed::install_demo_catalog(&client).await?;
     controlplane::ensure_namespace(&client, SYSTEM_NAMESPACE).await?;
-    controlplane::ensure_namespace(&client, ACCOUNT).await?;
-    let account = json!({"apiVersion": "vps.org/v1alpha1", "kind": "VpsAccount", "metadata": {"name": ACCOUNT},
-        "spec": {"namespace": ACCOUNT, "creditCents": 1_000_000_000_000i64}});
-    Api::<VpsAccount>::all(client.clone())
-        .patch(ACCOUNT, &PatchParams::apply("vps-bench").force(), &Patch::Apply(&account))
-        .await?;
-    controlplane::wait_for_default_service_account(&client, ACCOUNT).await?;
+    vps_operator::testbed::ensure_account(&client, ACCOUNT, 1_000_000_000_000).await?;
     let token = vps_operator::tokens::create(&client, SYSTEM_NAMESPACE, ACCOUNT).await?;
 
     let kubeconfig = plane.kubeconfig_path();

@@ -304,25 +304,90 @@ fn mib(kib: u64) -> f64 {
     kib as f64 / 1024.0
 }
 
+/// The table being built, and the notes under it.
+#[derive(Default)]
+struct Report {
+    rows: Vec<Row>,
+    notes: Vec<String>,
+}
+
+impl Report {
+    fn add(
+        &mut self,
+        id: &'static str,
+        what: impl Into<String>,
+        measured: impl Into<String>,
+        target: &str,
+        pass: Option<bool>,
+    ) {
+        self.rows.push(row(id, what, measured, target, pass));
+    }
+}
+
 async fn bench(args: Args) -> Result<()> {
     say(format!("{args:?}"));
     let logs = PathBuf::from(std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| "target".into())).join("vps-bench");
     let _ = std::fs::remove_dir_all(&logs);
     let mut c = cluster::start(args.servers, &logs).await?;
     let api = Arc::new(Api::new(&c)?);
-    let mut rows = Vec::new();
-    let mut notes = Vec::new();
+    let mut report = Report::default();
 
-    // 3. Provisioning throughput.
+    let mut ids = provisioning(&args, &c, &api, &mut report).await?;
+    if args.fill_rest && args.servers > ids.len() {
+        fill_through_rest(&args, &api, &mut ids, &mut report).await?;
+    }
+    let counts = api.counts().await?;
+    let operator_state = format!("{} servers: {}", ids.len(), counts_text(&counts));
+    say(format!("state: {operator_state}"));
+    settled_writes(&args, &c, &counts, &mut report).await?;
+    let operator_rss = cluster::rss_kib(c.operator_pid)?;
+    report.add(
+        "4",
+        format!("operator RSS ({})", counts_text(&counts)),
+        format!("{:.1} MiB (peak {:.1} MiB)", mib(operator_rss.0), mib(operator_rss.1)),
+        "< 64 MiB",
+        Some(mib(operator_rss.0) < 64.0),
+    );
+    let state = if !args.fill_rest && args.servers > ids.len() {
+        fill_through_kube(&args, &mut c, &api, &mut ids, &counts).await?
+    } else {
+        operator_state
+    };
+    let rss_settled = cluster::rss_kib(c.gateway_pid)?;
+    get_one_server(&args, &c, &api, &ids, &mut report).await?;
+    lists(&args, &c, ids.len(), &mut report).await?;
+    c.check_gateway()?;
+    let rss_loaded = cluster::rss_kib(c.gateway_pid)?;
+    report.add(
+        "4",
+        format!("gateway RSS, {} servers in its cache", ids.len()),
+        format!(
+            "{:.1} MiB idle, {:.1} MiB after the read load (peak {:.1} MiB)",
+            mib(rss_settled.0),
+            mib(rss_loaded.0),
+            mib(rss_loaded.1)
+        ),
+        "< 128 MiB",
+        Some(mib(rss_settled.0.max(rss_loaded.0)) < 128.0),
+    );
+    if !args.fill_rest && ids.len() > args.create {
+        operator_at_n(&args, &mut c, &api, &ids, &mut report).await?;
+    }
+    print_table(&report.rows, &args, &state, &report.notes);
+    Ok(())
+}
+
+/// Benchmark 3: `--create` servers through the REST API until all are active; their ids.
+async fn provisioning(args: &Args, c: &Cluster, api: &Arc<Api>, report: &mut Report) -> Result<Vec<i64>> {
     say(format!("creating {} servers through the REST API with {} clients", args.create, args.clients));
     let before = cluster::apiserver_writes(&c.client).await?;
     let cpu_before = cluster::child_cpu_seconds();
     let started = Instant::now();
-    let profile = args.profile_apiserver.then(|| profile_apiserver(&c));
-    let (mut ids, failed) = create_servers(&api, 0, args.create, args.clients).await?;
+    let profile = args.profile_apiserver.then(|| profile_apiserver(c));
+    let (ids, failed) = create_servers(api, 0, args.create, args.clients).await?;
     let posted = started.elapsed();
     say(format!("{} created ({failed} failed) in {:.1} s; waiting until active", ids.len(), posted.as_secs_f64()));
-    let all_active = wait_active(&api, ids.len(), started, args.create_timeout).await?;
+    let all_active = wait_active(api, ids.len(), started, args.create_timeout).await?;
     let wall = started.elapsed();
     let writes = cluster::diff(&before, &cluster::apiserver_writes(&c.client).await?);
     let per_server = total(&writes) as f64 / ids.len().max(1) as f64;
@@ -344,7 +409,7 @@ async fn bench(args: Args) -> Result<()> {
         }
     }
     let created_ok = all_active && failed == 0 && ids.len() == args.create;
-    rows.push(row(
+    report.add(
         "3",
         format!("create {} servers via REST ({} clients) until all active", args.create, args.clients),
         if all_active {
@@ -354,8 +419,8 @@ async fn bench(args: Args) -> Result<()> {
         },
         "< 60 s",
         Some(created_ok && wall < Duration::from_secs(60)),
-    ));
-    rows.push(row(
+    );
+    report.add(
         "3",
         "kube-apiserver writes per server (all components)",
         format!(
@@ -365,36 +430,42 @@ async fn bench(args: Args) -> Result<()> {
         ),
         "(reported)",
         None,
-    ));
+    );
+    Ok(ids)
+}
 
-    // Fill up to --servers through the REST API (when the cluster can provision that many).
+/// Fills up to `--servers` through the REST API (when the cluster can provision that many).
+async fn fill_through_rest(args: &Args, api: &Arc<Api>, ids: &mut Vec<i64>, report: &mut Report) -> Result<()> {
     let n = args.servers;
-    if args.fill_rest && n > ids.len() {
-        say(format!("creating {} more servers (to {n}) through the REST API", n - ids.len()));
-        let fill_started = Instant::now();
-        let (more, failed) = create_servers(&api, args.create, n, args.clients).await?;
-        ids.extend(more);
-        say(format!(
-            "{} servers exist ({failed} creates failed) after {:.1} s; waiting until active (at most {:.0} s)",
-            ids.len(),
-            fill_started.elapsed().as_secs_f64(),
-            args.fill_timeout.as_secs_f64()
-        ));
-        let ok = wait_active(&api, ids.len(), fill_started, args.fill_timeout).await?;
-        say(format!("fill: all active = {ok} after {:.1} s", fill_started.elapsed().as_secs_f64()));
-        notes.push(format!(
-            "filling {} → {} servers through the REST API took {:.0} s until {}",
-            args.create,
-            ids.len(),
-            fill_started.elapsed().as_secs_f64(),
-            if ok { "all were active" } else { "the fill timeout" }
-        ));
-    }
-    let counts = api.counts().await?;
-    let operator_state = format!("{} servers: {}", ids.len(), counts_text(&counts));
-    say(format!("state: {operator_state}"));
+    say(format!("creating {} more servers (to {n}) through the REST API", n - ids.len()));
+    let fill_started = Instant::now();
+    let (more, failed) = create_servers(api, args.create, n, args.clients).await?;
+    ids.extend(more);
+    say(format!(
+        "{} servers exist ({failed} creates failed) after {:.1} s; waiting until active (at most {:.0} s)",
+        ids.len(),
+        fill_started.elapsed().as_secs_f64(),
+        args.fill_timeout.as_secs_f64()
+    ));
+    let ok = wait_active(api, ids.len(), fill_started, args.fill_timeout).await?;
+    say(format!("fill: all active = {ok} after {:.1} s", fill_started.elapsed().as_secs_f64()));
+    report.notes.push(format!(
+        "filling {} → {} servers through the REST API took {:.0} s until {}",
+        args.create,
+        ids.len(),
+        fill_started.elapsed().as_secs_f64(),
+        if ok { "all were active" } else { "the fill timeout" }
+    ));
+    Ok(())
+}
 
-    // 5. Settled cluster.
+/// Benchmark 5: writes to the operator's resources over `--settle` once the cluster is quiet.
+async fn settled_writes(
+    args: &Args,
+    c: &Cluster,
+    counts: &BTreeMap<&'static str, usize>,
+    report: &mut Report,
+) -> Result<()> {
     let grace = Duration::from_secs(20);
     say(format!("settling {:.0} s, then counting writes for {:.0} s", grace.as_secs_f64(), args.settle.as_secs_f64()));
     tokio::time::sleep(grace).await;
@@ -413,9 +484,9 @@ async fn bench(args: Args) -> Result<()> {
         total(&op_writes),
         breakdown(&writes, 40)
     ));
-    rows.push(row(
+    report.add(
         "5",
-        format!("settled cluster ({}): writes/min to the operator's resources", counts_text(&counts)),
+        format!("settled cluster ({}): writes/min to the operator's resources", counts_text(counts)),
         format!(
             "{:.1}/min over {:.0} s ({reconciles} reconciles; all components: {:.1}/min)",
             total(&op_writes) as f64 / minutes,
@@ -424,53 +495,69 @@ async fn bench(args: Args) -> Result<()> {
         ),
         "0",
         Some(total(&op_writes) == 0),
-    ));
+    );
+    Ok(())
+}
 
-    // 4. The operator's memory, with every server it reconciled.
-    let operator_rss = cluster::rss_kib(c.operator_pid)?;
-    rows.push(row(
-        "4",
-        format!("operator RSS ({})", counts_text(&counts)),
-        format!("{:.1} MiB (peak {:.1} MiB)", mib(operator_rss.0), mib(operator_rss.1)),
-        "< 64 MiB",
-        Some(mib(operator_rss.0) < 64.0),
-    ));
-
-    // Fill up to --servers through the kube API, with the operator stopped: the gateway's
-    // cache holds N servers, the cluster need not provision them.
-    let mut state = operator_state.clone();
-    if !args.fill_rest && n > ids.len() {
-        say(format!("stopping the operator; creating {} VpsServers through the kube API", n - ids.len()));
-        c.stop_operator();
-        let fill_started = Instant::now();
-        let more = fill_direct(&c, ids[0], ids.len(), n, args.clients).await?;
-        ids.extend(more);
-        // The copies are active once the gateway has seen their status writes too.
-        let active_wanted = counts.get("active").copied().unwrap_or(0) + (ids.len() - args.create);
-        loop {
-            let page = api.get("/api/v1/servers/?page_size=1").await?;
-            if page["count"].as_u64() == Some(ids.len() as u64) && api.count("active").await? >= active_wanted {
-                break;
-            }
-            if fill_started.elapsed() > args.fill_timeout {
-                bail!("the gateway's cache did not reach {} servers", ids.len());
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
+/// Fills up to `--servers` through the kube API with the operator stopped: the gateway's
+/// cache holds N servers, the cluster need not provision them. Returns the state's text.
+async fn fill_through_kube(
+    args: &Args,
+    c: &mut Cluster,
+    api: &Arc<Api>,
+    ids: &mut Vec<i64>,
+    counts: &BTreeMap<&'static str, usize>,
+) -> Result<String> {
+    let n = args.servers;
+    say(format!("stopping the operator; creating {} VpsServers through the kube API", n - ids.len()));
+    c.stop_operator();
+    let fill_started = Instant::now();
+    let more = fill_direct(c, ids[0], ids.len(), n, args.clients).await?;
+    ids.extend(more);
+    // The copies are active once the gateway has seen their status writes too.
+    let active_wanted = counts.get("active").copied().unwrap_or(0) + (ids.len() - args.create);
+    loop {
+        let page = api.get("/api/v1/servers/?page_size=1").await?;
+        if page["count"].as_u64() == Some(ids.len() as u64) && api.count("active").await? >= active_wanted {
+            break;
         }
-        let filled = ids.len() - args.create;
-        state = format!(
-            "{} servers: {} made through the REST API and reconciled by the operator ({}); {filled} made through \
-             the kube API with the operator stopped, status copied from an active server ({})",
-            ids.len(),
-            args.create,
-            counts_text(&counts),
-            counts_text(&api.counts().await?)
-        );
-        say(format!("fill: {filled} servers in {:.1} s", fill_started.elapsed().as_secs_f64()));
+        if fill_started.elapsed() > args.fill_timeout {
+            bail!("the gateway's cache did not reach {} servers", ids.len());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let rss_settled = cluster::rss_kib(c.gateway_pid)?;
+    let filled = ids.len() - args.create;
+    say(format!("fill: {filled} servers in {:.1} s", fill_started.elapsed().as_secs_f64()));
+    Ok(format!(
+        "{} servers: {} made through the REST API and reconciled by the operator ({}); {filled} made through \
+         the kube API with the operator stopped, status copied from an active server ({})",
+        ids.len(),
+        args.create,
+        counts_text(counts),
+        counts_text(&api.counts().await?)
+    ))
+}
 
-    // 1. GET one server: gateway, bare handler, kube-apiserver.
+/// A load run of `paths` on `target` with the bench's connections and duration.
+fn load_run(args: &Args, target: Target, paths: Vec<String>, authorization: Option<String>) -> load::Run {
+    load::Run {
+        target,
+        paths: Arc::new(paths),
+        authorization,
+        concurrency: args.concurrency,
+        warmup: Duration::from_secs(1),
+        duration: args.duration,
+    }
+}
+
+fn describe(o: &Outcome) -> String {
+    let errors = if o.errors > 0 { format!(" ({} errors)", o.errors) } else { String::new() };
+    format!("{:.0} req/s, p50 {}, p99 {}{errors}", o.rps, ms(o.p50), ms(o.p99))
+}
+
+/// Benchmark 1: GET one server on the gateway, a bare axum handler serving the same body,
+/// and kube-apiserver.
+async fn get_one_server(args: &Args, c: &Cluster, api: &Arc<Api>, ids: &[i64], report: &mut Report) -> Result<()> {
     let sample: Vec<i64> = ids.iter().copied().step_by((ids.len() / 1000).max(1)).collect();
     let first = api.get(&format!("/api/v1/servers/{}/", sample[0])).await?;
     let body_file = c.logs.join("server-detail.json");
@@ -485,166 +572,120 @@ async fn bench(args: Args) -> Result<()> {
     wait_tcp(bare_addr).await?;
     let apiserver_addr: SocketAddr = c.plane.server_url().trim_start_matches("https://").parse()?;
     let admin_token = admin_token(&c.plane.kubeconfig_path())?;
-
     let gateway_paths: Vec<String> = sample.iter().map(|id| format!("/api/v1/servers/{id}/")).collect();
     let apiserver_paths: Vec<String> =
         sample.iter().map(|id| format!("/apis/vps.org/v1alpha1/namespaces/{ACCOUNT}/vpsservers/srv-{id}")).collect();
-    let run = |target: Target, paths: Vec<String>, auth: Option<String>| load::Run {
-        target,
-        paths: Arc::new(paths),
-        authorization: auth,
-        concurrency: args.concurrency,
-        warmup: Duration::from_secs(1),
-        duration: args.duration,
-    };
     let gw_auth = Some(format!("Bearer {}", c.token));
     say("load: gateway GET /api/v1/servers/{id}/");
-    let gw = profiled(
-        &args,
-        &c,
-        "get",
-        load::run(run(Target::Http(c.gateway_addr), gateway_paths.clone(), gw_auth.clone())),
-    )
-    .await?;
+    let run = load_run(args, Target::Http(c.gateway_addr), gateway_paths.clone(), gw_auth);
+    let gw = profiled(args, c, "get", load::run(run)).await?;
     say(format!("  {gw}"));
     say("load: bare axum handler");
-    let bare_out = load::run(run(Target::Http(bare_addr), gateway_paths.clone(), None)).await;
+    let bare_out = load::run(load_run(args, Target::Http(bare_addr), gateway_paths, None)).await;
     say(format!("  {bare_out}"));
     drop(bare);
     say("load: kube-apiserver GET vpsservers/srv-{id}");
-    let kube = load::run(run(
-        Target::https(apiserver_addr, &c.plane.ca_path())?,
-        apiserver_paths,
-        Some(format!("Bearer {admin_token}")),
-    ))
-    .await;
+    let target = Target::https(apiserver_addr, &c.plane.ca_path())?;
+    let kube = load::run(load_run(args, target, apiserver_paths, Some(format!("Bearer {admin_token}")))).await;
     say(format!("  {kube}"));
 
     let conc = args.concurrency;
-    let describe = |o: &Outcome| format!("{:.0} req/s, p50 {}, p99 {}", o.rps, ms(o.p50), ms(o.p99));
-    let errs = |o: &Outcome| if o.errors > 0 { format!(" ({} errors)", o.errors) } else { String::new() };
-    rows.push(row(
+    report.add(
         "1",
         format!("gateway GET /servers/{{id}}/, {} in cache, {conc} conns", ids.len()),
-        format!("{}{}", describe(&gw), errs(&gw)),
+        describe(&gw),
         "",
         None,
-    ));
-    rows.push(row(
+    );
+    report.add(
         "1",
         format!("bare axum handler, same {} B body, {conc} conns", bare_out.body_bytes),
-        format!("{}{}", describe(&bare_out), errs(&bare_out)),
+        describe(&bare_out),
         "",
         None,
-    ));
-    rows.push(row(
-        "1",
-        format!("kube-apiserver GET of the same VpsServer, {conc} conns"),
-        format!("{}{}", describe(&kube), errs(&kube)),
-        "",
-        None,
-    ));
+    );
+    report.add("1", format!("kube-apiserver GET of the same VpsServer, {conc} conns"), describe(&kube), "", None);
     let vs_bare = gw.rps / bare_out.rps.max(1e-9);
     let vs_kube = gw.rps / kube.rps.max(1e-9);
-    rows.push(row(
+    let ok = gw.errors == 0;
+    report.add(
         "1",
         "gateway req/s ÷ bare handler req/s",
         format!("{:.0}%", vs_bare * 100.0),
         "≥ 50%",
-        Some(vs_bare >= 0.5 && gw.errors == 0),
-    ));
-    rows.push(row(
+        Some(vs_bare >= 0.5 && ok),
+    );
+    report.add(
         "1",
         "gateway req/s ÷ kube-apiserver req/s",
         format!("{vs_kube:.1}×"),
         "≥ 10×",
-        Some(vs_kube >= 10.0 && gw.errors == 0),
-    ));
+        Some(vs_kube >= 10.0 && ok),
+    );
+    Ok(())
+}
 
-    // 2. Lists.
+/// Benchmark 2: a page of 100, plain and filtered by status.
+async fn lists(args: &Args, c: &Cluster, servers: usize, report: &mut Report) -> Result<()> {
+    let gw_auth = Some(format!("Bearer {}", c.token));
     for (name, label, path) in [
         ("list", "GET /servers/?page_size=100", "/api/v1/servers/?page_size=100"),
         ("list-active", "GET /servers/?status=active&page_size=100", "/api/v1/servers/?status=active&page_size=100"),
     ] {
         say(format!("load: gateway {label}"));
-        let o = profiled(
-            &args,
-            &c,
-            name,
-            load::run(run(Target::Http(c.gateway_addr), vec![path.to_string()], gw_auth.clone())),
-        )
-        .await?;
+        let run = load_run(args, Target::Http(c.gateway_addr), vec![path.to_string()], gw_auth.clone());
+        let o = profiled(args, c, name, load::run(run)).await?;
         say(format!("  {o}"));
-        rows.push(row(
+        let errors = if o.errors > 0 { format!(" ({} errors)", o.errors) } else { String::new() };
+        report.add(
             "2",
-            format!("gateway {label}, {} servers, {conc} conns", ids.len()),
-            format!("p99 {} (p50 {}, {:.0} req/s){}", ms(o.p99), ms(o.p50), o.rps, errs(&o)),
+            format!("gateway {label}, {servers} servers, {} conns", args.concurrency),
+            format!("p99 {} (p50 {}, {:.0} req/s){errors}", ms(o.p99), ms(o.p50), o.rps),
             "p99 < 10 ms",
             Some(o.p99 < Duration::from_millis(10) && o.errors == 0 && o.ok > 0),
-        ));
+        );
     }
+    Ok(())
+}
 
-    // 4. The gateway's memory.
-    c.check_gateway()?;
-    let rss_loaded = cluster::rss_kib(c.gateway_pid)?;
-    let gwm = rss_settled.0.max(rss_loaded.0);
-    rows.push(row(
-        "4",
-        format!("gateway RSS, {} servers in its cache", ids.len()),
+/// Benchmarks 4 and 5 again with the operator holding every server: the filled servers get
+/// the VM and VM instance the operator would have made, with the status of the real ones,
+/// and the operator starts on the whole cluster.
+async fn operator_at_n(args: &Args, c: &mut Cluster, api: &Arc<Api>, ids: &[i64], report: &mut Report) -> Result<()> {
+    say("stopping virt-controller; giving each filled server the VM and VM instance of an active one");
+    c.plane.stop_supervised("virt-controller");
+    let staged = Instant::now();
+    stage_vms(c, ids[0], &ids[args.create..], args.clients).await?;
+    say(format!("staged {} VMs and instances in {:.1} s", ids.len() - args.create, staged.elapsed().as_secs_f64()));
+    c.restart_operator().await?;
+    let settled = wait_quiet(c, args.fill_timeout).await?;
+    say(format!("the operator went quiet after {:.1} s", settled.as_secs_f64()));
+    let before = cluster::apiserver_writes(&c.client).await?;
+    let reconciles_before = cluster::operator_reconciles(c.operator_metrics).await?;
+    tokio::time::sleep(args.settle).await;
+    let writes = cluster::diff(&before, &cluster::apiserver_writes(&c.client).await?);
+    let reconciles = cluster::operator_reconciles(c.operator_metrics).await? - reconciles_before;
+    let op_writes: u64 = writes.iter().filter(|(k, _)| cluster::operator_resource(k)).map(|(_, v)| v).sum();
+    let counts = api.counts().await?;
+    report.add(
+        "5",
+        format!("settled, {} (virt-controller stopped): writes/min to the operator's resources", counts_text(&counts)),
         format!(
-            "{:.1} MiB idle, {:.1} MiB after the read load (peak {:.1} MiB)",
-            mib(rss_settled.0),
-            mib(rss_loaded.0),
-            mib(rss_loaded.1)
+            "{:.1}/min over {:.0} s ({reconciles} reconciles)",
+            op_writes as f64 / (args.settle.as_secs_f64() / 60.0),
+            args.settle.as_secs_f64()
         ),
-        "< 128 MiB",
-        Some(mib(gwm) < 128.0),
-    ));
-
-    // 4 and 5 again with the operator holding every server: the filled servers get the VM and
-    // VM instance the operator would have made, with the status of the real ones, and the
-    // operator starts on the whole cluster.
-    if !args.fill_rest && ids.len() > args.create {
-        say("stopping virt-controller; giving each filled server the VM and VM instance of an active one");
-        c.plane.stop_supervised("virt-controller");
-        let staged = Instant::now();
-        stage_vms(&c, ids[0], &ids[args.create..], args.clients).await?;
-        say(format!("staged {} VMs and instances in {:.1} s", ids.len() - args.create, staged.elapsed().as_secs_f64()));
-        c.restart_operator().await?;
-        let settled = wait_quiet(&c, args.fill_timeout).await?;
-        say(format!("the operator went quiet after {:.1} s", settled.as_secs_f64()));
-        let before = cluster::apiserver_writes(&c.client).await?;
-        let reconciles_before = cluster::operator_reconciles(c.operator_metrics).await?;
-        tokio::time::sleep(args.settle).await;
-        let writes = cluster::diff(&before, &cluster::apiserver_writes(&c.client).await?);
-        let reconciles = cluster::operator_reconciles(c.operator_metrics).await? - reconciles_before;
-        let op_writes: u64 = writes.iter().filter(|(k, _)| cluster::operator_resource(k)).map(|(_, v)| v).sum();
-        let counts = api.counts().await?;
-        rows.push(row(
-            "5",
-            format!(
-                "settled, {} (virt-controller stopped): writes/min to the operator's resources",
-                counts_text(&counts)
-            ),
-            format!(
-                "{:.1}/min over {:.0} s ({reconciles} reconciles)",
-                op_writes as f64 / (args.settle.as_secs_f64() / 60.0),
-                args.settle.as_secs_f64()
-            ),
-            "0",
-            Some(op_writes == 0),
-        ));
-        let rss = cluster::rss_kib(c.operator_pid)?;
-        rows.push(row(
-            "4",
-            format!("operator RSS, {} servers with their VMs and instances", ids.len()),
-            format!("{:.1} MiB (peak {:.1} MiB)", mib(rss.0), mib(rss.1)),
-            "< 64 MiB",
-            Some(mib(rss.0) < 64.0),
-        ));
-    }
-
-    print_table(&rows, &args, &state, &notes);
+        "0",
+        Some(op_writes == 0),
+    );
+    let rss = cluster::rss_kib(c.operator_pid)?;
+    report.add(
+        "4",
+        format!("operator RSS, {} servers with their VMs and instances", ids.len()),
+        format!("{:.1} MiB (peak {:.1} MiB)", mib(rss.0), mib(rss.1)),
+        "< 64 MiB",
+        Some(mib(rss.0) < 64.0),
+    );
     Ok(())
 }
 
@@ -721,7 +762,7 @@ async fn stage_vms(c: &Cluster, template_id: i64, ids: &[i64], clients: usize) -
                 let name = format!("srv-{id}");
                 let server = servers.get(&name).await?;
                 let inputs = VmInputs { server: &server, id, plan, image, location, ssh_key: None };
-                let apply = PatchParams::apply(vps_operator::operator::reconcile::MANAGER).force();
+                let apply = PatchParams::apply(vps_operator::api::OPERATOR_MANAGER).force();
                 let vm = vms.patch(&name, &apply, &Patch::Apply(&build_vm(&inputs))).await?;
                 vms.patch_status(&name, &PatchParams::default(), &Patch::Merge(&json!({"status": vm_status}))).await?;
                 let rename = |v: &String| {

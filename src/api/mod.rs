@@ -3,11 +3,13 @@
 
 mod catalog;
 mod conditions;
+pub mod contract;
 mod server;
 mod tenancy;
 
 pub use catalog::{ImageSource, VpsImage, VpsImageSpec, VpsLocation, VpsLocationSpec, VpsPlan, VpsPlanSpec};
 pub use conditions::{Condition, ConditionStatus};
+pub use contract::*;
 pub use server::{Phase, PowerState, VpsServer, VpsServerSpec, VpsServerStatus};
 pub use tenancy::{VpsAccount, VpsAccountSpec, VpsSshKey, VpsSshKeySpec};
 
@@ -15,13 +17,6 @@ pub use tenancy::{VpsAccount, VpsAccountSpec, VpsSshKey, VpsSshKeySpec};
 pub const GROUP: &str = "vps.org";
 /// The one served version.
 pub const VERSION: &str = "v1alpha1";
-
-/// Label holding a server's integer id (set by whoever creates it, or by the operator).
-pub const SERVER_ID_LABEL: &str = "vps.org/server-id";
-/// Label holding an SSH key's integer id.
-pub const SSH_KEY_ID_LABEL: &str = "vps.org/ssh-key-id";
-/// Label naming the account that owns an object.
-pub const ACCOUNT_LABEL: &str = "vps.org/account";
 
 /// A display name: 1–63 letters, digits and hyphens, not starting or ending with a hyphen.
 pub const SERVER_NAME_PATTERN: &str = "^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$";

@@ -68,6 +68,18 @@ pub struct VpsServerSpec {
     pub suspended: bool,
 }
 
+impl VpsServer {
+    /// The server's integer id in the REST API: its [`super::SERVER_ID_LABEL`] label, else
+    /// what its status records.
+    pub fn id(&self) -> Option<i64> {
+        let labels = self.metadata.labels.as_ref();
+        labels
+            .and_then(|l| l.get(super::SERVER_ID_LABEL))
+            .and_then(|v| v.parse().ok())
+            .or_else(|| self.status.as_ref().and_then(|s| s.id))
+    }
+}
+
 /// The desired power state of a server.
 #[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
 pub enum PowerState {

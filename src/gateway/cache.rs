@@ -1,6 +1,8 @@
 //! Caches: every read of the gateway (tokens, accounts, catalog, keys, servers) is served
-//! from memory, kept current by watches. `managedFields` are pruned before caching, and
-//! servers keep only what the API serves.
+//! from memory. [`Caches::new`] makes them empty with the [`Feeds`] that fill them: from the
+//! cluster's watches ([`Feeds::watch`], what [`Caches::watch`] does) or, in tests, from a
+//! fixture ([`Feeds::load`]). `managedFields` are pruned before caching, and servers keep
+//! only what the API serves.
 //!
 //! Read-your-writes: after a write, a handler waits (bounded) until the cache holds the
 //! written `resourceVersion` or a newer one, so the next GET on this gateway reflects it.
@@ -8,23 +10,25 @@
 use std::collections::HashMap;
 use std::fmt::Debug;
 use std::hash::Hash;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Secret;
-use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::reflector::{self, ObjectRef, Store, store::Writer};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::api::{SERVER_ID_LABEL, VpsAccount, VpsImage, VpsLocation, VpsPlan, VpsServer, VpsSshKey};
+use crate::api::{VpsAccount, VpsImage, VpsLocation, VpsPlan, VpsServer, VpsSshKey};
 use crate::tokens::{TOKEN_LABEL, read_token_secret};
+use crate::watch_cache::{self, Feed, Index, Ready};
 
-use super::index::{Entry, Rendered, ServerIndex};
-use super::view::{self, UPDATED_AT_ANNOTATION};
+use super::index::{Entry, ServerIndex};
+use super::view::{self, Catalog, Rendered, UPDATED_AT_ANNOTATION};
 
 /// How long a handler waits for its own write to reach the cache.
 const READ_YOUR_WRITES_TIMEOUT: Duration = Duration::from_secs(10);
@@ -41,8 +45,20 @@ pub struct Caches {
     pub tokens: Arc<TokenIndex>,
     /// Moves on with every change of a plan or image: rendered servers show both.
     catalog_version: Arc<AtomicU64>,
-    ready: Arc<AtomicBool>,
+    ready: watch::Receiver<bool>,
     tasks: Vec<JoinHandle<()>>,
+}
+
+/// The write side of [`Caches`].
+pub struct Feeds {
+    pub servers: Feed<VpsServer, ServerIndex>,
+    pub tokens: Feed<Secret, TokenIndex>,
+    pub plans: Writer<VpsPlan>,
+    pub images: Writer<VpsImage>,
+    pub locations: Writer<VpsLocation>,
+    pub accounts: Writer<VpsAccount>,
+    pub ssh_keys: Writer<VpsSshKey>,
+    catalog_version: Arc<AtomicU64>,
 }
 
 /// The API tokens: the SHA-256 of each token and the account it acts for, kept from a watch
@@ -50,53 +66,59 @@ pub struct Caches {
 #[derive(Default)]
 pub struct TokenIndex {
     inner: RwLock<TokenMaps>,
-    ready: AtomicBool,
 }
 
+/// A token Secret's name → its (hash, account), and hash → account.
 #[derive(Default)]
-struct TokenMaps {
-    /// Secret name → (hash, account).
+pub struct TokenMaps {
     secrets: HashMap<String, (String, String)>,
-    staging: Option<HashMap<String, (String, String)>>,
-    /// Hash → account, rebuilt from `secrets` on every change.
     by_hash: HashMap<String, String>,
 }
 
-impl TokenIndex {
-    fn apply(&self, event: watcher::Event<Secret>) {
-        let mut maps = self.inner.write().expect("token index lock");
-        let maps = &mut *maps;
-        let entry = |s: &Secret| read_token_secret(s).map(|token| (s.name_any(), token));
-        match event {
-            watcher::Event::Apply(s) => match entry(&s) {
-                Some((name, token)) => drop(maps.secrets.insert(name, token)),
-                None => drop(maps.secrets.remove(&s.name_any())),
-            },
-            watcher::Event::Delete(s) => drop(maps.secrets.remove(&s.name_any())),
-            watcher::Event::Init => maps.staging = Some(HashMap::new()),
-            watcher::Event::InitApply(s) => {
-                if let (Some(staging), Some((name, token))) = (&mut maps.staging, entry(&s)) {
-                    staging.insert(name, token);
-                }
-            }
-            watcher::Event::InitDone => {
-                if let Some(staging) = maps.staging.take() {
-                    maps.secrets = staging;
-                }
-                self.ready.store(true, Ordering::Release);
-            }
+impl TokenMaps {
+    fn insert(&mut self, secret: &Secret) {
+        let Some((hash, account)) = read_token_secret(secret) else {
+            self.remove(&secret.name_any());
+            return;
+        };
+        if let Some((old_hash, _)) = self.secrets.insert(secret.name_any(), (hash.clone(), account.clone())) {
+            self.by_hash.remove(&old_hash);
         }
-        maps.by_hash = maps.secrets.values().map(|(hash, account)| (hash.clone(), account.clone())).collect();
+        self.by_hash.insert(hash, account);
     }
 
+    fn remove(&mut self, name: &str) {
+        if let Some((hash, _)) = self.secrets.remove(name) {
+            self.by_hash.remove(&hash);
+        }
+    }
+}
+
+impl Index<Secret> for TokenIndex {
+    type Staging = TokenMaps;
+
+    fn upsert(&self, secret: Secret) {
+        self.inner.write().expect("token index lock").insert(&secret);
+    }
+
+    fn remove(&self, secret: &Secret) {
+        self.inner.write().expect("token index lock").remove(&secret.name_any());
+    }
+
+    fn stage(&self, staging: &mut TokenMaps, secret: Secret) {
+        staging.insert(&secret);
+    }
+
+    fn replace(&self, staging: TokenMaps) {
+        *self.inner.write().expect("token index lock") = staging;
+    }
+}
+
+impl TokenIndex {
     /// The account of the token with this hex SHA-256. A map lookup keyed by the hash: what
     /// its timing could reveal is the hash, which says nothing of any token.
     pub fn account(&self, hash: &str) -> Option<String> {
         self.inner.read().expect("token index lock").by_hash.get(hash).cloned()
-    }
-
-    fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Acquire)
     }
 }
 
@@ -115,14 +137,20 @@ fn prune_server(s: &mut VpsServer) {
     }
 }
 
+/// What every cached object loses: the server-side apply bookkeeping and kubectl's copy.
+fn prune<K: Resource>(obj: &mut K) {
+    obj.managed_fields_mut().clear();
+    obj.annotations_mut().remove("kubectl.kubernetes.io/last-applied-configuration");
+}
+
 /// Follows a watch of `api`, handing each event (pruned) to `sink`.
 fn spawn_watch<K>(
     api: Api<K>,
     config: watcher::Config,
-    tasks: &mut Vec<JoinHandle<()>>,
-    prune: fn(&mut K),
+    prune_more: fn(&mut K),
     mut sink: impl FnMut(watcher::Event<K>) + Send + 'static,
-) where
+) -> JoinHandle<()>
+where
     K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
     K::DynamicType: Default,
 {
@@ -130,9 +158,8 @@ fn spawn_watch<K>(
     let stream = watcher(api, config.page_size(500))
         .default_backoff()
         .modify(move |obj: &mut K| {
-            obj.managed_fields_mut().clear();
-            obj.annotations_mut().remove("kubectl.kubernetes.io/last-applied-configuration");
             prune(obj);
+            prune_more(obj);
         })
         .for_each(move |event| {
             match event {
@@ -141,7 +168,21 @@ fn spawn_watch<K>(
             }
             futures::future::ready(())
         });
-    tasks.push(tokio::spawn(stream));
+    tokio::spawn(stream)
+}
+
+/// A kube-runtime store's writer as a sink of watch events; `version` moves on after each.
+fn into_sink<K>(mut writer: Writer<K>, version: Option<Arc<AtomicU64>>) -> impl FnMut(watcher::Event<K>) + Send
+where
+    K: Resource + Clone + Send + Sync + 'static,
+    K::DynamicType: Eq + Hash + Clone + Send + Sync,
+{
+    move |event| {
+        writer.apply_watcher_event(&event);
+        if let Some(version) = &version {
+            version.fetch_add(1, Ordering::Release);
+        }
+    }
 }
 
 impl Drop for Caches {
@@ -152,114 +193,78 @@ impl Drop for Caches {
     }
 }
 
-fn spawn_reflector<K>(api: Api<K>, config: watcher::Config, tasks: &mut Vec<JoinHandle<()>>) -> Store<K>
-where
-    K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
-    K::DynamicType: Default + Eq + Hash + Clone + Send + Sync,
-{
-    spawn_versioned_reflector(api, config, tasks, Arc::default())
-}
-
-/// A reflector that moves `version` on after each event has reached the store.
-fn spawn_versioned_reflector<K>(
-    api: Api<K>,
-    config: watcher::Config,
-    tasks: &mut Vec<JoinHandle<()>>,
-    version: Arc<AtomicU64>,
-) -> Store<K>
-where
-    K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
-    K::DynamicType: Default + Eq + Hash + Clone + Send + Sync,
-{
-    let (reader, mut writer) = reflector::store();
-    spawn_watch(
-        api,
-        config,
-        tasks,
-        |_| {},
-        move |event| {
-            writer.apply_watcher_event(&event);
-            version.fetch_add(1, Ordering::Release);
-        },
-    );
-    reader
-}
-
 impl Caches {
-    /// Starts the watches; tokens are watched in `system_namespace` only.
-    pub fn start(client: Client, system_namespace: &str) -> Caches {
-        let mut tasks = Vec::new();
-        let all = watcher::Config::default();
+    /// Empty caches and what fills them. Must be called within a Tokio runtime (a task
+    /// tells when every cache has its first list).
+    pub fn new() -> (Caches, Feeds) {
         let servers = Arc::new(ServerIndex::default());
-        let index = servers.clone();
-        spawn_watch(Api::<VpsServer>::all(client.clone()), all.clone(), &mut tasks, prune_server, move |e| {
-            index.apply(e)
-        });
-        let catalog_version = Arc::new(AtomicU64::new(0));
-        let plans = spawn_versioned_reflector(
-            Api::<VpsPlan>::all(client.clone()),
-            all.clone(),
-            &mut tasks,
-            catalog_version.clone(),
-        );
-        let images = spawn_versioned_reflector(
-            Api::<VpsImage>::all(client.clone()),
-            all.clone(),
-            &mut tasks,
-            catalog_version.clone(),
-        );
-        let locations = spawn_reflector(Api::<VpsLocation>::all(client.clone()), all.clone(), &mut tasks);
-        let accounts = spawn_reflector(Api::<VpsAccount>::all(client.clone()), all.clone(), &mut tasks);
-        let ssh_keys = spawn_reflector(Api::<VpsSshKey>::all(client.clone()), all, &mut tasks);
         let tokens = Arc::new(TokenIndex::default());
-        let index = tokens.clone();
-        spawn_watch(
-            Api::<Secret>::namespaced(client, system_namespace),
-            watcher::Config::default().labels(&format!("{TOKEN_LABEL}=true")),
-            &mut tasks,
-            |_| {},
-            move |e| index.apply(e),
-        );
-        let ready = Arc::new(AtomicBool::new(false));
-        let (s, p, i, l, a, k, t) = (
-            servers.clone(),
-            plans.clone(),
-            images.clone(),
-            locations.clone(),
-            accounts.clone(),
-            ssh_keys.clone(),
-            tokens.clone(),
-        );
-        let flag = ready.clone();
-        tasks.push(tokio::spawn(async move {
-            let synced = futures::try_join!(
+        let (server_feed, servers_ready) = watch_cache::feed(servers.clone());
+        let (token_feed, tokens_ready) = watch_cache::feed(tokens.clone());
+        let (plans, plan_writer) = reflector::store();
+        let (images, image_writer) = reflector::store();
+        let (locations, location_writer) = reflector::store();
+        let (accounts, account_writer) = reflector::store();
+        let (ssh_keys, key_writer) = reflector::store();
+        let (ready_tx, ready) = watch::channel(false);
+        let stores = (plans.clone(), images.clone(), locations.clone(), accounts.clone(), ssh_keys.clone());
+        let readiness = tokio::spawn(async move {
+            let (p, i, l, a, k) = stores;
+            let synced = futures::join!(
                 p.wait_until_ready(),
                 i.wait_until_ready(),
                 l.wait_until_ready(),
                 a.wait_until_ready(),
                 k.wait_until_ready(),
+                Ready::all([servers_ready, tokens_ready]),
             );
-            while !(s.is_ready() && t.is_ready()) {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            if synced.is_ok() {
+            if [synced.0, synced.1, synced.2, synced.3, synced.4].iter().all(Result::is_ok) {
                 tracing::info!("Caches synced");
-                flag.store(true, Ordering::Release);
+                ready_tx.send_replace(true);
             }
-        }));
-        Caches { servers, plans, images, locations, accounts, ssh_keys, tokens, catalog_version, ready, tasks }
+        });
+        let catalog_version = Arc::new(AtomicU64::new(0));
+        let caches = Caches {
+            servers,
+            plans,
+            images,
+            locations,
+            accounts,
+            ssh_keys,
+            tokens,
+            catalog_version: catalog_version.clone(),
+            ready,
+            tasks: vec![readiness],
+        };
+        let feeds = Feeds {
+            servers: server_feed,
+            tokens: token_feed,
+            plans: plan_writer,
+            images: image_writer,
+            locations: location_writer,
+            accounts: account_writer,
+            ssh_keys: key_writer,
+            catalog_version,
+        };
+        (caches, feeds)
+    }
+
+    /// Caches kept by watches of the cluster; tokens are watched in `system_namespace` only.
+    pub fn watch(client: Client, system_namespace: &str) -> Caches {
+        let (mut caches, feeds) = Caches::new();
+        caches.tasks.extend(feeds.watch(client, system_namespace));
+        caches
     }
 
     /// Whether every cache has listed its objects once.
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Acquire)
+        *self.ready.borrow()
     }
 
     /// Resolves once every cache has synced.
     pub async fn wait_ready(&self) {
-        while !self.is_ready() {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let mut ready = self.ready.clone();
+        let _ = ready.wait_for(|r| *r).await;
     }
 
     /// One server of a namespace by its integer id; deleted or deleting servers are gone.
@@ -281,17 +286,85 @@ impl Caches {
         self.images.get(&ObjectRef::new(name))
     }
 
+    pub fn location(&self, code: &str) -> Option<Arc<VpsLocation>> {
+        self.locations.get(&ObjectRef::new(code))
+    }
+
     pub fn account(&self, name: &str) -> Option<Arc<VpsAccount>> {
         self.accounts.get(&ObjectRef::new(name))
     }
 }
 
-/// A server's integer id: its `vps.org/server-id` label, else `status.id`.
-pub fn server_id(s: &VpsServer) -> Option<i64> {
-    s.labels()
-        .get(SERVER_ID_LABEL)
-        .and_then(|v| v.parse::<i64>().ok())
-        .or_else(|| s.status.as_ref().and_then(|st| st.id))
+impl Catalog for Caches {
+    fn plan(&self, name: &str) -> Option<Arc<VpsPlan>> {
+        self.plan_by_name(name)
+    }
+
+    fn image(&self, name: &str) -> Option<Arc<VpsImage>> {
+        self.image_by_name(name)
+    }
+}
+
+impl Feeds {
+    /// Follows the cluster's watches into the caches (one task per watch).
+    pub fn watch(self, client: Client, system_namespace: &str) -> Vec<JoinHandle<()>> {
+        let all = watcher::Config::default;
+        let Feeds { mut servers, mut tokens, plans, images, locations, accounts, ssh_keys, catalog_version } = self;
+        let catalog = Some(catalog_version);
+        vec![
+            spawn_watch(Api::<VpsServer>::all(client.clone()), all(), prune_server, move |e| servers.apply(e)),
+            spawn_watch(Api::<VpsPlan>::all(client.clone()), all(), |_| {}, into_sink(plans, catalog.clone())),
+            spawn_watch(Api::<VpsImage>::all(client.clone()), all(), |_| {}, into_sink(images, catalog)),
+            spawn_watch(Api::<VpsLocation>::all(client.clone()), all(), |_| {}, into_sink(locations, None)),
+            spawn_watch(Api::<VpsAccount>::all(client.clone()), all(), |_| {}, into_sink(accounts, None)),
+            spawn_watch(Api::<VpsSshKey>::all(client.clone()), all(), |_| {}, into_sink(ssh_keys, None)),
+            spawn_watch(
+                Api::<Secret>::namespaced(client, system_namespace),
+                all().labels(&format!("{TOKEN_LABEL}=true")),
+                |_| {},
+                move |e| tokens.apply(e),
+            ),
+        ]
+    }
+
+    /// Fills every cache with one complete list of the objects given, as the watches' first
+    /// lists would (tests without a cluster).
+    pub fn load(self, fixture: Fixture) {
+        fn load_store<K>(mut writer: Writer<K>, objects: Vec<K>)
+        where
+            K: Resource + Clone,
+            K::DynamicType: Eq + Hash + Clone,
+        {
+            writer.apply_watcher_event(&watcher::Event::Init);
+            for object in objects {
+                writer.apply_watcher_event(&watcher::Event::InitApply(object));
+            }
+            writer.apply_watcher_event(&watcher::Event::InitDone);
+        }
+        let Feeds { mut servers, mut tokens, plans, images, locations, accounts, ssh_keys, .. } = self;
+        servers.load(fixture.servers.into_iter().map(|mut s| {
+            prune_server(&mut s);
+            s
+        }));
+        tokens.load(fixture.tokens);
+        load_store(plans, fixture.plans);
+        load_store(images, fixture.images);
+        load_store(locations, fixture.locations);
+        load_store(accounts, fixture.accounts);
+        load_store(ssh_keys, fixture.ssh_keys);
+    }
+}
+
+/// Objects to fill the caches with ([`Feeds::load`]).
+#[derive(Default)]
+pub struct Fixture {
+    pub servers: Vec<VpsServer>,
+    pub tokens: Vec<Secret>,
+    pub plans: Vec<VpsPlan>,
+    pub images: Vec<VpsImage>,
+    pub locations: Vec<VpsLocation>,
+    pub accounts: Vec<VpsAccount>,
+    pub ssh_keys: Vec<VpsSshKey>,
 }
 
 /// Whether `have` is the same as or newer than `want`. resourceVersions are opaque in

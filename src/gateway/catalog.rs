@@ -39,7 +39,7 @@ pub async fn list_plans(
     RawQuery(raw): RawQuery,
 ) -> Result<Json<Page<PlanView>>, ApiError> {
     let mut plans: Vec<PlanView> = state.caches.plans.state().iter().map(|p| view::plan_view(p)).collect();
-    plans.sort_by_key(|p| p.id);
+    plans.sort_by_key(|p| p.plan.id);
     page(plans, raw, &headers, uri.path())
 }
 
@@ -76,4 +76,34 @@ pub async fn list_locations(
         state.caches.locations.state().iter().map(|l| view::location_view(l)).collect();
     locations.sort_by(|a, b| a.code.cmp(&b.code));
     page(locations, raw, &headers, uri.path())
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::gateway::testing::{self, TOKEN, call};
+    use serde_json::json;
+
+    #[tokio::test]
+    async fn the_catalog_is_listed_in_order_and_paginated() {
+        let app = testing::app(vec![], vec![]).await;
+        let plans = call(&app, "GET", "/api/v1/plans/", Some(TOKEN), None).await;
+        assert_eq!((plans.status, &plans.body["count"]), (200, &json!(2)));
+        assert_eq!(
+            plans.body["results"][0],
+            json!({"id": 1, "name": "Standard VPS", "vcpus": 2, "memory": 4096, "storage": 80, "bandwidth": 2048,
+                   "monthly_price_cents": 1000})
+        );
+        assert_eq!(plans.body["results"][1]["name"], "Performance VPS");
+        let os = call(&app, "GET", "/api/v1/os/", Some(TOKEN), None).await;
+        assert_eq!(os.body["results"], json!([{"id": 3, "name": "Debian 12"}, {"id": 5, "name": "Ubuntu 22.04 LTS"}]));
+        let locations = call(&app, "GET", "/api/v1/locations/", Some(TOKEN), None).await;
+        assert_eq!(
+            locations.body["results"],
+            json!([{"code": "us-east", "name": "US East"}, {"code": "us-west", "name": "US West"}])
+        );
+        let paged = call(&app, "GET", "/api/v1/plans/?page_size=1", Some(TOKEN), None).await;
+        assert_eq!(paged.body["next"], "http://gw.example.com/api/v1/plans/?page_size=1&page=2");
+        assert_eq!(call(&app, "POST", "/api/v1/plans/", Some(TOKEN), None).await.status, 405);
+        assert_eq!(call(&app, "GET", "/api/v1/os/?page=3", Some(TOKEN), None).await.status, 400);
+    }
 }

@@ -102,9 +102,9 @@ mod tests {
 
     #[test]
     fn reservations_count_until_the_cache_shows_the_server() {
-        let index = ServerIndex::default();
-        index.apply(Event::Init);
-        index.apply(Event::InitDone);
+        let index = Arc::new(ServerIndex::default());
+        let (mut feed, _) = crate::watch_cache::feed(index.clone());
+        feed.load([]);
         let credit = Arc::new(Credit::default());
         let reserve = |cents| credit.reserve("a", cents, 1000, &index, |_| 400);
         let first = reserve(400).unwrap();
@@ -112,7 +112,7 @@ mod tests {
         assert_eq!(reserve(400).err(), Some(800), "two creates in flight use 800");
         assert!(credit.reserve("b", 400, 1000, &index, |_| 400).is_ok(), "other accounts are apart");
         first.name("srv-1");
-        index.apply(Event::Apply(server("srv-1")));
+        feed.apply(Event::Apply(server("srv-1")));
         assert_eq!(reserve(400).err(), Some(800), "the created server is counted once");
         drop(first);
         drop(second);

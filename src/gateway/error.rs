@@ -67,14 +67,42 @@ pub enum ApiError {
     /// 503 `{"detail": ...}`.
     #[error("unavailable: {0}")]
     Unavailable(&'static str),
+    /// 503 `{"detail": ...}` with `Retry-After`: the API server is overloaded or away.
+    #[error("the cluster is unavailable: {0}")]
+    ClusterUnavailable(String),
     /// 500; logged with its cause, never shown.
     #[error("internal error: {0:#}")]
     Internal(#[from] anyhow::Error),
 }
 
+/// How long a client is asked to wait when the cluster is unavailable.
+const RETRY_AFTER_SECS: u32 = 5;
+
+/// The one mapping of the API server's answers to the REST API's: what a client can
+/// foresee gets a clear status, and only what is a bug stays a 500.
 impl From<kube::Error> for ApiError {
     fn from(e: kube::Error) -> Self {
-        ApiError::Internal(anyhow::Error::new(e).context("Kubernetes API call failed"))
+        match e {
+            // The object is gone (a delete or patch of what was just deleted), or a
+            // precondition on its uid failed (it is another object now).
+            kube::Error::Api(s) if s.code == 404 || (s.code == 409 && s.reason == "Conflict") => ApiError::NotFound,
+            kube::Error::Api(s) if s.code == 422 => {
+                tracing::warn!(message = s.message, "The API server refused a write");
+                ApiError::BadRequest("The request was refused by validation.".into())
+            }
+            kube::Error::Api(s) if s.code == 403 && s.message.contains("because it is being terminated") => {
+                ApiError::Conflict("The account is being deleted: nothing can be created in it.".into())
+            }
+            kube::Error::Api(s) if s.code == 429 || s.code >= 500 => {
+                tracing::warn!(code = s.code, message = s.message, "The API server is unavailable");
+                ApiError::ClusterUnavailable(s.message)
+            }
+            kube::Error::HyperError(_) | kube::Error::Service(_) => {
+                tracing::warn!(error = %e, "The API server did not answer");
+                ApiError::ClusterUnavailable(e.to_string())
+            }
+            e => ApiError::Internal(anyhow::Error::new(e).context("Kubernetes API call failed")),
+        }
     }
 }
 
@@ -105,6 +133,14 @@ impl IntoResponse for ApiError {
             ApiError::Conflict(detail) => ApiError::detail(StatusCode::CONFLICT, &detail),
             ApiError::PayloadTooLarge => ApiError::detail(StatusCode::PAYLOAD_TOO_LARGE, "Request body is too large."),
             ApiError::Unavailable(detail) => ApiError::detail(StatusCode::SERVICE_UNAVAILABLE, detail),
+            ApiError::ClusterUnavailable(_) => {
+                let mut res = ApiError::detail(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "The service is temporarily unavailable; try again shortly.",
+                );
+                res.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
+                res
+            }
             ApiError::Internal(e) => {
                 tracing::error!(error = format!("{e:#}"), "Request failed with an internal error");
                 ApiError::detail(StatusCode::INTERNAL_SERVER_ERROR, "A server error occurred.")

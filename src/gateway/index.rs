@@ -5,32 +5,19 @@
 //! behind an `Arc` that every view shares, and its JSON is rendered at most once per change.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
-use axum::body::Bytes;
-use kube::runtime::watcher::Event;
-
-use super::cache::server_id;
-use super::view::api_status;
-use crate::api::VpsServer;
+use super::view::{Rendered, api_status};
+use crate::api::{Phase, VpsServer};
+use crate::watch_cache::Index;
 
 /// One numbered server of an account.
 pub struct Entry {
     pub server: Arc<VpsServer>,
     /// The REST API's `status`, computed once per change.
-    pub status: &'static str,
+    pub status: Phase,
     /// Its JSON and the catalog version it was rendered for.
     rendered: Mutex<Option<(u64, Rendered)>>,
-}
-
-/// A server's JSON as the API shows it.
-#[derive(Clone)]
-pub struct Rendered {
-    /// `GET /api/v1/servers/{id}/`.
-    pub detail: Bytes,
-    /// One item of a list.
-    pub item: Bytes,
 }
 
 impl Entry {
@@ -60,7 +47,7 @@ struct Account {
     /// Servers without an id yet (made with kubectl, before the operator numbers them).
     unnumbered: HashMap<String, Arc<VpsServer>>,
     /// How many of `by_id` have each status.
-    statuses: HashMap<&'static str, usize>,
+    statuses: HashMap<Phase, usize>,
 }
 
 impl Account {
@@ -68,7 +55,7 @@ impl Account {
         if server.metadata.deletion_timestamp.is_some() {
             return;
         }
-        let Some(id) = server_id(&server) else {
+        let Some(id) = server.id() else {
             self.unnumbered.insert(server.metadata.name.clone().unwrap_or_default(), server);
             return;
         };
@@ -81,7 +68,7 @@ impl Account {
 
     fn remove(&mut self, server: &VpsServer) {
         let name = server.metadata.name.as_deref().unwrap_or_default();
-        match server_id(server) {
+        match server.id() {
             Some(id) if self.by_id.get(&id).is_some_and(|e| e.server.metadata.name.as_deref() == Some(name)) => {
                 if let Some(entry) = self.by_id.remove(&id) {
                     self.uncount(entry.status);
@@ -94,15 +81,16 @@ impl Account {
         }
     }
 
-    fn uncount(&mut self, status: &'static str) {
-        if let Some(n) = self.statuses.get_mut(status) {
+    fn uncount(&mut self, status: Phase) {
+        if let Some(n) = self.statuses.get_mut(&status) {
             *n = n.saturating_sub(1);
         }
     }
 }
 
+/// Every server the index holds; a relist builds a new one.
 #[derive(Default)]
-struct Snapshot {
+pub struct Snapshot {
     /// Every server, deleting ones included, by (namespace, name).
     objects: HashMap<(String, String), Arc<VpsServer>>,
     accounts: HashMap<String, Account>,
@@ -135,18 +123,11 @@ impl Snapshot {
     }
 }
 
-#[derive(Default)]
-struct Inner {
-    live: Snapshot,
-    /// The store being rebuilt during a (re)list.
-    staging: Option<Snapshot>,
-}
-
 /// Which servers of an account a list asks for.
 #[derive(Clone, Copy, Default)]
 pub struct Filter<'a> {
-    /// A REST status (`active`).
-    pub status: Option<&'a str>,
+    /// A REST status.
+    pub status: Option<Phase>,
     /// A location code.
     pub location: Option<&'a str>,
 }
@@ -157,44 +138,37 @@ impl Filter<'_> {
     }
 }
 
-/// The servers the gateway knows, kept by [`ServerIndex::apply`] from a server watch.
+/// The servers the gateway knows, kept from a server watch ([`crate::watch_cache::Feed`]).
 #[derive(Default)]
 pub struct ServerIndex {
-    inner: RwLock<Inner>,
-    ready: AtomicBool,
+    live: RwLock<Snapshot>,
+}
+
+impl Index<VpsServer> for ServerIndex {
+    type Staging = Snapshot;
+
+    fn upsert(&self, server: VpsServer) {
+        self.live.write().expect("index lock").upsert(server);
+    }
+
+    fn remove(&self, server: &VpsServer) {
+        self.live.write().expect("index lock").delete(server);
+    }
+
+    fn stage(&self, staging: &mut Snapshot, server: VpsServer) {
+        staging.upsert(server);
+    }
+
+    fn replace(&self, staging: Snapshot) {
+        *self.live.write().expect("index lock") = staging;
+    }
 }
 
 impl ServerIndex {
-    /// Follows one watch event.
-    pub fn apply(&self, event: Event<VpsServer>) {
-        let mut inner = self.inner.write().expect("index lock");
-        match event {
-            Event::Apply(s) => inner.live.upsert(s),
-            Event::Delete(s) => inner.live.delete(&s),
-            Event::Init => inner.staging = Some(Snapshot::default()),
-            Event::InitApply(s) => {
-                if let Some(staging) = &mut inner.staging {
-                    staging.upsert(s);
-                }
-            }
-            Event::InitDone => {
-                if let Some(staging) = inner.staging.take() {
-                    inner.live = staging;
-                }
-                self.ready.store(true, Ordering::Release);
-            }
-        }
-    }
-
-    /// Whether the first list has been read.
-    pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Acquire)
-    }
-
     /// The cached object of this namespace and name, also while it is being deleted.
     pub fn object(&self, namespace: &str, name: &str) -> Option<Arc<VpsServer>> {
-        let inner = self.inner.read().expect("index lock");
-        inner.live.objects.get(&(namespace.to_string(), name.to_string())).cloned()
+        let live = self.live.read().expect("index lock");
+        live.objects.get(&(namespace.to_string(), name.to_string())).cloned()
     }
 
     /// One live server by namespace and id.
@@ -204,14 +178,14 @@ impl ServerIndex {
 
     /// `f` of one live server's entry.
     pub fn get_with<T>(&self, namespace: &str, id: i64, f: impl FnOnce(&Entry) -> T) -> Option<T> {
-        let inner = self.inner.read().expect("index lock");
-        inner.live.accounts.get(namespace)?.by_id.get(&id).map(f)
+        let live = self.live.read().expect("index lock");
+        live.accounts.get(namespace)?.by_id.get(&id).map(f)
     }
 
     /// Every live server of a namespace, numbered or not.
     pub fn servers_of(&self, namespace: &str) -> Vec<Arc<VpsServer>> {
-        let inner = self.inner.read().expect("index lock");
-        let Some(account) = inner.live.accounts.get(namespace) else { return Vec::new() };
+        let live = self.live.read().expect("index lock");
+        let Some(account) = live.accounts.get(namespace) else { return Vec::new() };
         account.by_id.values().map(|e| e.server.clone()).chain(account.unnumbered.values().cloned()).collect()
     }
 
@@ -226,13 +200,13 @@ impl ServerIndex {
         take: usize,
         mut f: impl FnMut(&Entry) -> T,
     ) -> (usize, Vec<T>) {
-        let inner = self.inner.read().expect("index lock");
-        let Some(account) = inner.live.accounts.get(namespace) else { return (0, Vec::new()) };
+        let live = self.live.read().expect("index lock");
+        let Some(account) = live.accounts.get(namespace) else { return (0, Vec::new()) };
         let matching = account.by_id.values().filter(|e| filter.matches(e));
         if filter.location.is_none() {
             let count = match filter.status {
                 None => account.by_id.len(),
-                Some(s) => account.statuses.get(s).copied().unwrap_or(0),
+                Some(s) => account.statuses.get(&s).copied().unwrap_or(0),
             };
             return (count, matching.skip(skip).take(take).map(f).collect());
         }
@@ -251,6 +225,7 @@ impl ServerIndex {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use kube::runtime::watcher::Event;
     use serde_json::json;
 
     fn mk(ns: &str, name: &str, id: Option<i64>, phase: &str) -> VpsServer {
@@ -268,7 +243,7 @@ mod tests {
     }
 
     fn ids(servers: &[Arc<VpsServer>]) -> Vec<i64> {
-        servers.iter().map(|s| server_id(s).unwrap()).collect()
+        servers.iter().map(|s| s.id().unwrap()).collect()
     }
 
     /// `page` of the servers themselves.
@@ -286,19 +261,21 @@ mod tests {
 
     #[test]
     fn follows_the_watch_in_id_order() {
-        let index = ServerIndex::default();
-        index.apply(Event::Init);
-        index.apply(Event::InitApply(mk("a", "x", Some(9), "Active")));
-        index.apply(Event::InitApply(mk("a", "y", Some(3), "Stopped")));
-        index.apply(Event::InitApply(mk("b", "z", Some(5), "Active")));
-        index.apply(Event::InitApply(mk("a", "no-id", None, "Active")));
-        assert!(!index.is_ready());
+        let index = Arc::new(ServerIndex::default());
+        let (mut feed, ready) = crate::watch_cache::feed(index.clone());
+        let mut apply = |event| feed.apply(event);
+        apply(Event::Init);
+        apply(Event::InitApply(mk("a", "x", Some(9), "Active")));
+        apply(Event::InitApply(mk("a", "y", Some(3), "Stopped")));
+        apply(Event::InitApply(mk("b", "z", Some(5), "Active")));
+        apply(Event::InitApply(mk("a", "no-id", None, "Active")));
+        assert!(!ready.is_ready());
         assert_eq!(list(&index, "a", ALL, 0, 10).0, 0, "nothing before the relist is done");
-        index.apply(Event::InitDone);
-        assert!(index.is_ready());
+        apply(Event::InitDone);
+        assert!(ready.is_ready());
         let (count, page) = list(&index, "a", ALL, 0, 10);
         assert_eq!((count, ids(&page)), (2, vec![3, 9]));
-        let active = Filter { status: Some("active"), location: None };
+        let active = Filter { status: Some(Phase::Active), location: None };
         assert_eq!((list(&index, "a", active, 0, 10).0, ids(&list(&index, "a", active, 0, 10).1)), (1, vec![9]));
         let eu = Filter { status: None, location: Some("eu") };
         assert_eq!((list(&index, "a", eu, 0, 10).0, ids(&list(&index, "a", eu, 0, 10).1)), (1, vec![3]));
@@ -306,30 +283,28 @@ mod tests {
         assert_eq!(index.servers_of("a").len(), 3, "the unnumbered server counts for credit");
 
         // An id appears later (the operator numbers a kubectl-made server); a deletion starts.
-        index.apply(Event::Apply(mk("a", "no-id", Some(1), "Active")));
+        apply(Event::Apply(mk("a", "no-id", Some(1), "Active")));
         assert_eq!(index.get("a", 1).unwrap().metadata.name.as_deref(), Some("no-id"));
         assert_eq!(index.servers_of("a").len(), 3);
         assert_eq!(list(&index, "a", active, 0, 10).0, 2);
         let mut deleting = mk("a", "x", Some(9), "Active");
         deleting.metadata.deletion_timestamp =
             Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(jiff::Timestamp::now()));
-        index.apply(Event::Apply(deleting));
+        apply(Event::Apply(deleting));
         assert!(index.get("a", 9).is_none());
         assert!(index.object("a", "x").is_some(), "a deleting object is still an object");
         assert_eq!(list(&index, "a", active, 0, 10).0, 1, "the status count follows");
         // A status change moves the count.
-        index.apply(Event::Apply(mk("a", "y", Some(3), "Active")));
+        apply(Event::Apply(mk("a", "y", Some(3), "Active")));
         assert_eq!(list(&index, "a", active, 0, 10).0, 2);
-        index.apply(Event::Delete(mk("a", "y", Some(3), "Active")));
+        apply(Event::Delete(mk("a", "y", Some(3), "Active")));
         assert_eq!(list(&index, "a", ALL, 0, 10).0, 1);
         assert_eq!(list(&index, "a", active, 0, 10).0, 1);
         assert!(index.object("a", "y").is_none());
         assert!(index.get("b", 5).is_some() && index.get("a", 5).is_none(), "ids are per namespace");
 
         // A relist replaces everything.
-        index.apply(Event::Init);
-        index.apply(Event::InitApply(mk("b", "z", Some(5), "Active")));
-        index.apply(Event::InitDone);
+        feed.load([mk("b", "z", Some(5), "Active")]);
         assert_eq!(list(&index, "a", ALL, 0, 10).0, 0);
         assert!(index.object("a", "x").is_none() && index.get("b", 5).is_some());
     }
@@ -338,6 +313,7 @@ mod tests {
 #[cfg(test)]
 mod rendering {
     use super::*;
+    use axum::body::Bytes;
 
     #[test]
     fn renders_once_per_catalog_version() {

@@ -1,7 +1,8 @@
 //! The REST gateway: the VPS API of `shared/API.md`, translated into operations on
 //! `VpsServer` objects in the caller's account namespace.
 //!
-//! - [`cache`], [`index`]: the caches every read is served from.
+//! - [`cache`], [`index`]: the caches every read is served from (filled by watches, or by a
+//!   fixture in the handlers' unit tests).
 //! - [`credit`]: the credit check of creates.
 //! - [`auth`]: the Bearer-token extractor (tenancy).
 //! - [`servers`], [`catalog`], [`ssh_keys`]: one router per resource.
@@ -21,12 +22,16 @@ pub mod openapi;
 pub mod pagination;
 pub mod servers;
 pub mod ssh_keys;
+#[cfg(test)]
+pub mod testing;
 pub mod validate;
 pub mod view;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
+
+use std::future::Future;
 
 use anyhow::{Context, Result, bail};
 use axum::Router;
@@ -38,12 +43,11 @@ use axum::routing::{MethodRouter, get};
 use clap::Args;
 use k8s_openapi::api::core::v1::Namespace;
 use kube::Client;
-use kube::api::{Api, ListParams};
+use kube::api::Api;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::cors::{Any, CorsLayer};
 use tower_http::trace::TraceLayer;
 
-use crate::api::VpsServer;
 use crate::ids::IdAllocator;
 use auth::Tenant;
 use cache::Caches;
@@ -57,7 +61,9 @@ pub const BODY_LIMIT: usize = 64 * 1024;
 /// block unused (ids are never reused, gaps are allowed).
 pub const SERVER_ID_BLOCK: i64 = 16;
 /// Field manager of the gateway's writes.
-pub const FIELD_MANAGER: &str = "vps-gateway";
+pub const FIELD_MANAGER: &str = crate::api::GATEWAY_MANAGER;
+/// How long a starting gateway waits for its caches.
+pub const SYNC_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Flags of `vps-operator gateway`.
 #[derive(Args, Debug, Clone)]
@@ -98,10 +104,11 @@ impl std::ops::Deref for AppState {
 }
 
 impl AppState {
-    /// Starts the caches; serve requests once [`Caches::wait_ready`] resolves (`/readyz`).
-    pub fn new(client: Client, system_namespace: &str, request_timeout: Duration) -> AppState {
+    /// The state over `caches` (watching the cluster, or filled from a fixture); requests are
+    /// served once [`Caches::wait_ready`] resolves (`/readyz`).
+    pub fn new(client: Client, caches: Caches, system_namespace: &str, request_timeout: Duration) -> AppState {
         AppState(Arc::new(Shared {
-            caches: Arc::new(Caches::start(client.clone(), system_namespace)),
+            caches: Arc::new(caches),
             ids: IdAllocator::new(client.clone(), system_namespace).with_block(SERVER_ID_BLOCK),
             client,
             system_namespace: system_namespace.to_string(),
@@ -200,26 +207,119 @@ async fn timeout(State(limit): State<Duration>, req: Request, next: Next) -> Res
     }
 }
 
+/// A gateway on the cluster of `client`, its caches starting to fill (it answers 503 until
+/// they have: [`AppState::synced`]). The vps.org CRDs and the system namespace must exist.
+pub async fn start(client: Client, system_namespace: &str, request_timeout: Duration) -> Result<AppState> {
+    crate::preflight::require_vps_crds(&client).await?;
+    if Api::<Namespace>::all(client.clone()).get_opt(system_namespace).await?.is_none() {
+        bail!("the system namespace {system_namespace:?} does not exist; create it first");
+    }
+    let caches = Caches::watch(client.clone(), system_namespace);
+    Ok(AppState::new(client, caches, system_namespace, request_timeout))
+}
+
+impl AppState {
+    /// Waits until the caches have synced (at most [`SYNC_TIMEOUT`]).
+    pub async fn synced(self) -> Result<AppState> {
+        tokio::time::timeout(SYNC_TIMEOUT, self.caches.wait_ready())
+            .await
+            .with_context(|| format!("the gateway's caches did not sync within {} s", SYNC_TIMEOUT.as_secs()))?;
+        Ok(self)
+    }
+}
+
+/// Serves `state` on `listener` until `shutdown` resolves (then lets open requests finish),
+/// and sweeps expired idempotency records meanwhile.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<()> {
+    let sweep = idempotency::sweep_forever(state.client.clone(), state.system_namespace.clone());
+    let server = axum::serve(listener, app(state)).with_graceful_shutdown(shutdown);
+    tokio::select! {
+        served = server => served.context("serve the gateway"),
+        () = sweep => unreachable!("the sweep runs forever"),
+    }
+}
+
 /// Runs the gateway until SIGTERM or Ctrl-C.
 pub async fn run(args: GatewayArgs) -> Result<()> {
     let client = Client::try_default().await.context("connect to the cluster")?;
-    match Api::<VpsServer>::all(client.clone()).list(&ListParams::default().limit(1)).await {
-        Ok(_) => {}
-        Err(kube::Error::Api(e)) if e.code == 404 => {
-            bail!("the vps.org CRDs are not installed in this cluster; apply crds/vps.org.yaml first")
-        }
-        Err(e) => return Err(e).context("list VpsServers"),
-    }
-    if Api::<Namespace>::all(client.clone()).get_opt(&args.system_namespace).await?.is_none() {
-        bail!("the system namespace {:?} does not exist; create it first", args.system_namespace);
-    }
-    let state = AppState::new(client.clone(), &args.system_namespace, Duration::from_secs(args.request_timeout_secs));
-    tokio::spawn(idempotency::sweep_forever(client, args.system_namespace.clone()));
+    let state = start(client, &args.system_namespace, Duration::from_secs(args.request_timeout_secs)).await?;
     tokio::spawn(crate::memory::trim_forever(crate::memory::TRIM_EVERY));
     let listener =
         tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("listen on {}", args.listen))?;
     tracing::info!(address = %args.listen, "Gateway listening");
-    axum::serve(listener, app(state)).with_graceful_shutdown(crate::local::wait_for_shutdown_signal()).await?;
+    serve(listener, state, crate::shutdown::signal()).await?;
     tracing::info!("Gateway stopped");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testing::{self, TOKEN, call, raw};
+
+    #[tokio::test]
+    async fn health_metrics_cors_and_openapi() {
+        let app = testing::app(vec![], vec![]).await;
+        assert_eq!(call(&app, "GET", "/healthz", None, None).await.status, 200);
+        assert_eq!(call(&app, "GET", "/readyz", None, None).await.status, 200);
+        assert_eq!(call(&app, "GET", "/api/v1/servers/123456789/", Some(TOKEN), None).await.status, 404);
+        assert_eq!(call(&app, "GET", "/api/v1/servers/123456788", Some(TOKEN), None).await.status, 404);
+        let m = call(&app, "GET", "/metrics", None, None).await;
+        assert_eq!(m.status, 200);
+        let text = m.body.as_str().unwrap();
+        let line = text
+            .lines()
+            .find(|l| {
+                l.starts_with("vps_gateway_http_requests_total{")
+                    && l.contains("route=\"/api/v1/servers/{server_id}/\"")
+                    && l.contains("status=\"404\"")
+            })
+            .unwrap_or_else(|| panic!("{text}"));
+        assert!(line.ends_with(" 2"), "both spellings count under one route: {line}");
+        assert!(text.contains("vps_gateway_http_request_duration_seconds_bucket{"), "{text}");
+        assert!(!text.contains("123456789"), "no ids in labels");
+
+        // A browser's CORS preflight carries no token and is answered.
+        let pre = raw(
+            &app,
+            "OPTIONS",
+            "/api/v1/servers/",
+            None,
+            vec![],
+            &[
+                ("origin", "https://panel.example.com"),
+                ("access-control-request-method", "POST"),
+                ("access-control-request-headers", "authorization,content-type"),
+            ],
+        )
+        .await;
+        assert_eq!((pre.status, pre.header("access-control-allow-origin")), (200, Some("*")), "{pre:?}");
+
+        let doc = call(&app, "GET", "/api/v1/openapi.json", None, None).await;
+        assert_eq!(doc.status, 200);
+        assert!(doc.body["openapi"].as_str().unwrap().starts_with("3."));
+        let paths = &doc.body["paths"];
+        for p in [
+            "/api/v1/servers/",
+            "/api/v1/servers/{server_id}/",
+            "/api/v1/servers/{server_id}/start/",
+            "/api/v1/servers/{server_id}/stop/",
+            "/api/v1/servers/{server_id}/reboot/",
+            "/api/v1/plans/",
+            "/api/v1/os/",
+            "/api/v1/locations/",
+            "/api/v1/ssh-keys/",
+        ] {
+            assert!(paths[p].is_object(), "{p} missing");
+        }
+        let detail = &paths["/api/v1/servers/{server_id}/"];
+        assert!(["get", "put", "patch", "delete"].iter().all(|m| detail[m].is_object()));
+        let schemas = &doc.body["components"]["schemas"];
+        assert!(doc.body["components"]["securitySchemes"]["bearer"].is_object());
+        assert!(schemas["ServerDetail"].is_object());
+        assert_eq!(schemas["ServerStatus"]["enum"].as_array().map(Vec::len), Some(8), "{}", schemas["ServerStatus"]);
+    }
 }

@@ -40,7 +40,7 @@ impl Modify for BearerAuth {
         ssh_keys::delete_key,
     ),
     components(schemas(
-        view::ServerListItem, view::ServerDetail, view::CreatedServer, view::ActionResponse, view::ActionServer,
+        view::ServerListItem, view::ServerDetail, view::CreatedServer, view::ActionResponse, view::ActionServer, view::ApiStatus,
         view::PlanSummary, view::PlanDetail, view::OsRef, view::ResourceUsage, view::PlanView, view::LocationView,
         view::SshKeyView, servers::CreateServer, servers::UpdateServer, servers::PatchServer, ssh_keys::CreateSshKey,
     )),

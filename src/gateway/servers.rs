@@ -2,6 +2,7 @@
 //! reboot. Reads come from the cache; writes go to the API server and wait for the cache.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use axum::Json;
 use axum::Router;
@@ -14,18 +15,20 @@ use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use serde_json::json;
 
 use super::auth::Tenant;
-use super::cache::{server_id, wait_for_delete, wait_for_write};
+use super::cache::{Caches, wait_for_delete, wait_for_write};
 use super::error::{ApiError, FieldErrors, RawBody};
 use super::idempotency::{self, Claim, IDEMPOTENCY_LABEL, Stored};
 use super::index::Filter;
 use super::pagination::{self, Query};
 use super::validate::{Fields, IMMUTABLE, Presence};
 use super::view::{
-    self, ActionResponse, ActionServer, CreatedServer, Page, ServerDetail, ServerListItem, UPDATED_AT_ANNOTATION,
-    api_status,
+    self, ActionResponse, ActionServer, ApiStatus, CreatedServer, Page, ServerDetail, ServerListItem,
+    UPDATED_AT_ANNOTATION, api_status,
 };
 use super::{AppState, FIELD_MANAGER, base_url, route_both, with_405};
-use crate::api::{ACCOUNT_LABEL, Phase, PowerState, SERVER_ID_LABEL, VpsServer, VpsServerSpec};
+use crate::api::{
+    ACCOUNT_LABEL, Phase, PowerState, SERVER_ID_LABEL, TEARDOWN_FINALIZER, VpsImage, VpsPlan, VpsServer, VpsServerSpec,
+};
 use crate::ids::IdKind;
 
 pub const CREATED_MESSAGE: &str = "Server is being provisioned. This may take 2-5 minutes.";
@@ -50,21 +53,9 @@ fn now_stamp() -> String {
     view::rfc3339(jiff::Timestamp::now())
 }
 
-/// Maps a failed write: gone → 404, refused by the schema → 400, anything else → 500.
-fn write_error(e: kube::Error) -> ApiError {
-    match e {
-        kube::Error::Api(s) if s.code == 404 => ApiError::NotFound,
-        kube::Error::Api(s) if s.code == 422 => {
-            tracing::warn!(message = s.message, "The API server refused a write");
-            ApiError::BadRequest("The request was refused by validation.".into())
-        }
-        e => e.into(),
-    }
-}
-
 /// The caller's server with this id, or 404 (also for another tenant's servers and for
 /// ids that are not integers).
-fn find(state: &AppState, tenant: &Tenant, server_id: &str) -> Result<std::sync::Arc<VpsServer>, ApiError> {
+fn find(state: &AppState, tenant: &Tenant, server_id: &str) -> Result<Arc<VpsServer>, ApiError> {
     state.caches.server(&tenant.namespace, parse_id(server_id)?).ok_or(ApiError::NotFound)
 }
 
@@ -78,7 +69,7 @@ fn parse_id(server_id: &str) -> Result<i64, ApiError> {
 }
 
 fn detail(state: &AppState, s: &VpsServer) -> Result<ServerDetail, ApiError> {
-    view::server_detail(s, &state.caches)
+    view::server_detail(s, state.caches.as_ref())
         .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("server {} has no id", s.name_any())))
 }
 
@@ -104,15 +95,16 @@ pub async fn list_servers(
 ) -> Result<Response, ApiError> {
     let query = Query::parse(raw.as_deref())?;
     let mut errors = FieldErrors::default();
-    let status = query.get("status");
-    if let Some(s) = status
-        && Phase::from_api_str(s).is_none()
-    {
-        errors.add("status", format!("Select a valid choice. {s} is not one of the available choices."));
-    }
+    let status = query.get("status").and_then(|s| {
+        let phase = Phase::from_api_str(s);
+        if phase.is_none() {
+            errors.add("status", format!("Select a valid choice. {s} is not one of the available choices."));
+        }
+        phase
+    });
     let location = query.get("location");
     if let Some(l) = location
-        && state.caches.locations.get(&kube::runtime::reflector::ObjectRef::new(l)).is_none()
+        && state.caches.location(l).is_none()
     {
         errors.add("location", format!("Select a valid choice. {l} is not one of the available choices."));
     }
@@ -203,15 +195,20 @@ fn created_response((body, location): (CreatedServer, String)) -> Response {
     res
 }
 
-async fn create(
-    state: &AppState,
-    tenant: &Tenant,
-    headers: &HeaderMap,
-    body: &RawBody,
-    idempotency_key: Option<&str>,
-) -> Result<(CreatedServer, String), ApiError> {
+/// A create request, its fields read and checked against the catalog and the account.
+struct NewServer {
+    name: String,
+    plan: Arc<VpsPlan>,
+    image: Arc<VpsImage>,
+    location: String,
+    hostname: Option<String>,
+    ssh_key: Option<String>,
+    backups_enabled: bool,
+}
+
+/// Reads a create body; every failing field is listed at once.
+fn parse_create(body: &RawBody, caches: &Caches, namespace: &str) -> Result<NewServer, ApiError> {
     let map = body.json_object()?;
-    let caches = &state.caches;
     let mut f = Fields::new(&map);
     let name = f.server_name("name", Presence::Required);
     let plan_id = f.integer("plan_id", Presence::Required);
@@ -220,33 +217,34 @@ async fn create(
     let hostname = f.hostname("hostname", Presence::OptionalNullable);
     let ssh_key_id = f.integer("ssh_key_id", Presence::OptionalNullable);
     let backups_enabled = f.boolean("backups_enabled", Presence::Optional).unwrap_or(false);
+    let does_not_exist = |id: i64| format!("Invalid pk \"{id}\" - object does not exist.");
     let plan = plan_id.and_then(|id| {
         let plan = caches.plans.find(|p| p.spec.id == id);
         if plan.is_none() {
-            f.errors.add("plan_id", format!("Invalid pk \"{id}\" - object does not exist."));
+            f.errors.add("plan_id", does_not_exist(id));
         }
         plan
     });
     let image = os_id.and_then(|id| {
         let image = caches.images.find(|i| i.spec.id == id);
         if image.is_none() {
-            f.errors.add("os_id", format!("Invalid pk \"{id}\" - object does not exist."));
+            f.errors.add("os_id", does_not_exist(id));
         }
         image
     });
     if let Some(l) = &location
-        && caches.locations.get(&kube::runtime::reflector::ObjectRef::new(l)).is_none()
+        && caches.location(l).is_none()
     {
         f.errors.add("location", format!("\"{l}\" is not a valid choice."));
     }
     let ssh_key = ssh_key_id.and_then(|id| {
         let key = caches.ssh_keys.find(|k| {
-            k.namespace().as_deref() == Some(tenant.namespace.as_str())
+            k.namespace().as_deref() == Some(namespace)
                 && k.metadata.deletion_timestamp.is_none()
                 && view::ssh_key_id(k) == Some(id)
         });
         if key.is_none() {
-            f.errors.add("ssh_key_id", format!("Invalid pk \"{id}\" - object does not exist."));
+            f.errors.add("ssh_key_id", does_not_exist(id));
         }
         key
     });
@@ -254,7 +252,53 @@ async fn create(
     let (Some(name), Some(plan), Some(image), Some(location)) = (name, plan, image, location) else {
         return Err(ApiError::Internal(anyhow::anyhow!("validation passed with a field missing")));
     };
+    Ok(NewServer { name, plan, image, location, hostname, ssh_key: ssh_key.map(|k| k.name_any()), backups_enabled })
+}
 
+/// The `VpsServer` object of a new server with id `id` (pure).
+fn server_object(new: NewServer, id: i64, account: &str, idempotency_key: Option<&str>, now: &str) -> VpsServer {
+    let mut labels = BTreeMap::from([
+        (SERVER_ID_LABEL.to_string(), id.to_string()),
+        (ACCOUNT_LABEL.to_string(), account.to_string()),
+    ]);
+    if let Some(key) = idempotency_key {
+        labels.insert(IDEMPOTENCY_LABEL.to_string(), key.to_string());
+    }
+    let mut server = VpsServer::new(
+        &format!("srv-{id}"),
+        VpsServerSpec {
+            name: new.name,
+            plan: new.plan.name_any(),
+            os: new.image.name_any(),
+            location: new.location,
+            hostname: new.hostname,
+            ssh_key: new.ssh_key,
+            backups_enabled: new.backups_enabled,
+            power_state: PowerState::Running,
+            reboot_requested_at: None,
+            suspended: false,
+        },
+    );
+    server.metadata.labels = Some(labels);
+    server.metadata.annotations = Some(BTreeMap::from([(UPDATED_AT_ANNOTATION.to_string(), now.to_string())]));
+    // The operator's teardown finalizer from the start: it would otherwise add it with a write
+    // of its own.
+    server.metadata.finalizers = Some(vec![TEARDOWN_FINALIZER.to_string()]);
+    server
+}
+
+/// Creates a server: parse, then (unless an earlier request with this idempotency key made
+/// it) reserve the credit, take an id, create the object and wait for the cache to show it.
+async fn create(
+    state: &AppState,
+    tenant: &Tenant,
+    headers: &HeaderMap,
+    body: &RawBody,
+    idempotency_key: Option<&str>,
+) -> Result<(CreatedServer, String), ApiError> {
+    let caches = &state.caches;
+    let new = parse_create(body, caches, &tenant.namespace)?;
+    let location_of = |id: i64| format!("{}/api/v1/servers/{id}/", base_url(headers));
     // A gateway that died after creating this server but before recording the answer.
     if let Some(key) = idempotency_key
         && let Some(earlier) = caches
@@ -263,12 +307,11 @@ async fn create(
             .into_iter()
             .find(|s| s.labels().get(IDEMPOTENCY_LABEL).map(String::as_str) == Some(key))
     {
-        let id = server_id(&earlier).unwrap_or_default();
-        let location = format!("{}/api/v1/servers/{id}/", base_url(headers));
-        return Ok((CreatedServer { server: detail(state, &earlier)?, message: CREATED_MESSAGE }, location));
+        let id = earlier.id().unwrap_or_default();
+        return Ok((CreatedServer { server: detail(state, &earlier)?, message: CREATED_MESSAGE }, location_of(id)));
     }
     // The credit check counts the account's servers and the creates in flight in this gateway.
-    let price = plan.spec.monthly_price_cents;
+    let price = new.plan.spec.monthly_price_cents;
     let plan_price = |s: &VpsServer| caches.plan_by_name(&s.spec.plan).map_or(0, |p| p.spec.monthly_price_cents);
     let reservation = state
         .credit
@@ -280,44 +323,16 @@ async fn create(
                 tenant.credit_cents
             ))
         })?;
-
     let id = state.ids.allocate(IdKind::Server).await.map_err(anyhow::Error::from)?;
-    let mut labels = BTreeMap::from([
-        (SERVER_ID_LABEL.to_string(), id.to_string()),
-        (ACCOUNT_LABEL.to_string(), tenant.account.clone()),
-    ]);
-    if let Some(key) = idempotency_key {
-        labels.insert(IDEMPOTENCY_LABEL.to_string(), key.to_string());
-    }
-    let mut server = VpsServer::new(
-        &format!("srv-{id}"),
-        VpsServerSpec {
-            name,
-            plan: plan.name_any(),
-            os: image.name_any(),
-            location,
-            hostname,
-            ssh_key: ssh_key.map(|k| k.name_any()),
-            backups_enabled,
-            power_state: PowerState::Running,
-            reboot_requested_at: None,
-            suspended: false,
-        },
-    );
-    server.metadata.labels = Some(labels);
-    server.metadata.annotations = Some(BTreeMap::from([(UPDATED_AT_ANNOTATION.to_string(), now_stamp())]));
-    // The operator's teardown finalizer from the start: it would otherwise add it with a write
-    // of its own.
-    server.metadata.finalizers = Some(vec![crate::operator::FINALIZER.to_string()]);
+    let server = server_object(new, id, &tenant.account, idempotency_key, &now_stamp());
     reservation.name(&server.name_any());
     let api: Api<VpsServer> = Api::namespaced(state.client.clone(), &tenant.namespace);
     let pp = PostParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() };
-    let created = api.create(&pp, &server).await.map_err(write_error)?;
+    let created = api.create(&pp, &server).await?;
     tracing::info!(id, namespace = tenant.namespace, "Server created");
     wait_for_write(caches.servers.as_ref(), &created).await;
     drop(reservation);
-    let location = format!("{}/api/v1/servers/{id}/", base_url(headers));
-    Ok((CreatedServer { server: detail(state, &created)?, message: CREATED_MESSAGE }, location))
+    Ok((CreatedServer { server: detail(state, &created)?, message: CREATED_MESSAGE }, location_of(id)))
 }
 
 #[utoipa::path(get, path = "/api/v1/servers/{server_id}/", tag = "servers",
@@ -438,7 +453,7 @@ async fn patch_server_object(
 ) -> Result<VpsServer, ApiError> {
     let api: Api<VpsServer> = Api::namespaced(state.client.clone(), &server.namespace().unwrap_or_default());
     let pp = PatchParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() };
-    let updated = api.patch(&server.name_any(), &pp, &Patch::Merge(patch)).await.map_err(write_error)?;
+    let updated = api.patch(&server.name_any(), &pp, &Patch::Merge(patch)).await?;
     wait_for_write(state.caches.servers.as_ref(), &updated).await;
     Ok(updated)
 }
@@ -463,20 +478,54 @@ pub async fn delete_server(
         preconditions: Some(kube::api::Preconditions { uid: server.uid(), resource_version: None }),
         ..Default::default()
     };
-    api.delete(&server.name_any(), &dp).await.map_err(|e| match e {
-        kube::Error::Api(s) if s.code == 409 => ApiError::NotFound,
-        e => write_error(e),
-    })?;
+    api.delete(&server.name_any(), &dp).await?;
     tracing::info!(id = server_id, namespace = tenant.namespace, "Server deleted");
     wait_for_delete(state.caches.servers.as_ref(), &server).await;
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[derive(Clone, Copy)]
+/// A power action of the contract.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Action {
     Start,
     Stop,
     Reboot,
+}
+
+impl Action {
+    /// Whether the action may run on a server in `status`, and the refusal's detail when not
+    /// (pure: the state rules of the contract).
+    fn check(self, status: Phase) -> Result<(), String> {
+        let (allowed_from, verb) = match self {
+            Action::Start => (Phase::Stopped, "started"),
+            Action::Stop => (Phase::Active, "stopped"),
+            Action::Reboot => (Phase::Active, "rebooted"),
+        };
+        match (self, status) {
+            (_, s) if s == allowed_from => Ok(()),
+            (Action::Start, Phase::Active) => Err("Server is already running.".into()),
+            (Action::Stop | Action::Reboot, Phase::Stopped) => Err("Server is not running.".into()),
+            (_, s) => Err(format!("Server cannot be {verb} while it is {}.", s.as_api_str())),
+        }
+    }
+
+    /// The spec change that asks for it.
+    fn spec_patch(self) -> serde_json::Value {
+        match self {
+            Action::Start => json!({"powerState": "Running"}),
+            Action::Stop => json!({"powerState": "Stopped"}),
+            // Sub-second precision: two reboots in one second are two requests.
+            Action::Reboot => json!({"rebootRequestedAt": jiff::Timestamp::now().to_string()}),
+        }
+    }
+
+    fn message(self) -> &'static str {
+        match self {
+            Action::Start => "Server is starting",
+            Action::Stop => "Server is stopping",
+            Action::Reboot => "Server is rebooting",
+        }
+    }
 }
 
 async fn action(
@@ -486,57 +535,16 @@ async fn action(
     action: Action,
 ) -> Result<Json<ActionResponse>, ApiError> {
     let server = find(state, tenant, server_id)?;
-    let current = api_status(&server);
-    let (allowed, refusal, message) = match action {
-        Action::Start => (
-            current == "stopped",
-            if current == "active" {
-                "Server is already running.".to_string()
-            } else {
-                format!("Server cannot be started while it is {current}.")
-            },
-            "Server is starting",
-        ),
-        Action::Stop => (
-            current == "active",
-            if current == "stopped" {
-                "Server is not running.".to_string()
-            } else {
-                format!("Server cannot be stopped while it is {current}.")
-            },
-            "Server is stopping",
-        ),
-        Action::Reboot => (
-            current == "active",
-            if current == "stopped" {
-                "Server is not running.".to_string()
-            } else {
-                format!("Server cannot be rebooted while it is {current}.")
-            },
-            "Server is rebooting",
-        ),
-    };
-    if !allowed {
-        return Err(ApiError::BadRequest(refusal));
-    }
-    let spec = match action {
-        Action::Start => json!({"powerState": "Running"}),
-        Action::Stop => json!({"powerState": "Stopped"}),
-        // Sub-second precision: two reboots in one second are two requests.
-        Action::Reboot => json!({"rebootRequestedAt": jiff::Timestamp::now().to_string()}),
-    };
-    let patch = json!({"metadata": {"annotations": {UPDATED_AT_ANNOTATION: now_stamp()}}, "spec": spec});
+    action.check(api_status(&server)).map_err(ApiError::BadRequest)?;
+    let patch = json!({"metadata": {"annotations": {UPDATED_AT_ANNOTATION: now_stamp()}}, "spec": action.spec_patch()});
     let updated = patch_server_object(state, &server, &patch).await?;
-    let id = server_id_of(&updated)?;
+    let id =
+        updated.id().ok_or_else(|| ApiError::Internal(anyhow::anyhow!("server {} lost its id", updated.name_any())))?;
     Ok(Json(ActionResponse {
         status: "success",
-        message,
-        server: ActionServer { id, name: updated.spec.name.clone(), status: api_status(&updated) },
+        message: action.message(),
+        server: ActionServer { id, name: updated.spec.name.clone(), status: ApiStatus(api_status(&updated)) },
     }))
-}
-
-fn server_id_of(s: &VpsServer) -> Result<i64, ApiError> {
-    server_id(s).ok_or_else(|| ApiError::Internal(anyhow::anyhow!("server {} lost its id", s.name_any())))
 }
 
 #[utoipa::path(post, path = "/api/v1/servers/{server_id}/start/", tag = "servers",
@@ -591,4 +599,388 @@ pub async fn reboot_server(
     _body: RawBody,
 ) -> Result<Json<ActionResponse>, ApiError> {
     action(&state, &tenant, &server_id, Action::Reboot).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gateway::testing::{self, OTHER_TOKEN, TOKEN, call, keys, raw, server};
+    use serde_json::Value;
+
+    fn sample_create(name: &str) -> Value {
+        json!({"name": name, "plan_id": 1, "os_id": 5, "location": "us-west",
+               "hostname": "web02.example.com", "backups_enabled": true})
+    }
+
+    /// Server 7 of `acme`, active; server 8 of `other`.
+    async fn app() -> Router {
+        testing::app(
+            vec![server("acme", 7, "web", Some("Active")), server("other", 8, "theirs", Some("Active"))],
+            vec![],
+        )
+        .await
+    }
+
+    #[tokio::test]
+    async fn authentication_comes_first() {
+        let app = app().await;
+        let paths = [
+            ("GET", "/api/v1/servers/"),
+            ("POST", "/api/v1/servers/"),
+            ("GET", "/api/v1/servers/7/"),
+            ("GET", "/api/v1/servers/999999999/"),
+            ("PUT", "/api/v1/servers/999999999/"),
+            ("DELETE", "/api/v1/servers/abc/"),
+            ("POST", "/api/v1/servers/999999999/start/"),
+            ("GET", "/api/v1/servers/999999999/start/"),
+            ("GET", "/api/v1/plans/"),
+            ("GET", "/api/v1/ssh-keys/"),
+        ];
+        for (method, path) in paths {
+            for token in [None, Some("not-a-token")] {
+                let a = call(&app, method, path, token, Some(json!({"name": 1}))).await;
+                assert_eq!(a.status, 401, "{method} {path} with {token:?}: {a:?}");
+                assert_eq!(a.header("www-authenticate"), Some("Bearer"));
+                assert!(a.body["detail"].is_string(), "{a:?}");
+            }
+        }
+        let with = |value: String| {
+            let app = app.clone();
+            async move { raw(&app, "GET", "/api/v1/servers/", None, vec![], &[("authorization", &value)]).await.status }
+        };
+        assert_eq!(with(format!("Token {TOKEN}")).await, 401, "another scheme is not a Bearer token");
+        assert_eq!(with(format!("Bearer {TOKEN} extra")).await, 401);
+        assert_eq!(with(format!("bearer {TOKEN}")).await, 200, "schemes are case-insensitive");
+    }
+
+    #[tokio::test]
+    async fn another_tenants_servers_are_not_found() {
+        let app = app().await;
+        let put = json!({"name": "x", "hostname": "x.example.com", "backups_enabled": false});
+        for (method, path, body) in [
+            ("GET", "/api/v1/servers/8/", None),
+            ("PUT", "/api/v1/servers/8/", Some(put)),
+            ("PATCH", "/api/v1/servers/8/", Some(json!({"name": "x"}))),
+            ("POST", "/api/v1/servers/8/start/", None),
+            ("POST", "/api/v1/servers/8/stop/", None),
+            ("POST", "/api/v1/servers/8/reboot/", None),
+            ("DELETE", "/api/v1/servers/8/", None),
+        ] {
+            let r = call(&app, method, path, Some(TOKEN), body).await;
+            assert_eq!((r.status, &r.body), (404, &json!({"detail": "Not found."})), "{method} {path}");
+        }
+        let list = call(&app, "GET", "/api/v1/servers/", Some(TOKEN), None).await;
+        assert_eq!(list.body["count"], 1);
+        assert_eq!(call(&app, "GET", "/api/v1/servers/8/", Some(OTHER_TOKEN), None).await.status, 200);
+    }
+
+    #[tokio::test]
+    async fn detail_and_list_have_the_fields_of_the_contract() {
+        let mut s = server("acme", 7, "web", Some("Active"));
+        s.status.as_mut().unwrap().ip_address = Some("203.0.113.10".into());
+        s.spec.backups_enabled = true;
+        let app = testing::app(vec![s], vec![]).await;
+        let d = call(&app, "GET", "/api/v1/servers/7/", Some(TOKEN), None).await;
+        assert_eq!(d.status, 200);
+        assert_eq!(
+            d.body,
+            json!({"id": 7, "name": "web", "hostname": "web01.example.com", "status": "active",
+                "ip_address": "203.0.113.10", "ipv6_address": null, "location": "us-west",
+                "plan": {"id": 1, "name": "Standard VPS", "vcpus": 2, "memory": 4096, "storage": 80, "bandwidth": 2048},
+                "os": {"id": 5, "name": "Ubuntu 22.04 LTS"}, "backups_enabled": true, "resource_usage": null,
+                "created_at": "2025-01-10T14:30:00Z", "updated_at": "2025-01-10T14:30:00Z"})
+        );
+        let l = call(&app, "GET", "/api/v1/servers/", Some(TOKEN), None).await;
+        assert_eq!((&l.body["count"], &l.body["next"], &l.body["previous"]), (&json!(1), &Value::Null, &Value::Null));
+        let item = &l.body["results"][0];
+        assert_eq!(
+            keys(item),
+            ["created_at", "hostname", "id", "ip_address", "location", "name", "os", "plan", "status", "updated_at"]
+        );
+        assert_eq!(keys(&item["plan"]), ["id", "memory", "name", "storage", "vcpus"]);
+    }
+
+    #[tokio::test]
+    async fn bodies_are_validated_strictly_and_all_at_once() {
+        let app = app().await;
+        let post = |body: Value| {
+            let app = app.clone();
+            async move { call(&app, "POST", "/api/v1/servers/", Some(TOKEN), Some(body)).await }
+        };
+        // Not JSON, not an object.
+        for body in [&b"{\"name\": "[..], b"not json", b"[1, 2]", b"\"a string\""] {
+            let a = raw(&app, "POST", "/api/v1/servers/", Some(TOKEN), body.to_vec(), &[]).await;
+            assert_eq!(a.status, 400, "{a:?}");
+            assert!(a.body["detail"].as_str().unwrap().starts_with("JSON parse error - "), "{a:?}");
+        }
+        // Nothing at all: every required field listed.
+        let required = json!(["This field is required."]);
+        let a = post(json!({})).await;
+        assert_eq!(
+            (a.status, &a.body),
+            (400, &json!({"name": required, "plan_id": required, "os_id": required, "location": required}))
+        );
+        // Wrong types, each named.
+        let a = post(json!({"name": 5, "plan_id": "1", "os_id": 1.5, "location": 7, "hostname": "not a host",
+                            "ssh_key_id": "2", "backups_enabled": "true"}))
+        .await;
+        assert_eq!(a.status, 400);
+        assert_eq!(a.body["name"], json!(["Not a valid string."]));
+        assert_eq!(a.body["plan_id"], json!(["A valid integer is required."]));
+        assert_eq!(a.body["os_id"], json!(["A valid integer is required."]));
+        assert_eq!(a.body["location"], json!(["Not a valid string."]));
+        assert_eq!(a.body["ssh_key_id"], json!(["A valid integer is required."]));
+        assert_eq!(a.body["backups_enabled"], json!(["Must be a valid boolean."]));
+        assert!(a.body["hostname"].is_array());
+        assert_eq!(keys(&a.body).len(), 7, "{a:?}");
+        // Values that do not exist, names and hosts that break the rules.
+        let a = post(json!({"name": "-bad-", "plan_id": 99, "os_id": 98, "location": "mars", "ssh_key_id": 97,
+                            "hostname": format!("{}.example.com", "a".repeat(64)), "backups_enabled": 1}))
+        .await;
+        assert_eq!(a.status, 400);
+        assert_eq!(
+            keys(&a.body),
+            ["backups_enabled", "hostname", "location", "name", "os_id", "plan_id", "ssh_key_id"]
+        );
+        assert_eq!(a.body["plan_id"], json!(["Invalid pk \"99\" - object does not exist."]));
+        let a = post(json!({"name": "x".repeat(64), "plan_id": 1, "os_id": 5, "location": "us-west"})).await;
+        assert_eq!(a.body, json!({"name": ["Ensure this field has no more than 63 characters."]}));
+        let a = post(json!({"name": null, "plan_id": 1, "os_id": 5, "location": ""})).await;
+        assert_eq!(
+            a.body,
+            json!({"name": ["This field may not be null."], "location": ["This field may not be blank."]})
+        );
+
+        // PUT needs all three; each missing one is listed.
+        let path = "/api/v1/servers/7/";
+        let p = call(&app, "PUT", path, Some(TOKEN), Some(json!({"name": "only-name"}))).await;
+        assert_eq!((p.status, &p.body), (400, &json!({"hostname": required, "backups_enabled": required})));
+        let p = call(&app, "PUT", path, Some(TOKEN), None).await;
+        assert_eq!(p.body, json!({"name": required, "hostname": required, "backups_enabled": required}));
+        // Plan, OS and location cannot be changed.
+        let p = call(&app, "PATCH", path, Some(TOKEN), Some(json!({"plan_id": 2, "os_id": 3, "location": "us-east"})))
+            .await;
+        assert_eq!((p.status, keys(&p.body)), (400, vec!["location".into(), "os_id".into(), "plan_id".into()]));
+        let put = json!({"name": "n", "hostname": "n.example.com", "backups_enabled": false, "plan_id": 2});
+        let p = call(&app, "PUT", path, Some(TOKEN), Some(put)).await;
+        assert_eq!((p.status, keys(&p.body)), (400, vec!["plan_id".to_string()]));
+        let p = call(&app, "PATCH", path, Some(TOKEN), Some(json!({"backups_enabled": "true", "hostname": 5}))).await;
+        assert_eq!(
+            p.body,
+            json!({"hostname": ["Not a valid string."], "backups_enabled": ["Must be a valid boolean."]})
+        );
+        let p = raw(&app, "PATCH", path, Some(TOKEN), b"{oops".to_vec(), &[]).await;
+        assert!(p.body["detail"].as_str().unwrap().starts_with("JSON parse error - "));
+
+        // Over 64 KiB: 413.
+        let mut big = sample_create("big");
+        big["padding"] = json!("x".repeat(70 * 1024));
+        assert_eq!(post(big.clone()).await.status, 413);
+        assert_eq!(call(&app, "PATCH", path, Some(TOKEN), Some(big)).await.status, 413);
+
+        // Wrong method: 405 with Allow; unknown path: 404 JSON.
+        let a = call(&app, "DELETE", "/api/v1/servers/", Some(TOKEN), None).await;
+        assert_eq!((a.status, a.header("allow")), (405, Some("GET, POST, HEAD")));
+        assert_eq!(a.body, json!({"detail": "Method \"DELETE\" not allowed."}));
+        assert_eq!(call(&app, "GET", "/api/v1/servers/7/start/", Some(TOKEN), None).await.status, 405);
+        assert_eq!(call(&app, "POST", path, Some(TOKEN), None).await.status, 405);
+        let a = call(&app, "GET", "/api/v1/nothing-here/", Some(TOKEN), None).await;
+        assert_eq!((a.status, &a.body), (404, &json!({"detail": "Not found."})));
+        for id in ["abc", "-7", "+7", "7.0", "99999999999999999999"] {
+            assert_eq!(call(&app, "GET", &format!("/api/v1/servers/{id}/"), Some(TOKEN), None).await.status, 404);
+        }
+    }
+
+    #[tokio::test]
+    async fn list_paginates_and_filters() {
+        let phases = [Some("Active"), Some("Active"), Some("Stopped"), None, None];
+        let locations = ["us-west", "us-east", "us-west", "us-east", "us-west"];
+        let servers: Vec<VpsServer> = (0..5)
+            .map(|i| {
+                let mut s = server("acme", 10 + i as i64, &format!("s{i}"), phases[i]);
+                s.spec.location = locations[i].into();
+                if i == 2 {
+                    s.spec.power_state = PowerState::Stopped;
+                }
+                s
+            })
+            .collect();
+        let app = testing::app(servers, vec![]).await;
+        let get = |q: &'static str| {
+            let app = app.clone();
+            async move { call(&app, "GET", &format!("/api/v1/servers/{q}"), Some(TOKEN), None).await }
+        };
+        let ids = |a: &testing::Answer| -> Vec<i64> {
+            a.body["results"].as_array().unwrap().iter().map(|s| s["id"].as_i64().unwrap()).collect()
+        };
+        let base = "http://gw.example.com/api/v1/servers/";
+        let p1 = get("?page_size=2").await;
+        assert_eq!((p1.status, &p1.body["count"], &p1.body["previous"]), (200, &json!(5), &Value::Null));
+        assert_eq!(p1.body["next"], format!("{base}?page_size=2&page=2"));
+        assert_eq!(ids(&p1), [10, 11]);
+        let p2 = get("?page_size=2&page=2").await;
+        assert_eq!(p2.body["previous"], format!("{base}?page_size=2"));
+        assert_eq!(p2.body["next"], format!("{base}?page_size=2&page=3"));
+        let p3 = get("?page_size=2&page=3").await;
+        assert_eq!((&p3.body["next"], ids(&p3)), (&Value::Null, vec![14]));
+        // Default page size covers all; a too-large page size is capped, not refused.
+        assert_eq!(ids(&get("").await).len(), 5);
+        assert_eq!(get("?page_size=5000").await.body["count"], 5);
+        for (q, count) in [
+            ("?status=active", 2),
+            ("?status=stopped", 1),
+            ("?status=provisioning", 2),
+            ("?status=suspended", 0),
+            ("?location=us-east", 2),
+            ("?location=us-west", 3),
+            ("?status=active&location=us-east", 1),
+        ] {
+            let a = get(q).await;
+            assert_eq!((a.status, &a.body["count"]), (200, &json!(count)), "{q}: {a:?}");
+            assert_eq!(ids(&a).len(), count, "{q}");
+        }
+        let a = get("?status=active&page_size=1").await;
+        assert_eq!(a.body["next"], format!("{base}?status=active&page_size=1&page=2"));
+        for (q, field) in [
+            ("?status=running", "status"),
+            ("?status=Active", "status"),
+            ("?location=mars", "location"),
+            ("?page=0", "page"),
+            ("?page=abc", "page"),
+            ("?page=9", "page"),
+            ("?page_size=-1", "page_size"),
+        ] {
+            let a = get(q).await;
+            assert_eq!(a.status, 400, "{q}: {a:?}");
+            assert!(a.body[field].is_array(), "{q}: {a:?}");
+        }
+    }
+
+    #[test]
+    fn power_actions_follow_the_status() {
+        use Phase::*;
+        for (action, allowed) in [(Action::Start, Stopped), (Action::Stop, Active), (Action::Reboot, Active)] {
+            for phase in Phase::ALL {
+                assert_eq!(action.check(phase).is_ok(), phase == allowed, "{action:?} while {phase:?}");
+            }
+        }
+        assert_eq!(Action::Start.check(Active).unwrap_err(), "Server is already running.");
+        assert_eq!(Action::Stop.check(Stopped).unwrap_err(), "Server is not running.");
+        assert_eq!(Action::Reboot.check(Stopped).unwrap_err(), "Server is not running.");
+        assert_eq!(Action::Stop.check(Rebooting).unwrap_err(), "Server cannot be stopped while it is rebooting.");
+        assert_eq!(
+            Action::Start.check(Provisioning).unwrap_err(),
+            "Server cannot be started while it is provisioning."
+        );
+    }
+
+    #[tokio::test]
+    async fn power_actions_are_refused_in_the_wrong_status() {
+        let mut stopping = server("acme", 3, "stopping", Some("Active"));
+        stopping.spec.power_state = PowerState::Stopped;
+        let mut stopped = server("acme", 4, "stopped", Some("Stopped"));
+        stopped.spec.power_state = PowerState::Stopped;
+        let mut suspended = server("acme", 5, "suspended", Some("Active"));
+        suspended.spec.suspended = true;
+        let mut rebooting = server("acme", 6, "rebooting", Some("Active"));
+        rebooting.spec.reboot_requested_at = Some("2025-01-01T00:00:00Z".into());
+        let app = testing::app(
+            vec![
+                server("acme", 1, "new", None),
+                server("acme", 2, "active", Some("Active")),
+                stopping,
+                stopped,
+                suspended,
+                rebooting,
+                server("acme", 7, "broken", Some("Error")),
+            ],
+            vec![],
+        )
+        .await;
+        for (id, refused) in [
+            (1, &["start", "stop", "reboot"][..]),
+            (2, &["start"]),
+            (3, &["start", "stop", "reboot"]),
+            (4, &["stop", "reboot"]),
+            (5, &["start", "stop", "reboot"]),
+            (6, &["start", "stop", "reboot"]),
+            (7, &["start", "stop", "reboot"]),
+        ] {
+            for action in refused {
+                let a = call(&app, "POST", &format!("/api/v1/servers/{id}/{action}/"), Some(TOKEN), None).await;
+                assert_eq!(a.status, 400, "{action} of server {id}: {a:?}");
+                assert!(a.body["detail"].is_string(), "{a:?}");
+            }
+        }
+        let a = call(&app, "POST", "/api/v1/servers/4/stop/", Some(TOKEN), None).await;
+        assert_eq!(a.body["detail"], "Server is not running.");
+    }
+
+    #[tokio::test]
+    async fn every_path_answers_the_same_without_the_trailing_slash() {
+        let app = app().await;
+        for (method, path, body) in [
+            ("GET", "/api/v1/servers/", None),
+            ("GET", "/api/v1/servers/7/", None),
+            ("GET", "/api/v1/servers/8/", None),
+            ("POST", "/api/v1/servers/", Some(json!({}))),
+            ("PUT", "/api/v1/servers/7/", Some(json!({"name": "x"}))),
+            ("PATCH", "/api/v1/servers/7/", Some(json!({"plan_id": 2}))),
+            ("POST", "/api/v1/servers/7/start/", None),
+            ("GET", "/api/v1/servers/7/stop/", None),
+            ("DELETE", "/api/v1/servers/", None),
+            ("GET", "/api/v1/plans/", None),
+            ("GET", "/api/v1/os/", None),
+            ("GET", "/api/v1/locations/", None),
+            ("GET", "/api/v1/ssh-keys/", None),
+            ("POST", "/api/v1/ssh-keys/", Some(json!({}))),
+            ("GET", "/api/v1/ssh-keys/1/", None),
+        ] {
+            let with = call(&app, method, path, Some(TOKEN), body.clone()).await;
+            let without = call(&app, method, path.trim_end_matches('/'), Some(TOKEN), body).await;
+            assert!(!(300..400).contains(&with.status), "{method} {path} redirected");
+            assert_eq!((with.status, &with.body), (without.status, &without.body), "{method} {path}");
+        }
+    }
+
+    #[test]
+    fn a_new_server_is_the_object_the_operator_expects() {
+        let plan: VpsPlan = serde_json::from_value(json!({"apiVersion": "vps.org/v1alpha1", "kind": "VpsPlan",
+            "metadata": {"name": "standard"}, "spec": {"id": 1, "displayName": "S", "vcpus": 1, "memory": 512,
+            "storage": 10, "bandwidth": 1, "monthlyPriceCents": 1}}))
+        .unwrap();
+        let image: VpsImage = serde_json::from_value(json!({"apiVersion": "vps.org/v1alpha1", "kind": "VpsImage",
+            "metadata": {"name": "debian-12"}, "spec": {"id": 3, "displayName": "D",
+            "source": {"dataSourceNamespace": "i", "dataSourceName": "d"}}}))
+        .unwrap();
+        let new = NewServer {
+            name: "web".into(),
+            plan: Arc::new(plan),
+            image: Arc::new(image),
+            location: "us-west".into(),
+            hostname: None,
+            ssh_key: Some("key-4".into()),
+            backups_enabled: true,
+        };
+        let s = server_object(new, 42, "acme", Some("k1"), "2025-01-10T14:30:00Z");
+        assert_eq!(s.metadata.name.as_deref(), Some("srv-42"));
+        assert_eq!(s.id(), Some(42));
+        assert_eq!(s.labels()[ACCOUNT_LABEL], "acme");
+        assert_eq!(s.labels()[IDEMPOTENCY_LABEL], "k1");
+        assert_eq!(s.finalizers(), [TEARDOWN_FINALIZER]);
+        assert_eq!(
+            (s.spec.plan.as_str(), s.spec.os.as_str(), s.spec.ssh_key.as_deref()),
+            ("standard", "debian-12", Some("key-4"))
+        );
+        assert_eq!((s.spec.power_state, s.spec.backups_enabled, s.spec.suspended), (PowerState::Running, true, false));
+        assert_eq!(s.annotations()[UPDATED_AT_ANNOTATION], "2025-01-10T14:30:00Z");
+    }
+
+    #[tokio::test]
+    async fn writes_without_a_reachable_cluster_answer_503() {
+        let app = app().await;
+        let a = call(&app, "POST", "/api/v1/servers/7/stop/", Some(TOKEN), None).await;
+        assert_eq!((a.status, a.header("retry-after")), (503, Some("5")), "{a:?}");
+        assert!(a.body["detail"].is_string());
+    }
 }

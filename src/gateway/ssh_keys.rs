@@ -110,13 +110,7 @@ pub async fn create_key(
     ]));
     let api: Api<VpsSshKey> = Api::namespaced(state.client.clone(), &tenant.namespace);
     let pp = PostParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() };
-    let created = api.create(&pp, &key).await.map_err(|e| match e {
-        kube::Error::Api(s) if s.code == 422 => {
-            tracing::warn!(message = s.message, "The API server refused an SSH key");
-            ApiError::BadRequest("The request was refused by validation.".into())
-        }
-        e => e.into(),
-    })?;
+    let created = api.create(&pp, &key).await?;
     wait_for_write(&state.caches.ssh_keys, &created).await;
     let view = view::ssh_key_view(&created).ok_or_else(|| ApiError::Internal(anyhow::anyhow!("key without id")))?;
     let mut res = (StatusCode::CREATED, Json(view)).into_response();
@@ -159,11 +153,36 @@ pub async fn delete_key(
         preconditions: Some(Preconditions { uid: key.uid(), resource_version: None }),
         ..Default::default()
     };
-    match api.delete(&key.name_any(), &dp).await {
-        Ok(_) => {}
-        Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => return Err(ApiError::NotFound),
-        Err(e) => return Err(e.into()),
-    }
+    api.delete(&key.name_any(), &dp).await?;
     wait_for_delete(&state.caches.ssh_keys, &key).await;
     Ok(StatusCode::NO_CONTENT)
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::gateway::testing::{self, OTHER_TOKEN, TOKEN, call, keys, ssh_key};
+    use serde_json::json;
+
+    #[tokio::test]
+    async fn keys_are_listed_per_account_and_validated() {
+        let app = testing::app(vec![], vec![ssh_key("acme", 4), ssh_key("acme", 2), ssh_key("other", 3)]).await;
+        let list = call(&app, "GET", "/api/v1/ssh-keys/", Some(TOKEN), None).await;
+        assert_eq!(list.status, 200);
+        let ids: Vec<i64> =
+            list.body["results"].as_array().unwrap().iter().map(|k| k["id"].as_i64().unwrap()).collect();
+        assert_eq!((list.body["count"].as_i64(), ids), (Some(2), vec![2, 4]));
+        let one = call(&app, "GET", "/api/v1/ssh-keys/4/", Some(TOKEN), None).await;
+        assert_eq!(keys(&one.body), ["created_at", "id", "name", "public_key"]);
+        for (method, path) in
+            [("GET", "/api/v1/ssh-keys/3/"), ("DELETE", "/api/v1/ssh-keys/3/"), ("GET", "/api/v1/ssh-keys/x/")]
+        {
+            let a = call(&app, method, path, Some(TOKEN), None).await;
+            assert_eq!((a.status, &a.body), (404, &json!({"detail": "Not found."})), "{method} {path}");
+        }
+        assert_eq!(call(&app, "GET", "/api/v1/ssh-keys/3/", Some(OTHER_TOKEN), None).await.status, 200);
+        let a = call(&app, "POST", "/api/v1/ssh-keys/", Some(TOKEN), Some(json!({"public_key": "not a key"}))).await;
+        assert_eq!((a.status, keys(&a.body)), (400, vec!["name".to_string(), "public_key".to_string()]));
+        let a = call(&app, "PUT", "/api/v1/ssh-keys/4/", Some(TOKEN), None).await;
+        assert_eq!((a.status, a.header("allow")), (405, Some("GET, DELETE, HEAD")));
+    }
 }

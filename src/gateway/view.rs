@@ -1,30 +1,35 @@
 //! The REST representation of servers and catalog objects: pure functions of the cached
-//! objects, no client code.
+//! objects, no client code. A server's plan and image are looked up through [`Catalog`].
 
-use serde::Serialize;
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use kube::ResourceExt;
+use serde::{Serialize, Serializer};
 use utoipa::ToSchema;
 
 use crate::api::SSH_KEY_ID_LABEL;
 use crate::api::{Phase, PowerState, VpsImage, VpsLocation, VpsPlan, VpsServer, VpsSshKey};
-use kube::ResourceExt;
-
-use super::cache::{Caches, server_id};
-use super::index::Rendered;
-use axum::body::Bytes;
 
 /// Annotation the gateway sets on every write it makes to a server.
 pub const UPDATED_AT_ANNOTATION: &str = "vps.org/updated-at";
 
+/// What rendering a server looks up: its plan and OS image by object name.
+pub trait Catalog {
+    fn plan(&self, name: &str) -> Option<Arc<VpsPlan>>;
+    fn image(&self, name: &str) -> Option<Arc<VpsImage>>;
+}
+
 /// The status the API shows: the operator's phase, corrected by what was just asked for but
 /// not yet acted on, so a GET right after start/stop/reboot shows the transition.
-pub fn api_status(s: &VpsServer) -> &'static str {
-    let Some(phase) = s.status.as_ref().and_then(|st| st.phase) else { return "provisioning" };
+pub fn api_status(s: &VpsServer) -> Phase {
+    let Some(phase) = s.status.as_ref().and_then(|st| st.phase) else { return Phase::Provisioning };
     if s.spec.suspended {
-        return "suspended";
+        return Phase::Suspended;
     }
     match (s.spec.power_state, phase) {
-        (PowerState::Running, Phase::Stopped) => return "starting",
-        (PowerState::Stopped, Phase::Active | Phase::Starting | Phase::Rebooting) => return "stopping",
+        (PowerState::Running, Phase::Stopped) => return Phase::Starting,
+        (PowerState::Stopped, Phase::Active | Phase::Starting | Phase::Rebooting) => return Phase::Stopping,
         _ => {}
     }
     let observed = s.status.as_ref().and_then(|st| st.observed_reboot_request.as_deref());
@@ -32,14 +37,41 @@ pub fn api_status(s: &VpsServer) -> &'static str {
         && let Some(requested) = s.spec.reboot_requested_at.as_deref()
         && Some(requested) != observed
     {
-        return "rebooting";
+        return Phase::Rebooting;
     }
-    phase.as_api_str()
+    phase
+}
+
+/// A server's REST `status`: its [`Phase`] in the API's lowercase form.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ApiStatus(pub Phase);
+
+impl Serialize for ApiStatus {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.0.as_api_str())
+    }
+}
+
+impl utoipa::PartialSchema for ApiStatus {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{ObjectBuilder, Type};
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .enum_values(Some(Phase::ALL.map(Phase::as_api_str)))
+            .description(Some("The server's status"))
+            .into()
+    }
+}
+
+impl ToSchema for ApiStatus {
+    fn name() -> std::borrow::Cow<'static, str> {
+        "ServerStatus".into()
+    }
 }
 
 /// An RFC 3339 UTC timestamp with a `Z`, to the second.
 pub fn rfc3339(ts: jiff::Timestamp) -> String {
-    ts.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
+    crate::timestamps::seconds(ts)
 }
 
 fn created_at<K: kube::Resource>(obj: &K) -> Option<String> {
@@ -51,7 +83,7 @@ fn updated_at(s: &VpsServer) -> Option<String> {
 }
 
 /// A plan as shown in a server list item.
-#[derive(Serialize, ToSchema, Debug, Clone)]
+#[derive(Serialize, ToSchema, Debug, Clone, PartialEq)]
 pub struct PlanSummary {
     pub id: i64,
     pub name: String,
@@ -63,7 +95,7 @@ pub struct PlanSummary {
 }
 
 /// A plan as shown in a server's detail.
-#[derive(Serialize, ToSchema, Debug, Clone)]
+#[derive(Serialize, ToSchema, Debug, Clone, PartialEq)]
 pub struct PlanDetail {
     pub id: i64,
     pub name: String,
@@ -74,6 +106,26 @@ pub struct PlanDetail {
     pub storage: i64,
     /// GiB per month.
     pub bandwidth: i64,
+}
+
+impl PlanDetail {
+    pub fn of(p: &VpsPlan) -> PlanDetail {
+        let spec = &p.spec;
+        PlanDetail {
+            id: spec.id,
+            name: spec.display_name.clone(),
+            vcpus: spec.vcpus,
+            memory: spec.memory,
+            storage: spec.storage,
+            bandwidth: spec.bandwidth,
+        }
+    }
+}
+
+impl From<PlanDetail> for PlanSummary {
+    fn from(p: PlanDetail) -> PlanSummary {
+        PlanSummary { id: p.id, name: p.name, vcpus: p.vcpus, memory: p.memory, storage: p.storage }
+    }
 }
 
 /// An OS image reference.
@@ -98,8 +150,7 @@ pub struct ServerListItem {
     pub id: i64,
     pub name: String,
     pub hostname: Option<String>,
-    /// provisioning, active, starting, stopping, stopped, rebooting, suspended or error.
-    pub status: &'static str,
+    pub status: ApiStatus,
     pub ip_address: Option<String>,
     pub location: String,
     pub plan: Option<PlanSummary>,
@@ -114,8 +165,7 @@ pub struct ServerDetail {
     pub id: i64,
     pub name: String,
     pub hostname: Option<String>,
-    /// provisioning, active, starting, stopping, stopped, rebooting, suspended or error.
-    pub status: &'static str,
+    pub status: ApiStatus,
     pub ip_address: Option<String>,
     pub ipv6_address: Option<String>,
     pub location: String,
@@ -141,7 +191,7 @@ pub struct CreatedServer {
 pub struct ActionServer {
     pub id: i64,
     pub name: String,
-    pub status: &'static str,
+    pub status: ApiStatus,
 }
 
 /// The answer to start, stop and reboot.
@@ -162,18 +212,11 @@ pub struct Page<T> {
     pub results: Vec<T>,
 }
 
-/// A plan in the catalog.
+/// A plan in the catalog: the plan a server shows, and its price.
 #[derive(Serialize, ToSchema, Debug, Clone)]
 pub struct PlanView {
-    pub id: i64,
-    pub name: String,
-    pub vcpus: i32,
-    /// MiB.
-    pub memory: i64,
-    /// GiB.
-    pub storage: i64,
-    /// GiB per month.
-    pub bandwidth: i64,
+    #[serde(flatten)]
+    pub plan: PlanDetail,
     /// Price per month in cents.
     pub monthly_price_cents: i64,
 }
@@ -196,15 +239,7 @@ pub struct SshKeyView {
 }
 
 pub fn plan_view(p: &VpsPlan) -> PlanView {
-    PlanView {
-        id: p.spec.id,
-        name: p.spec.display_name.clone(),
-        vcpus: p.spec.vcpus,
-        memory: p.spec.memory,
-        storage: p.spec.storage,
-        bandwidth: p.spec.bandwidth,
-        monthly_price_cents: p.spec.monthly_price_cents,
-    }
+    PlanView { plan: PlanDetail::of(p), monthly_price_cents: p.spec.monthly_price_cents }
 }
 
 pub fn os_view(i: &VpsImage) -> OsRef {
@@ -230,25 +265,18 @@ pub fn ssh_key_view(k: &VpsSshKey) -> Option<SshKeyView> {
 }
 
 /// The detail of a server; `None` when it has no id yet.
-pub fn server_detail(s: &VpsServer, caches: &Caches) -> Option<ServerDetail> {
+pub fn server_detail(s: &VpsServer, catalog: &impl Catalog) -> Option<ServerDetail> {
     let status = s.status.as_ref();
     Some(ServerDetail {
-        id: server_id(s)?,
+        id: s.id()?,
         name: s.spec.name.clone(),
         hostname: s.spec.hostname.clone(),
-        status: api_status(s),
+        status: ApiStatus(api_status(s)),
         ip_address: status.and_then(|st| st.ip_address.clone()),
         ipv6_address: status.and_then(|st| st.ipv6_address.clone()),
         location: s.spec.location.clone(),
-        plan: caches.plan_by_name(&s.spec.plan).map(|p| PlanDetail {
-            id: p.spec.id,
-            name: p.spec.display_name.clone(),
-            vcpus: p.spec.vcpus,
-            memory: p.spec.memory,
-            storage: p.spec.storage,
-            bandwidth: p.spec.bandwidth,
-        }),
-        os: caches.image_by_name(&s.spec.os).map(|i| os_view(&i)),
+        plan: catalog.plan(&s.spec.plan).map(|p| PlanDetail::of(&p)),
+        os: catalog.image(&s.spec.os).map(|i| os_view(&i)),
         backups_enabled: s.spec.backups_enabled,
         resource_usage: None,
         created_at: created_at(s),
@@ -256,9 +284,18 @@ pub fn server_detail(s: &VpsServer, caches: &Caches) -> Option<ServerDetail> {
     })
 }
 
+/// A server's JSON as the API shows it.
+#[derive(Clone)]
+pub struct Rendered {
+    /// `GET /api/v1/servers/{id}/`.
+    pub detail: Bytes,
+    /// One item of a list.
+    pub item: Bytes,
+}
+
 /// A server's detail and list item as JSON; `None` when it has no id yet.
-pub fn render(s: &VpsServer, caches: &Caches) -> Option<Rendered> {
-    let detail = server_detail(s, caches)?;
+pub fn render(s: &VpsServer, catalog: &impl Catalog) -> Option<Rendered> {
+    let detail = server_detail(s, catalog)?;
     let json = serde_json::to_vec(&detail).ok()?;
     let item = serde_json::to_vec(&list_item(detail)).ok()?;
     Some(Rendered { detail: Bytes::from(json), item: Bytes::from(item) })
@@ -295,13 +332,7 @@ fn list_item(d: ServerDetail) -> ServerListItem {
         status: d.status,
         ip_address: d.ip_address,
         location: d.location,
-        plan: d.plan.map(|p| PlanSummary {
-            id: p.id,
-            name: p.name,
-            vcpus: p.vcpus,
-            memory: p.memory,
-            storage: p.storage,
-        }),
+        plan: d.plan.map(PlanSummary::from),
         os: d.os,
         created_at: d.created_at,
         updated_at: d.updated_at,
@@ -335,24 +366,26 @@ mod tests {
 
     #[test]
     fn status_is_derived_from_phase_and_pending_requests() {
-        assert_eq!(api_status(&mk(PowerState::Running, None)), "provisioning");
+        use Phase::*;
+        assert_eq!(api_status(&mk(PowerState::Running, None)), Provisioning);
         let mut no_status = mk(PowerState::Running, None);
         no_status.status = None;
-        assert_eq!(api_status(&no_status), "provisioning");
-        assert_eq!(api_status(&mk(PowerState::Running, Some(Phase::Active))), "active");
-        assert_eq!(api_status(&mk(PowerState::Running, Some(Phase::Stopped))), "starting");
-        assert_eq!(api_status(&mk(PowerState::Stopped, Some(Phase::Active))), "stopping");
-        assert_eq!(api_status(&mk(PowerState::Stopped, Some(Phase::Rebooting))), "stopping");
-        assert_eq!(api_status(&mk(PowerState::Stopped, Some(Phase::Stopped))), "stopped");
-        assert_eq!(api_status(&mk(PowerState::Running, Some(Phase::Error))), "error");
-        let mut suspended = mk(PowerState::Running, Some(Phase::Active));
+        assert_eq!(api_status(&no_status), Provisioning);
+        assert_eq!(api_status(&mk(PowerState::Running, Some(Active))), Active);
+        assert_eq!(api_status(&mk(PowerState::Running, Some(Stopped))), Starting);
+        assert_eq!(api_status(&mk(PowerState::Stopped, Some(Active))), Stopping);
+        assert_eq!(api_status(&mk(PowerState::Stopped, Some(Rebooting))), Stopping);
+        assert_eq!(api_status(&mk(PowerState::Stopped, Some(Stopped))), Stopped);
+        assert_eq!(api_status(&mk(PowerState::Running, Some(Error))), Error);
+        let mut suspended = mk(PowerState::Running, Some(Active));
         suspended.spec.suspended = true;
-        assert_eq!(api_status(&suspended), "suspended");
-        let mut reboot = mk(PowerState::Running, Some(Phase::Active));
+        assert_eq!(api_status(&suspended), Suspended);
+        let mut reboot = mk(PowerState::Running, Some(Active));
         reboot.spec.reboot_requested_at = Some("2025-01-01T00:00:00.1Z".into());
-        assert_eq!(api_status(&reboot), "rebooting");
+        assert_eq!(api_status(&reboot), Rebooting);
         reboot.status.as_mut().unwrap().observed_reboot_request = Some("2025-01-01T00:00:00.1Z".into());
-        assert_eq!(api_status(&reboot), "active");
+        assert_eq!(api_status(&reboot), Active);
+        assert_eq!(serde_json::to_value(ApiStatus(Stopping)).unwrap(), "stopping");
     }
 
     #[test]
@@ -371,11 +404,5 @@ mod tests {
         }
         let empty = Page { count: 0, next: None, previous: None, results: Vec::<Bytes>::new() };
         assert_eq!(page_json(&empty), br#"{"count":0,"next":null,"previous":null,"results":[]}"#);
-    }
-
-    #[test]
-    fn timestamps_are_rfc3339_utc_with_z() {
-        let ts: jiff::Timestamp = "2025-01-10T14:30:00.123+02:00".parse().unwrap();
-        assert_eq!(rfc3339(ts), "2025-01-10T12:30:00Z");
     }
 }

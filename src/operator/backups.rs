@@ -9,12 +9,12 @@ use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use serde_json::json;
 
-use super::reconcile::MANAGER;
-use super::status::Verdict;
-use super::vm::SERVER_LABEL;
 use super::{Context, Result};
-use crate::api::{ConditionStatus, Phase, VpsServer};
+use crate::api::{ConditionStatus, OPERATOR_MANAGER, Phase, SERVER_LABEL, VpsServer};
 use crate::kubevirt::VirtualMachineSnapshot;
+
+/// The `BackupsSucceeded` condition's status, CamelCase reason and message.
+pub type Verdict = (ConditionStatus, String, String);
 
 /// What to do about backups now, from the snapshots that exist (pure; unit-tested).
 #[derive(Debug, PartialEq, Eq)]
@@ -108,7 +108,7 @@ pub async fn reconcile(
                 "failureDeadline": format!("{}s", ctx.config.backup_deadline.as_secs().max(1)),
             },
         });
-        api.patch(&snapshot_name, &PatchParams::apply(MANAGER), &Patch::Apply(&snapshot)).await?;
+        api.patch(&snapshot_name, &PatchParams::apply(OPERATOR_MANAGER), &Patch::Apply(&snapshot)).await?;
         tracing::info!(namespace = %ns, server = %name, snapshot = %snapshot_name, "Started a backup");
     }
     for old in &plan.prune {

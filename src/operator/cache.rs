@@ -1,19 +1,21 @@
 //! A compact cache fed by a watch: per object only a small value derived from it (see
 //! [`super::observed`]), keyed by `namespace/name`. kube-runtime's reflector stores keep the
 //! whole typed object and a key with four strings; at 10,000 servers that was most of the
-//! operator's memory.
+//! operator's memory. The relist bookkeeping is [`crate::watch_cache`]'s.
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
 use kube::Resource;
-use kube::runtime::watcher;
-use tokio::sync::watch;
+
+use crate::watch_cache::{self, Feed, Index, Ready};
+
+type Objects<T> = Arc<RwLock<HashMap<Box<str>, T>>>;
 
 /// The read side: cheap to clone, shared by every reconcile.
 pub struct Cache<T> {
-    objects: Arc<RwLock<HashMap<Box<str>, T>>>,
-    ready: watch::Receiver<bool>,
+    objects: Objects<T>,
+    ready: Ready,
 }
 
 impl<T> Clone for Cache<T> {
@@ -22,20 +24,20 @@ impl<T> Clone for Cache<T> {
     }
 }
 
-/// The write side, owned by the watch that feeds the cache.
-pub struct CacheWriter<K, T> {
-    objects: Arc<RwLock<HashMap<Box<str>, T>>>,
-    ready: watch::Sender<bool>,
-    /// Objects of a (re)list in progress; they replace the cache once it is complete.
-    relist: Option<HashMap<Box<str>, T>>,
+/// The index a watch feeds: `derive(object)` under the object's key.
+pub struct Derived<K, T> {
+    objects: Objects<T>,
     derive: fn(&K) -> T,
 }
 
+/// The write side, owned by the watch that feeds the cache.
+pub type CacheFeed<K, T> = Feed<K, Derived<K, T>>;
+
 /// An empty cache whose entries are `derive(object)`.
-pub fn cache<K, T>(derive: fn(&K) -> T) -> (Cache<T>, CacheWriter<K, T>) {
-    let objects = Arc::new(RwLock::new(HashMap::new()));
-    let (ready_tx, ready) = watch::channel(false);
-    (Cache { objects: objects.clone(), ready }, CacheWriter { objects, ready: ready_tx, relist: None, derive })
+pub fn cache<K: Resource, T: Send + Sync>(derive: fn(&K) -> T) -> (Cache<T>, CacheFeed<K, T>) {
+    let objects = Objects::default();
+    let (feed, ready) = watch_cache::feed(Arc::new(Derived { objects: objects.clone(), derive }));
+    (Cache { objects, ready }, feed)
 }
 
 /// The cache key of an object.
@@ -47,6 +49,28 @@ pub fn key(namespace: &str, name: &str) -> Box<str> {
 pub fn key_of(object: &impl Resource) -> Box<str> {
     let meta = object.meta();
     key(meta.namespace.as_deref().unwrap_or_default(), meta.name.as_deref().unwrap_or_default())
+}
+
+impl<K: Resource, T: Send + Sync> Index<K> for Derived<K, T> {
+    type Staging = HashMap<Box<str>, T>;
+
+    fn upsert(&self, object: K) {
+        let value = (self.derive)(&object);
+        self.objects.write().expect("cache lock").insert(key_of(&object), value);
+    }
+
+    fn remove(&self, object: &K) {
+        self.objects.write().expect("cache lock").remove(&key_of(object));
+    }
+
+    fn stage(&self, staging: &mut Self::Staging, object: K) {
+        staging.insert(key_of(&object), (self.derive)(&object));
+    }
+
+    fn replace(&self, mut staging: Self::Staging) {
+        staging.shrink_to_fit();
+        *self.objects.write().expect("cache lock") = staging;
+    }
 }
 
 impl<T: Clone> Cache<T> {
@@ -75,36 +99,9 @@ impl<T> Cache<T> {
         self.len() == 0
     }
 
-    /// Resolves once the first list is complete.
-    pub async fn wait_until_ready(&self) {
-        let mut ready = self.ready.clone();
-        let _ = ready.wait_for(|r| *r).await;
-    }
-}
-
-impl<K: Resource, T> CacheWriter<K, T> {
-    /// Applies one watch event.
-    pub fn apply(&mut self, event: &watcher::Event<K>) {
-        match event {
-            watcher::Event::Apply(object) => {
-                let value = (self.derive)(object);
-                self.objects.write().expect("cache lock").insert(key_of(object), value);
-            }
-            watcher::Event::Delete(object) => {
-                self.objects.write().expect("cache lock").remove(&key_of(object));
-            }
-            watcher::Event::Init => self.relist = Some(HashMap::new()),
-            watcher::Event::InitApply(object) => {
-                let value = (self.derive)(object);
-                self.relist.get_or_insert_default().insert(key_of(object), value);
-            }
-            watcher::Event::InitDone => {
-                let mut fresh = self.relist.take().unwrap_or_default();
-                fresh.shrink_to_fit();
-                *self.objects.write().expect("cache lock") = fresh;
-                self.ready.send_replace(true);
-            }
-        }
+    /// The signal of the first complete list.
+    pub fn ready(&self) -> Ready {
+        self.ready.clone()
     }
 }
 
@@ -112,6 +109,7 @@ impl<K: Resource, T> CacheWriter<K, T> {
 mod tests {
     use super::*;
     use k8s_openapi::api::core::v1::ConfigMap;
+    use kube::runtime::watcher::Event;
 
     fn cm(ns: &str, name: &str, value: &str) -> ConfigMap {
         let mut cm = ConfigMap::default();
@@ -126,24 +124,15 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_relist_replaces_everything_once_complete() {
-        let (cache, mut writer) = cache::<ConfigMap, String>(value);
-        writer.apply(&watcher::Event::Init);
-        writer.apply(&watcher::Event::InitApply(cm("a", "x", "1")));
-        assert_eq!(cache.get("a", "x"), None, "a list in progress is not visible");
-        writer.apply(&watcher::Event::InitApply(cm("b", "x", "2")));
-        writer.apply(&watcher::Event::InitDone);
-        cache.wait_until_ready().await;
+    async fn entries_are_derived_and_keyed_by_namespace_and_name() {
+        let (cache, mut feed) = cache::<ConfigMap, String>(value);
+        feed.load([cm("a", "x", "1"), cm("b", "x", "2")]);
+        cache.ready().wait().await;
         assert_eq!((cache.get("a", "x"), cache.get("b", "x")), (Some("1".into()), Some("2".into())));
-
-        writer.apply(&watcher::Event::Apply(cm("a", "x", "3")));
-        writer.apply(&watcher::Event::Delete(cm("b", "x", "2")));
-        assert_eq!((cache.get("a", "x"), cache.get("b", "x")), (Some("3".into()), None));
-
-        // A relist after a lost watch drops what is gone.
-        writer.apply(&watcher::Event::Init);
-        writer.apply(&watcher::Event::InitApply(cm("c", "y", "4")));
-        writer.apply(&watcher::Event::InitDone);
-        assert_eq!((cache.get("a", "x"), cache.get("c", "y"), cache.len()), (None, Some("4".into()), 1));
+        feed.apply(Event::Apply(cm("a", "x", "3")));
+        feed.apply(Event::Delete(cm("b", "x", "2")));
+        assert_eq!((cache.get("a", "x"), cache.get("b", "x"), cache.len()), (Some("3".into()), None, 1));
+        assert_eq!(cache.with("a/x", |v| v.len()), Some(1));
+        assert_eq!(cache.keys(), vec![Box::from("a/x")]);
     }
 }

@@ -5,20 +5,21 @@
 use std::borrow::Cow;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use crate::kubevirt::{VirtualMachineInstanceView, VirtualMachineView};
+use crate::kubevirt::{ERROR_STATUSES, PRINTABLE_STATUSES, VirtualMachineInstanceView, VirtualMachineView};
 
 use super::vm::SPEC_HASH_ANNOTATION;
 
 /// What KubeVirt reports about a server's VirtualMachine.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct VmState {
-    /// `status.printableStatus` (`Running`, `Stopped`, `ErrorUnschedulable`, ...).
+    /// `status.printableStatus` (`Running`, `Stopped`, `ErrorUnschedulable`, ...), without an
+    /// allocation when it is one of [`PRINTABLE_STATUSES`].
     pub printable_status: Cow<'static, str>,
     /// `status.ready`.
     pub ready: bool,
     /// A `Failure` condition whose status is `True`.
     pub failure: Option<Box<Failure>>,
-    /// In an error status ([`super::phase::ERROR_STATUSES`]), the first condition message.
+    /// In an error status ([`ERROR_STATUSES`]), the first condition message.
     pub error_message: Option<Box<str>>,
     /// The SHA-256 the operator recorded in the VM's spec hash annotation.
     pub spec_hash: Option<[u8; 32]>,
@@ -44,29 +45,6 @@ pub struct VmiState {
     pub ipv4: Option<Ipv4Addr>,
     pub ipv6: Option<Ipv6Addr>,
 }
-
-/// printableStatus values KubeVirt uses, kept without an allocation.
-const PRINTABLE_STATUSES: [&str; 19] = [
-    "Stopped",
-    "Provisioning",
-    "Starting",
-    "Running",
-    "Paused",
-    "Stopping",
-    "Terminating",
-    "CrashLoopBackOff",
-    "Migrating",
-    "Unknown",
-    "ErrorUnschedulable",
-    "ErrImagePull",
-    "ImagePullBackOff",
-    "ErrorPvcNotFound",
-    "DataVolumeError",
-    "WaitingForVolumeBinding",
-    "WaitingForReceiver",
-    "ErrorDataVolumeNotFound",
-    "Halted",
-];
 
 fn known(value: &str) -> Cow<'static, str> {
     match PRINTABLE_STATUSES.iter().find(|s| **s == value) {
@@ -94,7 +72,7 @@ impl VmState {
             .iter()
             .find(|c| c.type_ == "Failure" && c.status == "True")
             .map(|c| Box::new(Failure { reason: c.reason.clone(), message: c.message.clone() }));
-        if super::phase::ERROR_STATUSES.contains(&printable) {
+        if ERROR_STATUSES.contains(&printable) {
             state.error_message = status.conditions.iter().find_map(|c| c.message.as_deref()).map(Into::into);
         }
         state

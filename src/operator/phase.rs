@@ -4,6 +4,7 @@
 
 use super::observed::{VmState, VmiState};
 use crate::api::{Phase, PowerState, VpsServerSpec};
+use crate::kubevirt::ERROR_STATUSES;
 
 /// What the operator concludes from one look at the world.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -21,18 +22,6 @@ impl Observation {
         Observation { phase, reason: reason.into(), message: message.into(), ipv4: None, ipv6: None }
     }
 }
-
-/// `printableStatus` values KubeVirt uses for a VM that cannot make progress.
-pub const ERROR_STATUSES: [&str; 8] = [
-    "ErrorUnschedulable",
-    "ErrImagePull",
-    "ImagePullBackOff",
-    "ErrorPvcNotFound",
-    "ErrorDataVolumeNotFound",
-    "DataVolumeError",
-    "CrashLoopBackOff",
-    "Unknown",
-];
 
 /// Derives the phase. `reference_error` is a bad plan/image/location/key (reason, message);
 /// `rebooting_from` is the UID of the instance a reboot replaced, while that reboot lasts;

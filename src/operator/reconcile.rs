@@ -1,5 +1,7 @@
 //! One reconcile of a VpsServer: look at everything, change what differs, report what is.
-//! It never branches on which event woke it.
+//! It never branches on which event woke it. Each step is a short I/O shell around a pure
+//! part: [`super::vm::build_vm`], [`super::phase::observe`], [`super::status::next`] and
+//! [`super::status::notices`].
 
 use k8s_openapi::api::rbac::v1::RoleBinding;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, Preconditions};
@@ -10,135 +12,130 @@ use serde_json::json;
 use std::sync::Arc;
 
 use super::observed::{VmState, VmiState, decode_hash};
-use super::phase::{self, Observation};
+use super::phase;
 use super::queue::Next;
-use super::vm::{self, SERVER_LABEL, VmInputs};
-use super::{Context, Error, Result, backups, status};
-use crate::api::{Phase, SERVER_ID_LABEL, VpsServer, VpsServerStatus, VpsSshKey};
+use super::status::{self, Reboot};
+use super::vm::{self, VmInputs};
+use super::{Context, Error, Result, backups};
+use crate::api::{OPERATOR_MANAGER, SERVER_ID_LABEL, SERVER_LABEL, VpsServer, VpsServerStatus, VpsSshKey};
 use crate::ids::IdKind;
 use crate::kubevirt::{DataVolume, VirtualMachineInstanceView, VirtualMachineSnapshot, VirtualMachineView};
 
-/// The operator's field manager for server-side apply.
-pub const MANAGER: &str = "vps-operator";
 /// ClusterRole that lets a namespace's `default` ServiceAccount clone disks from the image
 /// namespace (CDI's clone authorization: `create` on `datavolumes/source`).
 pub const CLONE_CLUSTER_ROLE: &str = "vps-datavolume-cloner";
+
+/// A bad plan, image, location or key: a CamelCase reason and a message.
+type ReferenceError = (String, String);
 
 /// Brings the world in line with one server (the finalizer is in place).
 pub async fn apply(server: Arc<VpsServer>, ctx: Arc<Context>) -> Result<Next> {
     let ns = server.namespace().ok_or(Error::MissingField("metadata.namespace"))?;
     let name = server.name_any();
-    let servers: Api<VpsServer> = Api::namespaced(ctx.client.clone(), &ns);
-
-    let id = match server_id(&server) {
-        Some(id) => id,
-        None => {
-            let id = ctx.ids.allocate(IdKind::Server).await?;
-            let patch = json!({"metadata": {"labels": {SERVER_ID_LABEL: id.to_string()}}});
-            servers.patch(&name, &PatchParams::default(), &Patch::Merge(&patch)).await?;
-            tracing::info!(namespace = %ns, server = %name, id, "Allocated a server id");
-            id
-        }
-    };
-
-    // The newest status: the operator's own last write while the cache does not show it yet.
     let key = super::cache::key(&ns, &name);
-    let old_status = match ctx.written.newer_than_cache(&key, server.metadata.resource_version.as_deref()) {
+    let id = ensure_id(&server, &ctx, &ns, &name).await?;
+    // The newest status: the operator's own last write while the cache does not show it yet.
+    let old = match ctx.written.newer_than_cache(&key, server.metadata.resource_version.as_deref()) {
         Some(written) => written,
         None => server.status.clone().unwrap_or_default(),
     };
-    let mut new_status = VpsServerStatus { id: Some(id), ..old_status.clone() };
-    let mut vm = ctx.vms.get(&ns, &name);
-
     let resolved = resolve(&server, &ctx, &ns).await?;
-    let reference_error = resolved.as_ref().err().map(|(r, m)| (r.as_str(), m.as_str()));
-    if let Ok(inputs) = &resolved {
-        ensure_clone_permission(&ctx, &ns, &inputs.image.spec.source.data_source_namespace).await?;
-        let desired = vm::build_vm(&VmInputs {
-            server: &server,
-            id,
-            plan: &inputs.plan,
-            image: &inputs.image,
-            location: &inputs.location,
-            ssh_key: inputs.ssh_key.as_ref(),
-        });
-        let current_hash = vm.as_ref().and_then(|v| v.spec_hash);
-        if current_hash != vm::spec_hash(&desired).and_then(decode_hash) {
-            let vms: Api<VirtualMachineView> = Api::namespaced(ctx.client.clone(), &ns);
-            let applied = vms.patch(&name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(&desired)).await?;
-            if vm.is_none() {
-                publish(&ctx, &server, EventType::Normal, "VirtualMachineCreated", "Created the virtual machine").await;
-            }
-            vm = Some(VmState::of(&applied));
-        }
-        new_status.vm_name = Some(name.clone());
-    }
-
+    let vm = match &resolved {
+        Ok(inputs) => Some(ensure_vm(&server, &ctx, id, inputs).await?),
+        Err(_) => ctx.vms.get(&ns, &name),
+    };
     let vmi = ctx.vmis.get(&ns, &name);
-    handle_reboot(&server, &ctx, vmi.as_ref(), &mut new_status).await?;
-
-    let obs: Observation = phase::observe(
+    let reboot = handle_reboot(&server, &ctx, vmi.as_ref(), &old).await?;
+    let reference_error = resolved.as_ref().err().map(|(r, m)| (r.as_str(), m.as_str()));
+    let obs = phase::observe(
         &server.spec,
         reference_error,
         vm.as_ref(),
         vmi.as_ref(),
-        new_status.reboot_from_instance.as_deref(),
-        old_status.phase,
+        reboot.from_instance.as_deref(),
+        old.phase,
     );
-    if new_status.reboot_from_instance.is_some() && obs.phase != Phase::Rebooting {
-        new_status.reboot_from_instance = None;
-    }
-    let now = jiff::Timestamp::now().to_string();
-    new_status.phase = Some(obs.phase);
-    new_status.ip_address = obs.ipv4.clone();
-    new_status.ipv6_address = obs.ipv6.clone();
-    new_status.observed_generation = server.metadata.generation;
-
     // A failing backup must not hide the server's state: the status is written first.
     let backup =
         if resolved.is_ok() { backups::reconcile(&server, &ctx, &ns, &name, obs.phase).await } else { Ok(None) };
-    let report = backup.as_ref().ok().and_then(Option::as_ref);
-    if let Some(t) = report.and_then(|r| r.last_backup.clone()) {
-        new_status.last_backup_time = Some(t);
-    }
-    new_status.conditions = status::conditions(
-        &obs,
-        reference_error.is_none(),
-        report.map(|r| &r.verdict),
-        server.metadata.generation,
-        &old_status.conditions,
-        &now,
-    );
-
+    let now = jiff::Timestamp::now().to_string();
+    let new = status::next(&status::Inputs {
+        id,
+        old: &old,
+        obs: &obs,
+        vm_name: resolved.is_ok().then_some(name.as_str()),
+        references_ok: resolved.is_ok(),
+        reboot: &reboot,
+        backup: backup.as_ref().ok().and_then(Option::as_ref),
+        generation: server.metadata.generation,
+        now: &now,
+    });
     // Condition times only move when a status flips: an unchanged world writes nothing.
-    if old_status != new_status {
-        let patch = json!({"apiVersion": "vps.org/v1alpha1", "kind": "VpsServer", "status": new_status});
-        let written = servers.patch_status(&name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(&patch)).await?;
-        ctx.written.record(&key, written.metadata.resource_version.as_deref(), &new_status);
-        // A first status is no transition (the VirtualMachineCreated Event tells of it),
-        // unless it is an error.
-        let first = old_status.phase.is_none() && obs.phase != Phase::Error;
-        if old_status.phase != new_status.phase && !first {
-            let (kind, reason) = match obs.phase {
-                Phase::Error => (EventType::Warning, obs.reason.clone()),
-                p => (EventType::Normal, format!("{p:?}")),
-            };
-            publish(&ctx, &server, kind, &reason, &obs.message).await;
-        }
-        let failed = |conditions: &[crate::api::Condition]| {
-            conditions.iter().any(|c| c.type_ == "BackupsSucceeded" && c.status == crate::api::ConditionStatus::False)
-        };
-        if failed(&new_status.conditions) && !failed(&old_status.conditions) {
-            publish(&ctx, &server, EventType::Warning, "BackupFailed", "The newest backup snapshot failed").await;
+    if old != new {
+        write_status(&server, &ctx, &key, &new).await?;
+        for notice in status::notices(&old, &new, &obs) {
+            publish(&ctx, &server, notice.type_, &notice.reason, &notice.message).await;
         }
     }
-
-    let backup_wait = backup?.map(|r| r.next);
-    Ok(match (reference_error, backup_wait) {
-        (Some(_), _) => Next::After(ctx.config.reference_retry),
-        (None, Some(wait)) => Next::After(wait),
-        (None, None) => Next::OnChange,
+    Ok(match (resolved.is_err(), backup?) {
+        (true, _) => Next::After(ctx.config.reference_retry),
+        (false, Some(report)) => Next::After(report.next),
+        (false, None) => Next::OnChange,
     })
+}
+
+/// The server's id: its own, or a new one recorded in its label.
+async fn ensure_id(server: &VpsServer, ctx: &Context, ns: &str, name: &str) -> Result<i64> {
+    if let Some(id) = server.id() {
+        return Ok(id);
+    }
+    let id = ctx.ids.allocate(IdKind::Server).await?;
+    let patch = json!({"metadata": {"labels": {SERVER_ID_LABEL: id.to_string()}}});
+    Api::<VpsServer>::namespaced(ctx.client.clone(), ns)
+        .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await?;
+    tracing::info!(namespace = %ns, server = %name, id, "Allocated a server id");
+    Ok(id)
+}
+
+/// Applies the VM the server should have when what KubeVirt holds differs from it; returns
+/// what is known of the VM.
+async fn ensure_vm(server: &VpsServer, ctx: &Context, id: i64, inputs: &Resolved) -> Result<VmState> {
+    let ns = server.namespace().unwrap_or_default();
+    let name = server.name_any();
+    ensure_clone_permission(ctx, &ns, &inputs.image.spec.source.data_source_namespace).await?;
+    let desired = vm::build_vm(&VmInputs {
+        server,
+        id,
+        plan: &inputs.plan,
+        image: &inputs.image,
+        location: &inputs.location,
+        ssh_key: inputs.ssh_key.as_ref(),
+    });
+    let current = ctx.vms.get(&ns, &name);
+    if let Some(vm) = &current
+        && vm.spec_hash.is_some()
+        && vm.spec_hash == vm::spec_hash(&desired).and_then(decode_hash)
+    {
+        return Ok(vm.clone());
+    }
+    let vms: Api<VirtualMachineView> = Api::namespaced(ctx.client.clone(), &ns);
+    let applied = vms.patch(&name, &PatchParams::apply(OPERATOR_MANAGER).force(), &Patch::Apply(&desired)).await?;
+    if current.is_none() {
+        publish(ctx, server, EventType::Normal, "VirtualMachineCreated", "Created the virtual machine").await;
+    }
+    Ok(VmState::of(&applied))
+}
+
+/// Writes the server's status (server-side apply) and remembers it until the cache shows it.
+async fn write_status(server: &VpsServer, ctx: &Context, key: &str, status: &VpsServerStatus) -> Result<()> {
+    let api: Api<VpsServer> = Api::namespaced(ctx.client.clone(), &server.namespace().unwrap_or_default());
+    let patch = json!({"apiVersion": "vps.org/v1alpha1", "kind": "VpsServer", "status": status});
+    let written = api
+        .patch_status(&server.name_any(), &PatchParams::apply(OPERATOR_MANAGER).force(), &Patch::Apply(&patch))
+        .await?;
+    ctx.written.record(key, written.metadata.resource_version.as_deref(), status);
+    Ok(())
 }
 
 /// Tears down the VM, its disks and its snapshots; done once they are all gone.
@@ -172,15 +169,6 @@ pub async fn cleanup(server: Arc<VpsServer>, ctx: Arc<Context>) -> Result<()> {
     Ok(())
 }
 
-/// The server's id: its label, else what the status recorded.
-pub fn server_id(server: &VpsServer) -> Option<i64> {
-    server
-        .labels()
-        .get(SERVER_ID_LABEL)
-        .and_then(|v| v.parse().ok())
-        .or_else(|| server.status.as_ref().and_then(|s| s.id))
-}
-
 /// The catalog entries a server names, owned.
 pub struct Resolved {
     pub plan: crate::api::VpsPlan,
@@ -189,12 +177,9 @@ pub struct Resolved {
     pub ssh_key: Option<VpsSshKey>,
 }
 
-/// Looks up plan, image, location (caches) and SSH key; `Err((reason, message))` names the first missing one.
-async fn resolve(
-    server: &VpsServer,
-    ctx: &Context,
-    ns: &str,
-) -> Result<std::result::Result<Resolved, (String, String)>> {
+/// Looks up plan, image, location (caches) and SSH key; `Err((reason, message))` names the
+/// first missing one.
+async fn resolve(server: &VpsServer, ctx: &Context, ns: &str) -> Result<std::result::Result<Resolved, ReferenceError>> {
     let spec = &server.spec;
     let missing =
         |reason: &str, what: &str, name: &str| Err((reason.to_string(), format!("{what} {name:?} does not exist")));
@@ -226,32 +211,38 @@ async fn ensure_clone_permission(ctx: &Context, ns: &str, image_ns: &str) -> Res
     let binding = json!({
         "apiVersion": "rbac.authorization.k8s.io/v1",
         "kind": "RoleBinding",
-        "metadata": {"name": format!("vps-clone-{ns}"), "namespace": image_ns, "labels": {"app.kubernetes.io/managed-by": MANAGER}},
+        "metadata": {"name": format!("vps-clone-{ns}"), "namespace": image_ns, "labels": {"app.kubernetes.io/managed-by": OPERATOR_MANAGER}},
         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": CLONE_CLUSTER_ROLE},
         "subjects": [{"kind": "ServiceAccount", "name": "default", "namespace": ns}],
     });
     let api: Api<RoleBinding> = Api::namespaced(ctx.client.clone(), image_ns);
-    api.patch(&format!("vps-clone-{ns}"), &PatchParams::apply(MANAGER).force(), &Patch::Apply(&binding)).await?;
+    api.patch(&format!("vps-clone-{ns}"), &PatchParams::apply(OPERATOR_MANAGER).force(), &Patch::Apply(&binding))
+        .await?;
     ctx.clone_bindings.lock().expect("lock").insert(key);
     Ok(())
 }
 
 /// Honours a new `rebootRequestedAt` once: deletes the running instance (KubeVirt starts a
-/// new one under `runStrategy: Always`) and remembers which instance it replaced.
+/// new one under `runStrategy: Always`) and remembers which instance it replaced. Returns
+/// where the reboot stands, starting from what `old` recorded.
 async fn handle_reboot(
     server: &VpsServer,
     ctx: &Context,
     vmi: Option<&VmiState>,
-    status: &mut VpsServerStatus,
-) -> Result<()> {
-    let Some(stamp) = &server.spec.reboot_requested_at else { return Ok(()) };
-    if status.observed_reboot_request.as_ref() == Some(stamp) {
-        return Ok(());
+    old: &VpsServerStatus,
+) -> Result<Reboot> {
+    let mut reboot = Reboot {
+        observed_request: old.observed_reboot_request.clone(),
+        from_instance: old.reboot_from_instance.clone(),
+    };
+    let Some(stamp) = &server.spec.reboot_requested_at else { return Ok(reboot) };
+    if reboot.observed_request.as_ref() == Some(stamp) {
+        return Ok(reboot);
     }
-    status.observed_reboot_request = Some(stamp.clone());
+    reboot.observed_request = Some(stamp.clone());
     let running = vmi.filter(|v| v.running);
     let Some(vmi) = running.filter(|_| vm::run_strategy(server) == "Always") else {
-        return Ok(()); // nothing runs: nothing to reboot
+        return Ok(reboot); // nothing runs: nothing to reboot
     };
     let uid = vmi.uid.as_deref().map(String::from);
     // The instance has the server's name.
@@ -262,9 +253,9 @@ async fn handle_reboot(
         ..Default::default()
     };
     ignore_not_found(api.delete(&server.name_any(), &dp).await)?;
-    status.reboot_from_instance = uid;
+    reboot.from_instance = uid;
     publish(ctx, server, EventType::Normal, "Rebooting", "Restarting the virtual machine instance").await;
-    Ok(())
+    Ok(reboot)
 }
 
 fn ignore_not_found<T>(result: std::result::Result<T, kube::Error>) -> Result<()> {

@@ -1,15 +1,95 @@
 //! Building the server's status from an observation, keeping condition transition times
-//! stable so that an unchanged world means an unchanged status (and no write).
+//! stable so that an unchanged world means an unchanged status (and no write), and the
+//! Events a change of status tells of. Pure: no client, no clock.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 
+use kube::runtime::events::EventType;
+
 use crate::api::{Condition, ConditionStatus, Phase, VpsServerStatus};
 
+use super::backups::{Report, Verdict};
 use super::phase::Observation;
 
-/// A condition's status, CamelCase reason and message.
-pub type Verdict = (ConditionStatus, String, String);
+/// Where a server's reboot stands: the last request acted on, and the instance it replaced
+/// (while the reboot lasts).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Reboot {
+    pub observed_request: Option<String>,
+    pub from_instance: Option<String>,
+}
+
+/// What the next status is computed from.
+pub struct Inputs<'a> {
+    pub id: i64,
+    /// The newest status: what the server shows, or the operator's own newer write.
+    pub old: &'a VpsServerStatus,
+    pub obs: &'a Observation,
+    /// The VirtualMachine's name, once the operator keeps one (its references resolved).
+    pub vm_name: Option<&'a str>,
+    /// Plan, image, location and key exist.
+    pub references_ok: bool,
+    pub reboot: &'a Reboot,
+    /// The backup schedule's report (`None`: backups are off, or not looked at).
+    pub backup: Option<&'a Report>,
+    pub generation: Option<i64>,
+    pub now: &'a str,
+}
+
+/// The status to write (nothing, when it equals `inputs.old`).
+pub fn next(inputs: &Inputs<'_>) -> VpsServerStatus {
+    let Inputs { id, old, obs, vm_name, references_ok, reboot, backup, generation, now } = *inputs;
+    let mut status = VpsServerStatus { id: Some(id), ..old.clone() };
+    if let Some(name) = vm_name {
+        status.vm_name = Some(name.to_string());
+    }
+    status.observed_reboot_request = reboot.observed_request.clone();
+    status.reboot_from_instance = reboot.from_instance.clone().filter(|_| obs.phase == Phase::Rebooting);
+    status.phase = Some(obs.phase);
+    status.ip_address = obs.ipv4.clone();
+    status.ipv6_address = obs.ipv6.clone();
+    status.observed_generation = generation;
+    if let Some(t) = backup.and_then(|r| r.last_backup.clone()) {
+        status.last_backup_time = Some(t);
+    }
+    status.conditions = conditions(obs, references_ok, backup.map(|r| &r.verdict), generation, &old.conditions, now);
+    status
+}
+
+/// An Event to publish about a server.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Notice {
+    pub type_: EventType,
+    pub reason: String,
+    pub message: String,
+}
+
+/// What a status change from `old` to `new` tells: a phase transition (a first status only
+/// when it is an error: the `VirtualMachineCreated` Event tells of the rest), and a backup
+/// that just failed. Errors are Warnings.
+pub fn notices(old: &VpsServerStatus, new: &VpsServerStatus, obs: &Observation) -> Vec<Notice> {
+    let mut out = Vec::new();
+    let first = old.phase.is_none() && obs.phase != Phase::Error;
+    if old.phase != new.phase && !first {
+        let (type_, reason) = match obs.phase {
+            Phase::Error => (EventType::Warning, obs.reason.clone()),
+            p => (EventType::Normal, format!("{p:?}")),
+        };
+        out.push(Notice { type_, reason, message: obs.message.clone() });
+    }
+    let failed = |status: &VpsServerStatus| {
+        status.conditions.iter().any(|c| c.type_ == "BackupsSucceeded" && c.status == ConditionStatus::False)
+    };
+    if failed(new) && !failed(old) {
+        out.push(Notice {
+            type_: EventType::Warning,
+            reason: "BackupFailed".into(),
+            message: "The newest backup snapshot failed".into(),
+        });
+    }
+    out
+}
 
 /// The conditions for an observation: `Ready` (the server is running and reachable),
 /// `ReferencesResolved` (plan, image, location and key exist) and, while backups are
@@ -125,6 +205,65 @@ mod tests {
         assert_eq!((ready.status, ready.last_transition_time.as_str()), (ConditionStatus::True, "t3"));
         let refs = active.iter().find(|c| c.type_ == "ReferencesResolved").unwrap();
         assert_eq!(refs.last_transition_time, "t1");
+    }
+
+    fn inputs<'a>(old: &'a VpsServerStatus, obs: &'a Observation, reboot: &'a Reboot) -> Inputs<'a> {
+        Inputs {
+            id: 7,
+            old,
+            obs,
+            vm_name: Some("srv-7"),
+            references_ok: true,
+            reboot,
+            backup: None,
+            generation: Some(3),
+            now: "t1",
+        }
+    }
+
+    #[test]
+    fn the_next_status_follows_the_observation() {
+        let old = VpsServerStatus::default();
+        let mut starting = obs(Phase::Starting);
+        starting.ipv4 = Some("192.0.2.7".into());
+        let reboot = Reboot { observed_request: Some("r1".into()), from_instance: Some("uid-1".into()) };
+        let new = next(&inputs(&old, &starting, &reboot));
+        assert_eq!((new.id, new.phase, new.vm_name.as_deref()), (Some(7), Some(Phase::Starting), Some("srv-7")));
+        assert_eq!((new.ip_address.as_deref(), new.observed_generation), (Some("192.0.2.7"), Some(3)));
+        assert_eq!(new.observed_reboot_request.as_deref(), Some("r1"));
+        assert_eq!(new.reboot_from_instance, None, "a reboot's instance is kept only while rebooting");
+        let rebooting = obs(Phase::Rebooting);
+        assert_eq!(next(&inputs(&old, &rebooting, &reboot)).reboot_from_instance.as_deref(), Some("uid-1"));
+        assert_eq!(next(&inputs(&new, &starting, &reboot)), new, "the same world, the same status");
+    }
+
+    #[test]
+    fn notices_tell_of_transitions_and_failed_backups() {
+        let none = VpsServerStatus::default();
+        let active = VpsServerStatus { phase: Some(Phase::Active), ..Default::default() };
+        let stopped = VpsServerStatus { phase: Some(Phase::Stopped), ..Default::default() };
+        assert!(notices(&none, &active, &obs(Phase::Active)).is_empty(), "a first status is no transition");
+        let n = notices(&active, &stopped, &obs(Phase::Stopped));
+        assert_eq!((n.len(), n[0].type_, n[0].reason.as_str()), (1, EventType::Normal, "Stopped"));
+        let mut error = obs(Phase::Error);
+        error.reason = "ErrorUnschedulable".into();
+        let failed = VpsServerStatus { phase: Some(Phase::Error), ..Default::default() };
+        let n = notices(&none, &failed, &error);
+        assert_eq!((n[0].type_, n[0].reason.as_str()), (EventType::Warning, "ErrorUnschedulable"));
+        let backup_failed = VpsServerStatus {
+            conditions: conditions(
+                &obs(Phase::Active),
+                true,
+                Some(&(ConditionStatus::False, "BackupFailed".into(), "m".into())),
+                None,
+                &[],
+                "t",
+            ),
+            ..active.clone()
+        };
+        let n = notices(&active, &backup_failed, &obs(Phase::Active));
+        assert_eq!((n.len(), n[0].reason.as_str()), (1, "BackupFailed"));
+        assert!(notices(&backup_failed, &backup_failed, &obs(Phase::Active)).is_empty(), "told once");
     }
 
     #[test]

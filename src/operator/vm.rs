@@ -5,15 +5,13 @@ use kube::{Resource, ResourceExt};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-use crate::api::{ACCOUNT_LABEL, PowerState, SERVER_ID_LABEL, VpsImage, VpsLocation, VpsPlan, VpsServer, VpsSshKey};
+use crate::api::{
+    ACCOUNT_LABEL, PowerState, SERVER_ID_LABEL, SERVER_LABEL, SIMULATOR_ANNOTATION_PREFIX, VpsImage, VpsLocation,
+    VpsPlan, VpsServer, VpsSshKey,
+};
 
-/// Label on the VM, its instance and its snapshots: the name of the VpsServer.
-pub const SERVER_LABEL: &str = "vps.org/server";
 /// Annotation on the VM: hash of what the operator last applied, so it applies only changes.
 pub const SPEC_HASH_ANNOTATION: &str = "vps.org/spec-hash";
-
-/// Server annotations with this prefix are copied onto the VM (read by the node simulator).
-pub const SIMULATOR_ANNOTATION_PREFIX: &str = "simulator.vps.org/";
 
 /// Everything a VM is built from.
 pub struct VmInputs<'a> {

@@ -9,7 +9,7 @@
 //!   snapshotter's part for VolumeSnapshots.
 //!
 //! It never writes what virt-controller owns. Failures are injected per VM with the
-//! annotation [`FAILURE_ANNOTATION`].
+//! annotation [`FAILURE_ANNOTATION`] (the operator copies it from the server).
 
 pub mod addresses;
 pub mod nodes;
@@ -24,12 +24,9 @@ use kube::api::Api;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Client, ResourceExt};
 
+pub use crate::api::FAILURE_ANNOTATION;
+use crate::flags::duration;
 use crate::kubevirt::VirtualMachine;
-use crate::operator::humantime_duration;
-
-/// Annotation on a VirtualMachine (the operator copies it from the VpsServer) that makes the
-/// simulated hosts fail it: `image-pull`, `data-volume`, `snapshot` or `crash`.
-pub const FAILURE_ANNOTATION: &str = "simulator.vps.org/fail";
 /// The CSI driver name of simulated volumes (StorageClass provisioner and snapshot class).
 pub const DRIVER: &str = "simulator.vps.org";
 /// The simulated StorageClass (the cluster default).
@@ -72,31 +69,28 @@ pub struct SimulatorConfig {
     #[arg(long, default_value = "fd00:200::/64")]
     pub ipv6_pool: String,
     /// kubelet: from a bound launcher Pod to Running.
-    #[arg(long, value_parser = humantime_duration, default_value = "0s")]
+    #[arg(long, value_parser = duration, default_value = "0s")]
     pub pod_start_delay: Duration,
     /// virt-handler: from a Scheduled instance to Running.
-    #[arg(long, value_parser = humantime_duration, default_value = "0s")]
+    #[arg(long, value_parser = duration, default_value = "0s")]
     pub boot_delay: Duration,
     /// virt-handler: from an instance being deleted to Succeeded (guest shutdown).
-    #[arg(long, value_parser = humantime_duration, default_value = "0s")]
+    #[arg(long, value_parser = duration, default_value = "0s")]
     pub shutdown_delay: Duration,
     /// CDI: from a DataVolume to Succeeded (image import).
-    #[arg(long, value_parser = humantime_duration, default_value = "0s")]
+    #[arg(long, value_parser = duration, default_value = "0s")]
     pub import_delay: Duration,
     /// CSI snapshotter: from a VolumeSnapshot to ready.
-    #[arg(long, value_parser = humantime_duration, default_value = "0s")]
+    #[arg(long, value_parser = duration, default_value = "0s")]
     pub snapshot_delay: Duration,
+    /// The kubelet version the simulated nodes report; that of the API server when unset.
+    #[arg(long)]
+    pub kubelet_version: Option<String>,
 }
 
 impl Default for SimulatorConfig {
     fn default() -> Self {
-        use clap::Parser;
-        #[derive(Parser)]
-        struct Wrapper {
-            #[command(flatten)]
-            config: SimulatorConfig,
-        }
-        Wrapper::parse_from(["simulator"]).config
+        crate::flags::defaults()
     }
 }
 
@@ -130,7 +124,11 @@ pub async fn run(client: Client, config: SimulatorConfig) -> anyhow::Result<()> 
     let specs = config.nodes.iter().map(|s| nodes::NodeSpec::parse(s)).collect::<anyhow::Result<Vec<_>>>()?;
     let pools = addresses::Pools::parse(&config.ipv4_pool, &config.ipv6_pool)?;
     volumes::ensure_storage_classes(&client).await?;
-    nodes::register(&client, &specs).await?;
+    let kubelet_version = match &config.kubelet_version {
+        Some(v) => v.clone(),
+        None => client.apiserver_version().await?.git_version,
+    };
+    nodes::register(&client, &specs, &kubelet_version).await?;
 
     let (vms, vm_writer) = kube::runtime::reflector::store();
     let vm_watch = {
@@ -165,7 +163,7 @@ pub async fn run(client: Client, config: SimulatorConfig) -> anyhow::Result<()> 
 /// patches with JSON-patch `test` operations on values it re-serialized: a stored timestamp
 /// with fractions would never compare equal.
 pub fn k8s_now() -> String {
-    jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
+    crate::timestamps::now()
 }
 
 /// How long is left of `delay` since `since` (zero when passed).

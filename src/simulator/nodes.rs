@@ -10,7 +10,7 @@ use kube::Client;
 use kube::api::{Api, Patch, PatchParams};
 use serde_json::json;
 
-const MANAGER: &str = "vps-node-simulator";
+use crate::api::SIMULATOR_MANAGER as MANAGER;
 
 /// One simulated node: a name and its labels (e.g. the region a VpsLocation selects).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -57,8 +57,8 @@ fn micro_now() -> String {
     jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%S%.6fZ").to_string()
 }
 
-/// Creates or updates the Nodes and reports them Ready.
-pub async fn register(client: &Client, specs: &[NodeSpec]) -> Result<()> {
+/// Creates or updates the Nodes and reports them Ready, with kubelet `kubelet_version`.
+pub async fn register(client: &Client, specs: &[NodeSpec], kubelet_version: &str) -> Result<()> {
     let api: Api<Node> = Api::all(client.clone());
     for (i, spec) in specs.iter().enumerate() {
         let node = json!({
@@ -78,7 +78,7 @@ pub async fn register(client: &Client, specs: &[NodeSpec]) -> Result<()> {
             "capacity": resources, "allocatable": resources,
             "addresses": [{"type": "InternalIP", "address": format!("127.0.1.{}", i + 1)}, {"type": "Hostname", "address": spec.name}],
             "nodeInfo": {
-                "architecture": "amd64", "operatingSystem": "linux", "kubeletVersion": crate::controlplane::KUBERNETES_VERSION,
+                "architecture": "amd64", "operatingSystem": "linux", "kubeletVersion": kubelet_version,
                 "kubeProxyVersion": "", "osImage": "simulated", "kernelVersion": "simulated", "containerRuntimeVersion": "simulated://1",
                 "machineID": "", "systemUUID": "", "bootID": "",
             },

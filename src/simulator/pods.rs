@@ -41,93 +41,119 @@ async fn reconcile(pod: Arc<Pod>, sim: Arc<Sim>) -> Result<Action, kube::Error> 
     if !sim.is_our_node(spec.node_name.as_deref()) {
         return Ok(Action::await_change());
     }
-    let ns = pod.namespace().unwrap_or_default();
-    let api: Api<Pod> = Api::namespaced(sim.client.clone(), &ns);
-    let phase = pod.status.as_ref().and_then(|s| s.phase.clone()).unwrap_or_default();
-    let now = super::k8s_now();
-    let containers: Vec<String> = spec.containers.iter().map(|c| c.name.clone()).collect();
-
+    let api: Api<Pod> = Api::namespaced(sim.client.clone(), &pod.namespace().unwrap_or_default());
+    let containers: Vec<&str> = spec.containers.iter().map(|c| c.name.as_str()).collect();
+    let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref()).unwrap_or_default();
     if let Some(deleted) = &pod.metadata.deletion_timestamp {
         let wait = remaining(sim.config.shutdown_delay, Some(deleted.0));
         if !wait.is_zero() {
             return Ok(Action::requeue(wait));
         }
-        if phase != "Succeeded" && phase != "Failed" {
-            let statuses: Vec<Value> = containers
-                .iter()
-                .map(|c| json!({"name": c, "ready": false, "restartCount": 0, "image": "simulated", "imageID": "simulated",
-                    "state": {"terminated": {"exitCode": 0, "reason": "Completed", "startedAt": now, "finishedAt": now}}}))
-                .collect();
-            let status = json!({"status": {"phase": "Succeeded", "containerStatuses": statuses,
-                "conditions": [{"type": "Ready", "status": "False", "reason": "PodCompleted", "lastTransitionTime": now}]}});
-            api.patch_status(&pod.name_any(), &PatchParams::default(), &Patch::Strategic(&status)).await?;
-        }
-        let dp = DeleteParams { grace_period_seconds: Some(0), ..Default::default() };
-        match api.delete(&pod.name_any(), &dp).await {
-            Ok(_) | Err(kube::Error::Api(_)) => {}
-            Err(e) => return Err(e),
-        }
-        return Ok(Action::await_change());
+        return terminate(&api, &pod, phase, &containers).await;
     }
+    if phase == "Running" {
+        return follow_readiness_gate(&api, &pod).await;
+    }
+    let wait = remaining(sim.config.pod_start_delay, scheduled_at(&pod));
+    if !wait.is_zero() {
+        return Ok(Action::requeue(wait));
+    }
+    let vm_name = pod.labels().get("vm.kubevirt.io/name").map(String::as_str).unwrap_or_default();
+    let status = match sim.failure(&pod.namespace().unwrap_or_default(), vm_name) {
+        Some(Failure::ImagePull) => image_pull_failure(&containers),
+        _ => {
+            let vmi_uid =
+                pod.labels().get("kubevirt.io/created-by").cloned().unwrap_or_else(|| pod.uid().unwrap_or_default());
+            running(&pod, &containers, sim.pools.for_uid(&vmi_uid))
+        }
+    };
+    api.patch_status(&pod.name_any(), &PatchParams::default(), &Patch::Strategic(&status)).await?;
+    Ok(Action::await_change())
+}
 
-    let vm_name = pod.labels().get("vm.kubevirt.io/name").cloned().unwrap_or_default();
-    let failure = sim.failure(&ns, &vm_name);
-    if phase != "Running" {
-        let scheduled = pod
-            .status
-            .iter()
-            .flat_map(|s| s.conditions.iter().flatten())
-            .find(|c| c.type_ == "PodScheduled")
-            .and_then(|c| c.last_transition_time.as_ref().map(|t| t.0))
-            .or_else(|| pod.creation_timestamp().map(|t| t.0));
-        let wait = remaining(sim.config.pod_start_delay, scheduled);
-        if !wait.is_zero() {
-            return Ok(Action::requeue(wait));
-        }
-        if failure == Some(Failure::ImagePull) {
-            let statuses: Vec<Value> = containers
-                .iter()
-                .map(|c| {
-                    json!({"name": c, "ready": false, "restartCount": 0, "image": "simulated", "imageID": "",
-                    "state": {"waiting": {"reason": "ErrImagePull", "message": "simulated image pull failure"}}})
-                })
-                .collect();
-            let status = json!({"status": {"phase": "Pending", "containerStatuses": statuses}});
-            api.patch_status(&pod.name_any(), &PatchParams::default(), &Patch::Strategic(&status)).await?;
-            return Ok(Action::await_change());
-        }
-        let vmi_uid =
-            pod.labels().get("kubevirt.io/created-by").cloned().unwrap_or_else(|| pod.uid().unwrap_or_default());
-        let (v4, v6) = sim.pools.for_uid(&vmi_uid);
-        let statuses: Vec<Value> = containers
-            .iter()
-            .map(|c| json!({"name": c, "ready": true, "started": true, "restartCount": 0, "image": "simulated", "imageID": "simulated",
-                "containerID": format!("simulated://{}-{c}", pod.uid().unwrap_or_default()),
-                "state": {"running": {"startedAt": now}}}))
-            .collect();
-        let host_ip = "127.0.1.1";
-        let status = json!({"status": {
-            "phase": "Running",
-            "hostIP": host_ip, "hostIPs": [{"ip": host_ip}],
-            "podIP": v4, "podIPs": [{"ip": v4}, {"ip": v6}],
-            "startTime": now,
-            "containerStatuses": statuses,
-            "conditions": [
-                {"type": "Initialized", "status": "True", "lastTransitionTime": now},
-                {"type": "ContainersReady", "status": "True", "lastTransitionTime": now},
-                {"type": "Ready", "status": if condition_true(&pod, UNPAUSED) { "True" } else { "False" }, "lastTransitionTime": now},
-            ],
-        }});
+/// A deleted Pod: its containers exit, then it goes (as kubelet deletes it with grace 0).
+async fn terminate(api: &Api<Pod>, pod: &Pod, phase: &str, containers: &[&str]) -> Result<Action, kube::Error> {
+    if phase != "Succeeded" && phase != "Failed" {
+        let status = terminated(containers);
         api.patch_status(&pod.name_any(), &PatchParams::default(), &Patch::Strategic(&status)).await?;
-        return Ok(Action::await_change());
     }
-    // Running: Ready follows the readiness gate virt-controller sets.
-    let gate = condition_true(&pod, UNPAUSED);
-    if gate != condition_true(&pod, "Ready") {
+    let dp = DeleteParams { grace_period_seconds: Some(0), ..Default::default() };
+    match api.delete(&pod.name_any(), &dp).await {
+        Ok(_) | Err(kube::Error::Api(_)) => Ok(Action::await_change()),
+        Err(e) => Err(e),
+    }
+}
+
+/// A running Pod: Ready follows the readiness gate virt-controller sets.
+async fn follow_readiness_gate(api: &Api<Pod>, pod: &Pod) -> Result<Action, kube::Error> {
+    let gate = condition_true(pod, UNPAUSED);
+    if gate != condition_true(pod, "Ready") {
         let status = json!({"status": {"conditions": [
-            {"type": "Ready", "status": if gate { "True" } else { "False" }, "lastTransitionTime": now}
+            {"type": "Ready", "status": if gate { "True" } else { "False" }, "lastTransitionTime": super::k8s_now()}
         ]}});
         api.patch_status(&pod.name_any(), &PatchParams::default(), &Patch::Strategic(&status)).await?;
     }
     Ok(Action::await_change())
+}
+
+/// When the Pod was scheduled (or made).
+fn scheduled_at(pod: &Pod) -> Option<jiff::Timestamp> {
+    pod.status
+        .iter()
+        .flat_map(|s| s.conditions.iter().flatten())
+        .find(|c| c.type_ == "PodScheduled")
+        .and_then(|c| c.last_transition_time.as_ref().map(|t| t.0))
+        .or_else(|| pod.creation_timestamp().map(|t| t.0))
+}
+
+/// The status of a Pod whose containers exited cleanly.
+fn terminated(containers: &[&str]) -> Value {
+    let now = super::k8s_now();
+    let statuses: Vec<Value> = containers
+        .iter()
+        .map(|c| {
+            json!({"name": c, "ready": false, "restartCount": 0, "image": "simulated", "imageID": "simulated",
+            "state": {"terminated": {"exitCode": 0, "reason": "Completed", "startedAt": now, "finishedAt": now}}})
+        })
+        .collect();
+    json!({"status": {"phase": "Succeeded", "containerStatuses": statuses,
+        "conditions": [{"type": "Ready", "status": "False", "reason": "PodCompleted", "lastTransitionTime": now}]}})
+}
+
+/// The status of a Pod whose images cannot be pulled (an injected failure).
+fn image_pull_failure(containers: &[&str]) -> Value {
+    let statuses: Vec<Value> = containers
+        .iter()
+        .map(|c| {
+            json!({"name": c, "ready": false, "restartCount": 0, "image": "simulated", "imageID": "",
+            "state": {"waiting": {"reason": "ErrImagePull", "message": "simulated image pull failure"}}})
+        })
+        .collect();
+    json!({"status": {"phase": "Pending", "containerStatuses": statuses}})
+}
+
+/// The status of a Pod whose containers run, with the guest's addresses as its own.
+fn running(pod: &Pod, containers: &[&str], (v4, v6): (String, String)) -> Value {
+    let now = super::k8s_now();
+    let uid = pod.uid().unwrap_or_default();
+    let statuses: Vec<Value> = containers
+        .iter()
+        .map(|c| json!({"name": c, "ready": true, "started": true, "restartCount": 0, "image": "simulated", "imageID": "simulated",
+            "containerID": format!("simulated://{uid}-{c}"),
+            "state": {"running": {"startedAt": now}}}))
+        .collect();
+    let host_ip = "127.0.1.1";
+    let ready = if condition_true(pod, UNPAUSED) { "True" } else { "False" };
+    json!({"status": {
+        "phase": "Running",
+        "hostIP": host_ip, "hostIPs": [{"ip": host_ip}],
+        "podIP": v4, "podIPs": [{"ip": v4}, {"ip": v6}],
+        "startTime": now,
+        "containerStatuses": statuses,
+        "conditions": [
+            {"type": "Initialized", "status": "True", "lastTransitionTime": now},
+            {"type": "ContainersReady", "status": "True", "lastTransitionTime": now},
+            {"type": "Ready", "status": ready, "lastTransitionTime": now},
+        ],
+    }})
 }

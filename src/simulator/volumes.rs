@@ -16,7 +16,7 @@ use serde_json::json;
 use super::{DRIVER, Failure, STORAGE_CLASS, Sim, remaining};
 use crate::kubevirt::{DataVolume, VolumeSnapshot};
 
-const MANAGER: &str = "vps-node-simulator";
+use crate::api::SIMULATOR_MANAGER as MANAGER;
 
 /// The simulated StorageClass (default) and its VolumeSnapshotClass.
 pub async fn ensure_storage_classes(client: &Client) -> anyhow::Result<()> {

@@ -5,10 +5,9 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Namespace;
 use kube::Client;
-use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
+use kube::api::{Api, ObjectMeta, PostParams};
 use reqwest::header::HeaderMap;
-use serde_json::{Value, json};
-use vps_operator::api::{VpsAccount, VpsImage, VpsLocation, VpsPlan};
+use serde_json::Value;
 use vps_operator::gateway::{self, AppState};
 
 pub const SYSTEM_NAMESPACE: &str = "vps-system";
@@ -26,33 +25,10 @@ pub async fn ensure_system_namespace(client: &Client) {
     }
 }
 
-/// The catalog of the original documentation, applied server-side (idempotent; shared by
-/// every test of the binary).
+/// The demo catalog (`deploy/samples/catalog.yaml`), applied server-side (idempotent; shared
+/// by every test of the binary).
 pub async fn ensure_catalog(client: &Client) {
-    let pp = PatchParams::apply("gateway-tests").force();
-    let plans: Api<VpsPlan> = Api::all(client.clone());
-    for (name, id, display, vcpus, memory, storage, bandwidth, price) in [
-        ("standard", 1, "Standard VPS", 2, 4096, 80, 2048, 1000),
-        ("performance", 2, "Performance VPS", 4, 8192, 160, 4096, 4000),
-    ] {
-        let plan = json!({"apiVersion": "vps.org/v1alpha1", "kind": "VpsPlan", "metadata": {"name": name},
-            "spec": {"id": id, "displayName": display, "vcpus": vcpus, "memory": memory, "storage": storage,
-                     "bandwidth": bandwidth, "monthlyPriceCents": price}});
-        plans.patch(name, &pp, &Patch::Apply(&plan)).await.expect("apply plan");
-    }
-    let images: Api<VpsImage> = Api::all(client.clone());
-    for (name, id, display) in [("ubuntu-22-04", 5, "Ubuntu 22.04 LTS"), ("debian-12", 3, "Debian 12")] {
-        let image = json!({"apiVersion": "vps.org/v1alpha1", "kind": "VpsImage", "metadata": {"name": name},
-            "spec": {"id": id, "displayName": display,
-                     "source": {"dataSourceNamespace": "vps-images", "dataSourceName": name}}});
-        images.patch(name, &pp, &Patch::Apply(&image)).await.expect("apply image");
-    }
-    let locations: Api<VpsLocation> = Api::all(client.clone());
-    for (name, display) in [("us-west", "US West (Oregon)"), ("us-east", "US East (Virginia)")] {
-        let location = json!({"apiVersion": "vps.org/v1alpha1", "kind": "VpsLocation", "metadata": {"name": name},
-            "spec": {"displayName": display}});
-        locations.patch(name, &pp, &Patch::Apply(&location)).await.expect("apply location");
-    }
+    vps_operator::testbed::install_demo_catalog(client).await.expect("install the demo catalog");
 }
 
 /// One account of a test: its namespace, the account's name, and a token for it.
@@ -68,12 +44,7 @@ pub async fn tenant(client: &Client, test: &str, credit_cents: i64) -> Tenant {
     ensure_catalog(client).await;
     let namespace = super::namespace(client, test).await;
     let account = namespace.clone();
-    let obj = json!({"apiVersion": "vps.org/v1alpha1", "kind": "VpsAccount", "metadata": {"name": account},
-        "spec": {"namespace": namespace, "creditCents": credit_cents}});
-    Api::<VpsAccount>::all(client.clone())
-        .patch(&account, &PatchParams::apply("gateway-tests").force(), &Patch::Apply(&obj))
-        .await
-        .expect("apply account");
+    vps_operator::testbed::ensure_account(client, &account, credit_cents).await.expect("apply account");
     let token = vps_operator::tokens::create(client, SYSTEM_NAMESPACE, &account).await.expect("create token");
     Tenant { account, namespace, token }
 }
@@ -115,13 +86,18 @@ impl Answer {
 /// caches have synced.
 pub async fn start(client: &Client) -> Gateway {
     ensure_system_namespace(client).await;
-    let state = AppState::new(client.clone(), SYSTEM_NAMESPACE, Duration::from_secs(30));
-    tokio::time::timeout(Duration::from_secs(30), state.caches.wait_ready()).await.expect("gateway caches sync");
+    start_as(client.clone()).await
+}
+
+/// Starts a gateway on 127.0.0.1:0 that uses `client` (its own credentials) for everything.
+pub async fn start_as(client: Client) -> Gateway {
+    let state = gateway::start(client, SYSTEM_NAMESPACE, Duration::from_secs(30)).await.expect("start the gateway");
+    let state = state.synced().await.expect("gateway caches sync");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let url = format!("http://{}", listener.local_addr().unwrap());
-    let app = gateway::app(state.clone());
+    let served = state.clone();
     let task = tokio::spawn(async move {
-        axum::serve(listener, app).await.expect("serve");
+        gateway::serve(listener, served, std::future::pending()).await.expect("serve");
     });
     let http = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())

@@ -94,7 +94,7 @@ impl System {
 async fn run_operator(kubeconfig: PathBuf, config: OperatorConfig, metrics: std::net::SocketAddr) {
     let kubeconfig = kube::config::Kubeconfig::read_from(&kubeconfig).expect("kubeconfig");
     let kube_config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await.expect("config");
-    if let Err(e) = vps_operator::operator::run(kube_config, config, Some(metrics)).await {
+    if let Err(e) = vps_operator::operator::run(kube_config, config, Some(metrics), std::future::pending()).await {
         panic!("the operator stopped: {e:?}");
     }
 }
@@ -103,7 +103,7 @@ async fn run_operator(kubeconfig: PathBuf, config: OperatorConfig, metrics: std:
 pub fn simulator_config() -> SimulatorConfig {
     let mut config = SimulatorConfig::default();
     if let Ok(delay) = std::env::var("VPS_SIM_DELAY") {
-        let d = vps_operator::operator::humantime_duration(&delay).expect("VPS_SIM_DELAY is a duration");
+        let d = vps_operator::flags::duration(&delay).expect("VPS_SIM_DELAY is a duration");
         config.pod_start_delay = d;
         config.boot_delay = d;
         config.shutdown_delay = d;

@@ -3,7 +3,6 @@
 //! and a gateway served with such a kubeconfig (no admin rights anywhere in it).
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::core::v1::ServiceAccount;
@@ -11,7 +10,6 @@ use kube::Client;
 use kube::api::{Api, PostParams};
 use serde_json::Value;
 use vps_operator::controlplane;
-use vps_operator::gateway::{self, AppState};
 
 pub const SYSTEM_NAMESPACE: &str = "vps-system";
 
@@ -77,51 +75,19 @@ pub fn forbidden<T: std::fmt::Debug>(result: Result<T, kube::Error>) -> bool {
     }
 }
 
-/// A gateway served in this test's runtime with the given client (the gateway's own
-/// credentials); stops when dropped.
-pub struct Gateway {
-    pub url: String,
-    http: reqwest::Client,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
+/// A gateway that runs with the given client (the gateway's own credentials); stops when
+/// dropped.
+pub struct Gateway(super::gateway::Gateway);
 
 /// Starts a gateway on 127.0.0.1:0 with `client`; returns once its caches have synced.
 pub async fn start_gateway(client: Client) -> Gateway {
-    let state = AppState::new(client, SYSTEM_NAMESPACE, Duration::from_secs(30));
-    tokio::time::timeout(Duration::from_secs(30), state.caches.wait_ready())
-        .await
-        .expect("the gateway's caches sync with its ServiceAccount's rights");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let app = gateway::app(state);
-    let task = tokio::spawn(async move {
-        axum::serve(listener, app).await.expect("serve");
-    });
-    let http = reqwest::Client::builder().timeout(Duration::from_secs(60)).build().unwrap();
-    Gateway { url, http, task }
+    Gateway(super::gateway::start_as(client).await)
 }
 
 impl Gateway {
     /// Sends a request with an optional JSON body; returns status and body (`Null` when empty).
     pub async fn call(&self, method: &str, path: &str, token: &str, body: Option<Value>) -> (u16, Value) {
-        let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
-        let mut req = self
-            .http
-            .request(method, format!("{}{path}", self.url))
-            .header("Content-Type", "application/json")
-            .header("Authorization", format!("Bearer {token}"));
-        if let Some(body) = body {
-            req = req.body(serde_json::to_vec(&body).unwrap());
-        }
-        let res = req.send().await.expect("send request");
-        let status = res.status().as_u16();
-        let text = res.text().await.unwrap();
-        (status, if text.is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap_or(Value::String(text)) })
+        let answer = self.0.call(method, path, Some(token), body).await;
+        (answer.status, answer.body)
     }
 }

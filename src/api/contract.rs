@@ -1,0 +1,31 @@
+//! The names the parts of the system agree on: the labels, annotations, finalizer and field
+//! managers that the gateway, the operator and the node simulator read from each other's
+//! objects. Kept here, in the one module all three import, so that none imports another.
+
+/// Label holding a server's integer id (set by whoever creates it, or by the operator).
+pub const SERVER_ID_LABEL: &str = "vps.org/server-id";
+/// Label holding an SSH key's integer id.
+pub const SSH_KEY_ID_LABEL: &str = "vps.org/ssh-key-id";
+/// Label naming the account that owns an object.
+pub const ACCOUNT_LABEL: &str = "vps.org/account";
+/// Label on a server's VirtualMachine, its instance, its disks and its snapshots: the name
+/// of the `VpsServer`.
+pub const SERVER_LABEL: &str = "vps.org/server";
+
+/// The finalizer that guarantees the teardown of a server's VM, disks and snapshots. The
+/// gateway creates servers with it in place; the operator adds it to servers made with
+/// kubectl and removes it once everything is gone.
+pub const TEARDOWN_FINALIZER: &str = "vps.org/teardown";
+
+/// Server annotations with this prefix are meant for the node simulator (failure
+/// injection); the operator copies them onto the server's VirtualMachine.
+pub const SIMULATOR_ANNOTATION_PREFIX: &str = "simulator.vps.org/";
+/// The failure-injection annotation: `image-pull`, `data-volume`, `snapshot` or `crash`.
+pub const FAILURE_ANNOTATION: &str = "simulator.vps.org/fail";
+
+/// Field manager of the operator's writes.
+pub const OPERATOR_MANAGER: &str = "vps-operator";
+/// Field manager of the gateway's writes.
+pub const GATEWAY_MANAGER: &str = "vps-gateway";
+/// Field manager of the node simulator's writes.
+pub const SIMULATOR_MANAGER: &str = "vps-node-simulator";
