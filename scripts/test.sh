@@ -9,7 +9,7 @@ start=$(date +%s)
 bash scripts/build-control-plane.sh >/dev/null
 echo "[test] control-plane binaries ready after $(($(date +%s) - start)) s"
 cargo test --locked "$@"
-# The operator's lifecycle suites once more with every simulated host step taking 300 ms,
+# The operator's lifecycle and fault suites once more with every simulated host step taking 300 ms,
 # so that nothing depends on the simulator answering instantly.
-VPS_SIM_DELAY=300ms cargo test --locked --test lifecycle --test api_lifecycle "$@"
+VPS_SIM_DELAY=300ms cargo test --locked --test lifecycle --test api_lifecycle --test faults "$@"
 echo "[test] all tests finished in $(($(date +%s) - start)) s"

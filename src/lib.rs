@@ -6,7 +6,8 @@
 //! 1. [`api`]: the `vps.org/v1alpha1` custom resources and the names the parts share
 //!    ([`api::contract`]). Imports nothing of ours.
 //! 2. Shared leaves, importing at most [`api`]: [`kubevirt`] (KubeVirt's, CDI's and the
-//!    snapshotter's objects), [`ids`] (the cluster-wide integer ids), [`tokens`] (API
+//!    snapshotter's objects), [`ids`] (the cluster-wide integer ids), [`credit_ledger`] (what
+//!    each account's servers commit of its credit), [`tokens`] (API
 //!    tokens), [`watch_cache`] (caches kept from a watch), [`preflight`] (start-up checks),
 //!    [`flags`], [`shutdown`], [`timestamps`], [`memory`].
 //! 3. The parts, which never import each other: [`operator`] (VpsServer → VirtualMachine),
@@ -20,6 +21,7 @@
 
 pub mod api;
 pub mod controlplane;
+pub mod credit_ledger;
 pub mod flags;
 pub mod gateway;
 pub mod ids;

@@ -13,7 +13,6 @@ use std::collections::BTreeMap;
 use std::io::Write as _;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::Args;
@@ -128,13 +127,17 @@ async fn start(args: &LocalArgs) -> Result<Running> {
     }
     // Before the gateway starts, so that its first list of tokens has them.
     let tokens = if demo { demo_tokens(&client, &system_namespace, state_dir.as_deref()).await? } else { vec![] };
-    let config = OperatorConfig { system_namespace: system_namespace.clone(), ..OperatorConfig::default() };
+    let config = OperatorConfig {
+        system_namespace: system_namespace.clone(),
+        simulator_annotations: simulator,
+        ..OperatorConfig::default()
+    };
     // Every task stops when the JoinSet is shut down.
     let forever = std::future::pending::<()>;
     tasks.spawn(async move { crate::operator::run(kube_config, config, None, forever()).await.context("operator") });
 
-    let state =
-        crate::gateway::start(client.clone(), &system_namespace, Duration::from_secs(30)).await?.synced().await?;
+    let settings = crate::gateway::GatewayArgs { system_namespace: system_namespace.clone(), ..Default::default() };
+    let state = crate::gateway::start(client.clone(), &settings).await?.synced().await?;
     let listener = tokio::net::TcpListener::bind(SocketAddr::new(args.bind, args.port))
         .await
         .with_context(|| format!("listen on {}:{} (choose another with --port)", args.bind, args.port))?;
@@ -195,14 +198,17 @@ pub async fn demo_tokens(
     let secrets = Api::<Secret>::namespaced(client.clone(), system_namespace)
         .list(&ListParams::default().labels(&format!("{TOKEN_LABEL}=true")))
         .await?;
+    let accounts = Api::<crate::api::VpsAccount>::all(client.clone());
     let mut out = Vec::new();
     for (account, credit) in DEMO_ACCOUNTS {
         crate::testbed::ensure_account(client, account, credit).await?;
         let still_valid = saved
             .get(account)
-            .is_some_and(|t| tokens::account_for_token(t, &secrets.items).as_deref() == Some(account));
+            .and_then(|t| tokens::record_for_token(t, &secrets.items))
+            .zip(accounts.get_opt(account).await?)
+            .is_some_and(|(record, a)| record.valid_for(a.metadata.uid.as_deref(), jiff::Timestamp::now()));
         if !still_valid {
-            let token = tokens::create(client, system_namespace, account).await?;
+            let token = tokens::create(client, system_namespace, account, None).await?;
             saved.insert(account.to_string(), token);
         }
         out.push((account.to_string(), saved[account].clone()));

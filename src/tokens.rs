@@ -1,6 +1,8 @@
 //! API tokens: each one a Secret in the system namespace holding only the SHA-256 of the
-//! token and the account it acts for. The token itself is printed once, at creation, and
-//! kept nowhere.
+//! token, the account it acts for and that account's UID (so an account deleted and made
+//! again under the same name is not served by the old one's tokens), and optionally when it
+//! expires. The Secret is owned by the account: it goes when the account goes. The token
+//! itself is printed once, at creation, and kept nowhere.
 
 use std::collections::BTreeMap;
 
@@ -21,6 +23,10 @@ pub const TOKEN_LABEL: &str = "vps.org/api-token";
 pub const HASH_KEY: &str = "sha256";
 /// Secret key holding the account name.
 pub const ACCOUNT_KEY: &str = "account";
+/// Secret key holding the account's UID.
+pub const ACCOUNT_UID_KEY: &str = "account-uid";
+/// Secret key holding when the token stops working (RFC 3339), if it does.
+pub const EXPIRES_KEY: &str = "expires-at";
 /// The default namespace of the gateway's own objects.
 pub const DEFAULT_SYSTEM_NAMESPACE: &str = "vps-system";
 
@@ -41,38 +47,82 @@ pub fn hashes_equal(a: &str, b: &str) -> bool {
     a.len() == b.len() && bool::from(a.as_bytes().ct_eq(b.as_bytes()))
 }
 
-/// The hash and account of a token Secret, when it is one.
-pub fn read_token_secret(secret: &Secret) -> Option<(String, String)> {
-    let data = secret.data.as_ref()?;
-    let hash = String::from_utf8(data.get(HASH_KEY)?.0.clone()).ok()?;
-    let account = String::from_utf8(data.get(ACCOUNT_KEY)?.0.clone()).ok()?;
-    Some((hash, account))
+/// What a token Secret says of its token.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TokenRecord {
+    /// The hex SHA-256 of the token.
+    pub hash: String,
+    pub account: String,
+    /// The UID of the account it was made for (tokens made before UIDs were kept have none,
+    /// and act for nobody).
+    pub account_uid: Option<String>,
+    pub expires_at: Option<jiff::Timestamp>,
 }
 
-/// Finds the account a token acts for among token Secrets. Compares against every Secret
-/// (no early exit), each in constant time.
-pub fn account_for_token<'a>(token: &str, secrets: impl IntoIterator<Item = &'a Secret>) -> Option<String> {
+impl TokenRecord {
+    /// Whether the token acts for the account `account_uid` at `now`.
+    pub fn valid_for(&self, account_uid: Option<&str>, now: jiff::Timestamp) -> bool {
+        self.account_uid.is_some()
+            && self.account_uid.as_deref() == account_uid
+            && self.expires_at.is_none_or(|t| now < t)
+    }
+}
+
+/// The record of a token Secret, when it is one.
+pub fn read_token_secret(secret: &Secret) -> Option<TokenRecord> {
+    let data = secret.data.as_ref()?;
+    let text = |key: &str| data.get(key).and_then(|v| String::from_utf8(v.0.clone()).ok());
+    Some(TokenRecord {
+        hash: text(HASH_KEY)?,
+        account: text(ACCOUNT_KEY)?,
+        account_uid: text(ACCOUNT_UID_KEY),
+        expires_at: text(EXPIRES_KEY).and_then(|t| t.parse().ok()),
+    })
+}
+
+/// Finds the record of a token among token Secrets. Compares against every Secret (no early
+/// exit), each in constant time.
+pub fn record_for_token<'a>(token: &str, secrets: impl IntoIterator<Item = &'a Secret>) -> Option<TokenRecord> {
     let hash = hash_token(token);
     let mut found = None;
     for secret in secrets {
-        if let Some((h, account)) = read_token_secret(secret)
-            && hashes_equal(&h, &hash)
+        if let Some(record) = read_token_secret(secret)
+            && hashes_equal(&record.hash, &hash)
         {
-            found = Some(account);
+            found = Some(record);
         }
     }
     found
 }
 
-/// Creates a token for `account` (which must exist) and returns it; only its hash is stored.
-pub async fn create(client: &Client, system_namespace: &str, account: &str) -> Result<String> {
-    Api::<VpsAccount>::all(client.clone())
+/// Creates a token for `account` (which must exist), valid for `lifetime` when given, and
+/// returns it; only its hash is stored.
+pub async fn create(
+    client: &Client,
+    system_namespace: &str,
+    account: &str,
+    lifetime: Option<std::time::Duration>,
+) -> Result<String> {
+    let owner = Api::<VpsAccount>::all(client.clone())
         .get_opt(account)
         .await
         .context("look up the account")?
         .with_context(|| format!("no VpsAccount named {account:?}"))?;
+    if owner.metadata.deletion_timestamp.is_some() {
+        bail!("the VpsAccount {account:?} is being deleted");
+    }
+    let uid = owner.uid().context("the account has no uid")?;
     let token = generate_token();
     let hash = hash_token(&token);
+    let mut data = BTreeMap::from([
+        (HASH_KEY.to_string(), ByteString(hash.clone().into_bytes())),
+        (ACCOUNT_KEY.to_string(), ByteString(account.as_bytes().to_vec())),
+        (ACCOUNT_UID_KEY.to_string(), ByteString(uid.clone().into_bytes())),
+    ]);
+    if let Some(lifetime) = lifetime {
+        let expires = jiff::Timestamp::now() + jiff::SignedDuration::try_from(lifetime)?;
+        data.insert(EXPIRES_KEY.to_string(), ByteString(expires.to_string().into_bytes()));
+    }
     let secret = Secret {
         metadata: ObjectMeta {
             name: Some(format!("api-token-{}", &hash[..16])),
@@ -80,13 +130,18 @@ pub async fn create(client: &Client, system_namespace: &str, account: &str) -> R
                 (TOKEN_LABEL.to_string(), "true".to_string()),
                 (ACCOUNT_LABEL.to_string(), account.to_string()),
             ])),
+            // The token goes with its account (kube-controller-manager's garbage collector).
+            owner_references: Some(vec![k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference {
+                api_version: "vps.org/v1alpha1".into(),
+                kind: "VpsAccount".into(),
+                name: account.to_string(),
+                uid,
+                ..Default::default()
+            }]),
             ..Default::default()
         },
         type_: Some("vps.org/api-token".into()),
-        data: Some(BTreeMap::from([
-            (HASH_KEY.to_string(), ByteString(hash.into_bytes())),
-            (ACCOUNT_KEY.to_string(), ByteString(account.as_bytes().to_vec())),
-        ])),
+        data: Some(data),
         ..Default::default()
     };
     Api::<Secret>::namespaced(client.clone(), system_namespace)
@@ -103,8 +158,8 @@ pub async fn revoke_token(client: &Client, system_namespace: &str, token: &str) 
     let hash = hash_token(token);
     let mut revoked = false;
     for secret in &secrets.items {
-        if let Some((h, _)) = read_token_secret(secret)
-            && hashes_equal(&h, &hash)
+        if let Some(record) = read_token_secret(secret)
+            && hashes_equal(&record.hash, &hash)
         {
             api.delete(&secret.name_any(), &DeleteParams::default()).await?;
             revoked = true;
@@ -142,6 +197,10 @@ pub enum TokenCommand {
         /// The VpsAccount the token acts for.
         #[arg(long)]
         account: String,
+        /// How long the token works (`30d`, `12h`, ...); for as long as the account lives
+        /// when unset.
+        #[arg(long, value_parser = crate::flags::duration)]
+        expires_in: Option<std::time::Duration>,
     },
     /// Revoke one token (--token) or every token of an account (--account).
     Revoke {
@@ -158,8 +217,8 @@ pub enum TokenCommand {
 pub async fn run(args: TokenArgs) -> Result<()> {
     let client = Client::try_default().await.context("connect to the cluster")?;
     match args.command {
-        TokenCommand::Create { account } => {
-            let token = create(&client, &args.system_namespace, &account).await?;
+        TokenCommand::Create { account, expires_in } => {
+            let token = create(&client, &args.system_namespace, &account, expires_in).await?;
             println!("{token}");
         }
         TokenCommand::Revoke { token: Some(token), .. } => {
@@ -186,6 +245,7 @@ mod tests {
             data: Some(BTreeMap::from([
                 (HASH_KEY.to_string(), ByteString(hash.as_bytes().to_vec())),
                 (ACCOUNT_KEY.to_string(), ByteString(account.as_bytes().to_vec())),
+                (ACCOUNT_UID_KEY.to_string(), ByteString(format!("uid-{account}").into_bytes())),
             ])),
             ..Default::default()
         }
@@ -197,9 +257,27 @@ mod tests {
         assert!(token.starts_with("vps_") && token.len() == 68);
         assert_ne!(token, generate_token());
         let secrets = [secret(&hash_token("other"), "a"), secret(&hash_token(&token), "b")];
-        assert_eq!(account_for_token(&token, &secrets).as_deref(), Some("b"));
-        assert_eq!(account_for_token("nope", &secrets), None);
+        let record = record_for_token(&token, &secrets).unwrap();
+        assert_eq!((record.account.as_str(), record.account_uid.as_deref()), ("b", Some("uid-b")));
+        assert_eq!(record_for_token("nope", &secrets), None);
         assert_eq!(hash_token("abc"), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
         assert!(!hashes_equal("ab", "abc"));
+    }
+
+    #[test]
+    fn a_token_acts_only_for_its_account_and_only_until_it_expires() {
+        let now: jiff::Timestamp = "2026-01-01T00:00:00Z".parse().unwrap();
+        let record = TokenRecord {
+            hash: "h".into(),
+            account: "acme".into(),
+            account_uid: Some("uid-1".into()),
+            expires_at: Some("2026-01-02T00:00:00Z".parse().unwrap()),
+        };
+        assert!(record.valid_for(Some("uid-1"), now));
+        assert!(!record.valid_for(Some("uid-2"), now), "an account made again under the same name");
+        assert!(!record.valid_for(None, now));
+        assert!(!record.valid_for(Some("uid-1"), "2026-01-02T00:00:00Z".parse().unwrap()), "expired");
+        let old = TokenRecord { account_uid: None, expires_at: None, ..record };
+        assert!(!old.valid_for(Some("uid-1"), now), "a token without its account's uid acts for nobody");
     }
 }

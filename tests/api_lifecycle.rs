@@ -14,12 +14,7 @@ use vps_operator::api::VpsServer;
 use vps_operator::kubevirt::VirtualMachine;
 
 async fn setup(test: &str) -> (Client, Gateway, Tenant) {
-    let _ = support::system();
-    let client = support::client().await;
-    let tenant = support::gateway::tenant(&client, test, 1_000_000).await;
-    let gateway = support::gateway::start(&client).await;
-    gateway.wait_token(&tenant.token).await;
-    (client, gateway, tenant)
+    support::gateway::system_tenant(test).await
 }
 
 /// Polls `GET /servers/{id}/` until `status` is `want` (90 s at most).

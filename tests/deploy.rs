@@ -74,6 +74,9 @@ async fn deploy_manifests_are_accepted_by_the_api_server() {
         "deployment.apps/vps-operator",
         "deployment.apps/vps-gateway",
         "service/vps-gateway",
+        "poddisruptionbudget.policy/vps-operator",
+        "validatingadmissionpolicy.admissionregistration.k8s.io/vps-platform-fields",
+        "validatingadmissionpolicybinding.admissionregistration.k8s.io/vps-platform-fields",
     ] {
         assert!(out.contains(object), "{object} missing from:\n{out}");
     }
@@ -95,7 +98,7 @@ fn helm_lint_is_clean() {
     let (ok, out, err) = helm(&["lint", "--strict", chart().to_str().unwrap(), "--set", "simulator.enabled=true"]);
     assert!(ok, "helm lint with the simulator failed:\n{out}\n{err}");
     // The schema refuses what the chart does not know.
-    let (ok, out, err) = helm(&["lint", "--strict", chart().to_str().unwrap(), "--set", "operator.replicas=2"]);
+    let (ok, out, err) = helm(&["lint", "--strict", chart().to_str().unwrap(), "--set", "operator.replicas=-1"]);
     assert!(!ok && format!("{out}{err}").contains("/operator/replicas"), "{out}{err}");
 }
 
@@ -113,6 +116,7 @@ async fn helm_template_output_is_accepted_by_the_api_server() {
         assert!(out.contains("deployment.apps/vps-operator"), "{out}");
         assert!(out.contains("deployment.apps/vps-gateway"), "{out}");
         assert!(out.contains("service/vps-gateway"), "{out}");
+        assert!(out.contains("validatingadmissionpolicy.admissionregistration.k8s.io/vps-platform-fields"), "{out}");
         if extra.is_empty() {
             assert!(out.contains("vpsimage.vps.org/ubuntu-22-04"), "{out}");
             assert!(!out.contains("vps-simulator"), "the simulator is off by default:\n{out}");
@@ -315,4 +319,105 @@ async fn the_operator_cannot_read_secrets_nor_bind_other_roles() {
         .patch("test-vps-datavolume-cloner", &pp, &Patch::Apply(&binding("vps-datavolume-cloner", "vps-images")))
         .await
         .expect("the operator may bind the clone role in the image namespace");
+}
+
+/// A client that acts as ServiceAccount `name` of namespace `ns` (a token from the
+/// TokenRequest API).
+async fn client_as(admin: &Client, ns: &str, name: &str) -> Client {
+    use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
+    use k8s_openapi::api::core::v1::ServiceAccount;
+    let accounts: Api<ServiceAccount> = Api::namespaced(admin.clone(), ns);
+    let account: ServiceAccount = serde_json::from_value(json!({"metadata": {"name": name}})).unwrap();
+    accounts.create(&PostParams::default(), &account).await.unwrap();
+    let request = TokenRequest {
+        spec: TokenRequestSpec { audiences: vec![], expiration_seconds: Some(3600), bound_object_ref: None },
+        ..Default::default()
+    };
+    let token =
+        accounts.create_token_request(name, &PostParams::default(), &request).await.unwrap().status.unwrap().token;
+    let kubeconfig = rbac::kubeconfig_with_token(&support::current().kubeconfig, &format!("{ns}-{name}"), &token);
+    client_of(&kubeconfig).await
+}
+
+#[tokio::test]
+async fn a_tenant_cannot_set_what_belongs_to_the_platform() {
+    let _ = support::system();
+    let admin = support::client().await;
+    rbac::apply_deploy_rbac(&admin).await;
+    let policy = std::fs::read_to_string(root().join("deploy/13-admission-policy.yaml")).unwrap();
+    vps_operator::controlplane::apply_yaml(&admin, &policy, SYSTEM_NAMESPACE).await.unwrap();
+    let ns = support::namespace(&admin, "tenant-policy").await;
+    // A namespace editor, as the built-in `edit` role (with vps-editor aggregated) makes one.
+    let binding: k8s_openapi::api::rbac::v1::RoleBinding = serde_json::from_value(json!({
+        "metadata": {"name": "editor"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "vps-editor"},
+        "subjects": [{"kind": "ServiceAccount", "name": "editor", "namespace": ns}],
+    }))
+    .unwrap();
+    Api::<k8s_openapi::api::rbac::v1::RoleBinding>::namespaced(admin.clone(), &ns)
+        .create(&PostParams::default(), &binding)
+        .await
+        .unwrap();
+    let tenant = client_as(&admin, &ns, "editor").await;
+    let servers: Api<VpsServer> = Api::namespaced(tenant.clone(), &ns);
+    let server = |name: &str, labels: Value, annotations: Value, suspended: bool| -> VpsServer {
+        serde_json::from_value(json!({"apiVersion": "vps.org/v1alpha1", "kind": "VpsServer",
+            "metadata": {"name": name, "labels": labels, "annotations": annotations},
+            "spec": {"name": name, "plan": "standard", "os": "ubuntu-22-04", "location": "us-west", "suspended": suspended}}))
+        .unwrap()
+    };
+    let refused = |result: Result<VpsServer, kube::Error>, what: &str| match result {
+        Err(kube::Error::Api(e)) => {
+            assert!(e.code == 403 || e.code == 422, "{what}: {e:?}");
+            assert!(e.message.contains("vps-platform-fields"), "{what}: {}", e.message);
+        }
+        other => panic!("{what} was allowed: {other:?}"),
+    };
+    // The policy is in force once the API server has loaded it.
+    let forged = server("forged", json!({"vps.org/server-id": "1"}), json!({}), false);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match servers.create(&PostParams::default(), &forged).await {
+            Err(kube::Error::Api(e)) if e.message.contains("vps-platform-fields") => break,
+            Ok(_) => {
+                servers.delete("forged", &Default::default()).await.ok();
+                let _ = servers
+                    .patch("forged", &PatchParams::default(), &Patch::Merge(&json!({"metadata": {"finalizers": null}})))
+                    .await;
+            }
+            Err(e) => panic!("{e:?}"),
+        }
+        assert!(Instant::now() < deadline, "the admission policy never took effect");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let pp = PostParams::default();
+    refused(
+        servers.create(&pp, &server("s1", json!({"vps.org/account": "someone-else"}), json!({}), false)).await,
+        "an account label",
+    );
+    refused(
+        servers.create(&pp, &server("s2", json!({}), json!({"simulator.vps.org/fail": "crash"}), false)).await,
+        "failure injection",
+    );
+    refused(servers.create(&pp, &server("s3", json!({}), json!({}), true)).await, "a suspended server");
+    // What a tenant may do, it may.
+    servers.create(&pp, &server("mine", json!({"team": "web"}), json!({"note": "x"}), false)).await.unwrap();
+    let merge = |patch: Value| Patch::Merge(patch);
+    refused(
+        servers
+            .patch("mine", &PatchParams::default(), &merge(json!({"metadata": {"labels": {"vps.org/server-id": "7"}}})))
+            .await,
+        "an id label",
+    );
+    refused(
+        servers.patch("mine", &PatchParams::default(), &merge(json!({"spec": {"suspended": true}}))).await,
+        "lifting a hold",
+    );
+    servers.patch("mine", &PatchParams::default(), &merge(json!({"spec": {"deleteProtection": true}}))).await.unwrap();
+    match servers.delete("mine", &Default::default()).await {
+        Err(kube::Error::Api(e)) => assert!(e.message.contains("protected"), "{e:?}"),
+        other => panic!("a protected server was deleted: {other:?}"),
+    }
+    servers.patch("mine", &PatchParams::default(), &merge(json!({"spec": {"deleteProtection": false}}))).await.unwrap();
+    servers.delete("mine", &Default::default()).await.unwrap();
 }

@@ -7,8 +7,18 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
-const LEAVES: [&str; 9] =
-    ["kubevirt", "ids", "tokens", "watch_cache", "preflight", "flags", "shutdown", "timestamps", "memory"];
+const LEAVES: [&str; 10] = [
+    "kubevirt",
+    "ids",
+    "credit_ledger",
+    "tokens",
+    "watch_cache",
+    "preflight",
+    "flags",
+    "shutdown",
+    "timestamps",
+    "memory",
+];
 const PARTS: [&str; 4] = ["operator", "gateway", "simulator", "controlplane"];
 
 /// The top-level module a file of `src/` belongs to (`gateway` for `src/gateway/cache.rs`).

@@ -11,6 +11,9 @@ use serde_json::json;
 use vps_operator::api::{Phase, VpsServer};
 use vps_operator::kubevirt::{DataVolume, VirtualMachine, VirtualMachineInstance, VirtualMachineSnapshot};
 
+/// A real public key (ed25519).
+const KEY: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIO0p7bwPPI7HV1DEfAnGyc9CrZz5j2PJ1H1GGFFiD6Vt me@laptop";
+
 fn server(name: &str) -> VpsServer {
     serde_json::from_value(json!({
         "apiVersion": "vps.org/v1alpha1", "kind": "VpsServer",
@@ -182,23 +185,13 @@ async fn bad_references_are_errors_until_fixed() {
                 .any(|c| c.type_ == "ReferencesResolved" && c.reason == reason_want)
         );
         assert!(vms.get_opt(&name).await.unwrap().is_none(), "no VM for a server with a bad {field}");
-        let events = Api::<k8s_openapi::api::events::v1::Event>::namespaced(client.clone(), &ns)
-            .list(&Default::default())
-            .await
-            .unwrap();
-        assert!(
-            events
-                .items
-                .iter()
-                .any(|e| e.type_.as_deref() == Some("Warning") && e.reason.as_deref() == Some(reason_want)),
-            "a Warning event {reason_want}"
-        );
+        assert!(support::warning_event(&client, &ns, reason_want).await, "a Warning event {reason_want}");
         match fixed {
             // The missing key appears: the server recovers on its own.
             Some(key) => {
                 let k: vps_operator::api::VpsSshKey = serde_json::from_value(json!({
                     "apiVersion": "vps.org/v1alpha1", "kind": "VpsSshKey", "metadata": {"name": key},
-                    "spec": {"name": "laptop", "publicKey": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBc me@laptop"}
+                    "spec": {"name": "laptop", "publicKey": KEY}
                 }))
                 .unwrap();
                 Api::<vps_operator::api::VpsSshKey>::namespaced(client.clone(), &ns)
@@ -208,7 +201,7 @@ async fn bad_references_are_errors_until_fixed() {
                 wait_phase(&api, &name, Phase::Active).await;
                 let vm = vms.get(&name).await.unwrap();
                 let user_data = serde_json::to_string(&vm.spec.template).unwrap();
-                assert!(user_data.contains("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBc me@laptop"));
+                assert!(user_data.contains(KEY));
             }
             // Plan, image and location are immutable: a bad one is fixed by deleting the server.
             None => {
@@ -285,7 +278,7 @@ async fn failures_on_the_hosts_are_errors_with_their_reason() {
 
 #[tokio::test]
 async fn webhooks_accept_every_catalog_vm_and_refuse_a_broken_one() {
-    use vps_operator::api::{VpsImage, VpsLocation, VpsPlan};
+    use vps_operator::api::{Resolved, ResolvedKey, VpsImage, VpsLocation, VpsPlan};
     use vps_operator::operator::vm::{VmInputs, build_vm};
     let (client, ns, api) = setup("webhooks").await;
     // An owner to reference (dry runs do not persist anything).
@@ -307,7 +300,10 @@ async fn webhooks_accept_every_catalog_vm_and_refuse_a_broken_one() {
     for plan in &plans {
         for image in &images {
             for location in &locations {
-                let mut vm = build_vm(&VmInputs { server: &owner, id: 1, plan, image, location, ssh_key: None });
+                let key = ResolvedKey { name: "k".into(), public_key: KEY.into() };
+                let resolved = Resolved::of(plan, image, location, Some(key));
+                let inputs = VmInputs { server: &owner, id: 1, resolved: &resolved, simulator_annotations: true };
+                let mut vm = build_vm(&inputs);
                 vm["metadata"]["name"] =
                     json!(format!("dry-{}-{}-{}", plan.name_any(), image.name_any(), location.name_any()));
                 let object: kube::api::DynamicObject = serde_json::from_value(vm).unwrap();
@@ -323,14 +319,8 @@ async fn webhooks_accept_every_catalog_vm_and_refuse_a_broken_one() {
         }
     }
     // A disk that names no volume: KubeVirt's own validation refuses it.
-    let mut broken = build_vm(&VmInputs {
-        server: &owner,
-        id: 1,
-        plan: &plans[0],
-        image: &images[0],
-        location: &locations[0],
-        ssh_key: None,
-    });
+    let resolved = Resolved::of(&plans[0], &images[0], &locations[0], None);
+    let mut broken = build_vm(&VmInputs { server: &owner, id: 1, resolved: &resolved, simulator_annotations: true });
     broken["metadata"]["name"] = json!("dry-broken");
     broken["spec"]["template"]["spec"]["domain"]["devices"]["disks"]
         .as_array_mut()

@@ -98,7 +98,7 @@ pub async fn start(servers: usize, logs: &Path) -> Result<Cluster> {
     vps_operator::testbed::install_demo_catalog(&client).await?;
     controlplane::ensure_namespace(&client, SYSTEM_NAMESPACE).await?;
     vps_operator::testbed::ensure_account(&client, ACCOUNT, 1_000_000_000_000).await?;
-    let token = vps_operator::tokens::create(&client, SYSTEM_NAMESPACE, ACCOUNT).await?;
+    let token = vps_operator::tokens::create(&client, SYSTEM_NAMESPACE, ACCOUNT, None).await?;
 
     let kubeconfig = plane.kubeconfig_path();
     let mut args = vec!["simulator".to_string()];
@@ -119,7 +119,13 @@ pub async fn start(servers: usize, logs: &Path) -> Result<Cluster> {
         logs,
         &kubeconfig,
         &exe,
-        &["gateway".into(), format!("--listen={gateway_addr}"), format!("--system-namespace={SYSTEM_NAMESPACE}")],
+        // The load generator is one token at many thousand requests a second: no rate limit.
+        &[
+            "gateway".into(),
+            format!("--listen={gateway_addr}"),
+            format!("--system-namespace={SYSTEM_NAMESPACE}"),
+            "--rate-limit=0".into(),
+        ],
     )?;
     let gateway_url = format!("http://{gateway_addr}");
     wait_http_ok(&format!("{gateway_url}/readyz"), "gateway", &mut gateway).await?;

@@ -716,6 +716,9 @@ async fn fill_direct(c: &Cluster, template_id: i64, from: usize, to: usize, clie
                 status["id"] = json!(id);
                 status["ipAddress"] = json!(format!("10.201.{}.{}", (i / 250) % 250, i % 250 + 1));
                 status["vmName"] = json!(name);
+                // Not the template's VM and disk: the VM is staged later (`stage_vms`).
+                status["vmUid"] = Value::Null;
+                status["rootVolumeUid"] = Value::Null;
                 servers.patch_status(&name, &PatchParams::default(), &Patch::Merge(&json!({"status": status}))).await?;
                 anyhow::Ok(id)
             }
@@ -733,7 +736,7 @@ async fn stage_vms(c: &Cluster, template_id: i64, ids: &[i64], clients: usize) -
     use futures::{StreamExt, TryStreamExt};
     use kube::api::{ApiResource, DynamicObject, ObjectMeta, Patch, PatchParams, PostParams};
     use kube::{Api, Resource, ResourceExt};
-    use vps_operator::api::{VpsImage, VpsLocation, VpsPlan, VpsServer};
+    use vps_operator::api::VpsServer;
     use vps_operator::kubevirt::{VirtualMachine, VirtualMachineInstance};
     use vps_operator::operator::vm::{VmInputs, build_vm};
 
@@ -745,14 +748,12 @@ async fn stage_vms(c: &Cluster, template_id: i64, ids: &[i64], clients: usize) -
     let vmis: Api<DynamicObject> = Api::namespaced_with(client.clone(), ACCOUNT, &vmi_resource);
     let template_name = format!("srv-{template_id}");
     let template = servers.get(&template_name).await?;
-    let plan = Api::<VpsPlan>::all(client.clone()).get(&template.spec.plan).await?;
-    let image = Api::<VpsImage>::all(client.clone()).get(&template.spec.os).await?;
-    let location = Api::<VpsLocation>::all(client.clone()).get(&template.spec.location).await?;
+    let resolved = template.status.as_ref().and_then(|s| s.resolved.clone()).context("the template is resolved")?;
     let vm_status = vms.get(&template_name).await?.data["status"].clone();
     let template_vmi = vmis.get(&template_name).await?;
     let vmi_status = template_vmi.data["status"].clone();
     let template_id = template_id.to_string();
-    let (plan, image, location) = (&plan, &image, &location);
+    let resolved = &resolved;
     let (vm_status, vmi_status, template_vmi) = (&vm_status, &vmi_status, &template_vmi);
     let (template_name, template_id, vm_resource) = (&template_name, &template_id, &vm_resource);
     futures::stream::iter(ids.iter().copied())
@@ -761,10 +762,13 @@ async fn stage_vms(c: &Cluster, template_id: i64, ids: &[i64], clients: usize) -
             async move {
                 let name = format!("srv-{id}");
                 let server = servers.get(&name).await?;
-                let inputs = VmInputs { server: &server, id, plan, image, location, ssh_key: None };
+                let inputs = VmInputs { server: &server, id, resolved, simulator_annotations: false };
                 let apply = PatchParams::apply(vps_operator::api::OPERATOR_MANAGER).force();
                 let vm = vms.patch(&name, &apply, &Patch::Apply(&build_vm(&inputs))).await?;
                 vms.patch_status(&name, &PatchParams::default(), &Patch::Merge(&json!({"status": vm_status}))).await?;
+                // The server knows its VM, as the operator would have recorded it.
+                let recorded = json!({"status": {"vmUid": vm.uid()}});
+                servers.patch_status(&name, &PatchParams::default(), &Patch::Merge(&recorded)).await?;
                 let rename = |v: &String| {
                     if v == template_name {
                         name.clone()

@@ -5,12 +5,13 @@ mod catalog;
 mod conditions;
 pub mod contract;
 mod server;
+pub mod ssh;
 mod tenancy;
 
 pub use catalog::{ImageSource, VpsImage, VpsImageSpec, VpsLocation, VpsLocationSpec, VpsPlan, VpsPlanSpec};
 pub use conditions::{Condition, ConditionStatus};
 pub use contract::*;
-pub use server::{Phase, PowerState, VpsServer, VpsServerSpec, VpsServerStatus};
+pub use server::{Named, Phase, PowerState, Resolved, ResolvedKey, VpsServer, VpsServerSpec, VpsServerStatus};
 pub use tenancy::{VpsAccount, VpsAccountSpec, VpsSshKey, VpsSshKeySpec};
 
 /// The API group of every object in this module.

@@ -5,6 +5,7 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use super::catalog::{VpsImageSpec, VpsLocationSpec, VpsPlanSpec};
 use super::conditions::{Condition, conditions_schema};
 
 /// What a customer ordered and what they want it to do.
@@ -66,17 +67,23 @@ pub struct VpsServerSpec {
     /// An administrator's hold (e.g. an unpaid account): the server is halted while set.
     #[serde(default)]
     pub suspended: bool,
+    /// Refuse to delete the server while set (the REST API's delete protection).
+    #[serde(default)]
+    pub delete_protection: bool,
 }
 
 impl VpsServer {
-    /// The server's integer id in the REST API: its [`super::SERVER_ID_LABEL`] label, else
-    /// what its status records.
+    /// The server's integer id in the REST API: what the operator recorded in its status,
+    /// else (before the operator has looked at it) its [`super::SERVER_ID_LABEL`] label. A
+    /// label never overrides the status.
     pub fn id(&self) -> Option<i64> {
-        let labels = self.metadata.labels.as_ref();
-        labels
-            .and_then(|l| l.get(super::SERVER_ID_LABEL))
-            .and_then(|v| v.parse().ok())
-            .or_else(|| self.status.as_ref().and_then(|s| s.id))
+        self.status.as_ref().and_then(|s| s.id).or_else(|| self.label_id())
+    }
+
+    /// The id its [`super::SERVER_ID_LABEL`] label claims (set by the gateway, which
+    /// allocated it, or by a user, who may not).
+    pub fn label_id(&self) -> Option<i64> {
+        self.metadata.labels.as_ref().and_then(|l| l.get(super::SERVER_ID_LABEL)).and_then(|v| v.parse().ok())
     }
 }
 
@@ -119,10 +126,68 @@ pub struct VpsServerStatus {
     /// The `metadata.generation` the status was computed from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+    /// What the server is built from: the plan, image, location and SSH key it names, as
+    /// they were when it was created. Later changes to the catalog (an image retired, a key
+    /// deleted) leave it as it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resolved: Option<Resolved>,
+    /// UID of the VirtualMachine the operator made: a VM that is missing or has another UID
+    /// is lost, and is not silently made again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vm_uid: Option<String>,
+    /// UID of the root disk's DataVolume (a new one would be an empty disk).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub root_volume_uid: Option<String>,
     /// `Ready` and friends, keyed by type.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(schema_with = "conditions_schema")]
     pub conditions: Vec<Condition>,
+}
+
+/// The catalog entries and key a server was built from, each with the name it had.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Resolved {
+    pub plan: Named<VpsPlanSpec>,
+    pub image: Named<VpsImageSpec>,
+    pub location: Named<VpsLocationSpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ssh_key: Option<ResolvedKey>,
+}
+
+impl Resolved {
+    /// What a server naming these catalog entries (and this key) resolves to.
+    pub fn of(
+        plan: &super::VpsPlan,
+        image: &super::VpsImage,
+        location: &super::VpsLocation,
+        ssh_key: Option<ResolvedKey>,
+    ) -> Resolved {
+        let named = |meta: &kube::api::ObjectMeta| meta.name.clone().unwrap_or_default();
+        Resolved {
+            plan: Named { name: named(&plan.metadata), spec: plan.spec.clone() },
+            image: Named { name: named(&image.metadata), spec: image.spec.clone() },
+            location: Named { name: named(&location.metadata), spec: location.spec.clone() },
+            ssh_key,
+        }
+    }
+}
+
+/// A catalog entry's name and spec.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
+pub struct Named<T> {
+    pub name: String,
+    pub spec: T,
+}
+
+/// An SSH key a server was built with.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ResolvedKey {
+    /// The `VpsSshKey` it came from.
+    pub name: String,
+    /// The key as one `authorized_keys` line.
+    pub public_key: String,
 }
 
 /// A server's lifecycle phase; its lowercase form is the REST API's `status`.

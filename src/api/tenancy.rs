@@ -45,11 +45,12 @@ pub struct VpsSshKeySpec {
     /// The key's display name.
     #[schemars(length(min = 1, max = 128))]
     pub name: String,
-    /// The public key in OpenSSH format (`ssh-ed25519 AAAA... comment`).
+    /// The public key in OpenSSH format (`ssh-ed25519 AAAA... comment`); the comment is
+    /// printable ASCII. The operator also checks that the key decodes (`api::ssh`).
     #[schemars(
         length(min = 16, max = 16384),
         regex(
-            pattern = r"^(ssh-(rsa|ed25519|dss)|ecdsa-sha2-nistp(256|384|521)|sk-(ssh-ed25519|ecdsa-sha2-nistp256)@openssh\.com) [A-Za-z0-9+/=]+( .*)?$"
+            pattern = r"^(ssh-(rsa|ed25519|dss)|ecdsa-sha2-nistp(256|384|521)|sk-(ssh-ed25519|ecdsa-sha2-nistp256)@openssh\.com) [A-Za-z0-9+/]+={0,2}( [ -~]*)?$"
         )
     )]
     pub public_key: String,

@@ -24,7 +24,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::api::{VpsAccount, VpsImage, VpsLocation, VpsPlan, VpsServer, VpsSshKey};
-use crate::tokens::{TOKEN_LABEL, read_token_secret};
+use crate::tokens::{TOKEN_LABEL, TokenRecord, read_token_secret};
 use crate::watch_cache::{self, Feed, Index, Ready};
 
 use super::index::{Entry, ServerIndex};
@@ -68,27 +68,27 @@ pub struct TokenIndex {
     inner: RwLock<TokenMaps>,
 }
 
-/// A token Secret's name → its (hash, account), and hash → account.
+/// A token Secret's name → its token's hash, and hash → the token's record.
 #[derive(Default)]
 pub struct TokenMaps {
-    secrets: HashMap<String, (String, String)>,
-    by_hash: HashMap<String, String>,
+    secrets: HashMap<String, String>,
+    by_hash: HashMap<String, TokenRecord>,
 }
 
 impl TokenMaps {
     fn insert(&mut self, secret: &Secret) {
-        let Some((hash, account)) = read_token_secret(secret) else {
+        let Some(record) = read_token_secret(secret) else {
             self.remove(&secret.name_any());
             return;
         };
-        if let Some((old_hash, _)) = self.secrets.insert(secret.name_any(), (hash.clone(), account.clone())) {
+        if let Some(old_hash) = self.secrets.insert(secret.name_any(), record.hash.clone()) {
             self.by_hash.remove(&old_hash);
         }
-        self.by_hash.insert(hash, account);
+        self.by_hash.insert(record.hash.clone(), record);
     }
 
     fn remove(&mut self, name: &str) {
-        if let Some((hash, _)) = self.secrets.remove(name) {
+        if let Some(hash) = self.secrets.remove(name) {
             self.by_hash.remove(&hash);
         }
     }
@@ -115,9 +115,9 @@ impl Index<Secret> for TokenIndex {
 }
 
 impl TokenIndex {
-    /// The account of the token with this hex SHA-256. A map lookup keyed by the hash: what
+    /// The record of the token with this hex SHA-256. A map lookup keyed by the hash: what
     /// its timing could reveal is the hash, which says nothing of any token.
-    pub fn account(&self, hash: &str) -> Option<String> {
+    pub fn record(&self, hash: &str) -> Option<TokenRecord> {
         self.inner.read().expect("token index lock").by_hash.get(hash).cloned()
     }
 }
@@ -134,6 +134,14 @@ fn prune_server(s: &mut VpsServer) {
         status.vm_name = None;
         status.last_backup_time = None;
         status.reboot_from_instance = None;
+        status.vm_uid = None;
+        status.root_volume_uid = None;
+        // Of what the server was built from, the API shows its plan and image.
+        if let Some(resolved) = &mut status.resolved {
+            resolved.ssh_key = None;
+            resolved.location.spec.node_selector.clear();
+            resolved.location.spec.storage_class = None;
+        }
     }
 }
 

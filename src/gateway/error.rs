@@ -64,6 +64,9 @@ pub enum ApiError {
     /// 413.
     #[error("request body too large")]
     PayloadTooLarge,
+    /// 429 with `Retry-After` and `RateLimit-*`: the token's rate limit.
+    #[error("throttled")]
+    Throttled(super::rate_limit::Refused),
     /// 503 `{"detail": ...}`.
     #[error("unavailable: {0}")]
     Unavailable(&'static str),
@@ -132,6 +135,23 @@ impl IntoResponse for ApiError {
             }
             ApiError::Conflict(detail) => ApiError::detail(StatusCode::CONFLICT, &detail),
             ApiError::PayloadTooLarge => ApiError::detail(StatusCode::PAYLOAD_TOO_LARGE, "Request body is too large."),
+            ApiError::Throttled(refused) => {
+                let wait = refused.retry_after.as_secs_f64().ceil().max(1.0) as u64;
+                let unit = if wait == 1 { "second" } else { "seconds" };
+                let detail = format!("Request was throttled. Expected available in {wait} {unit}.");
+                let mut res = ApiError::detail(StatusCode::TOO_MANY_REQUESTS, &detail);
+                let headers = res.headers_mut();
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(wait));
+                headers.insert("ratelimit-limit", HeaderValue::from(refused.limit.burst as u64));
+                headers.insert("ratelimit-remaining", HeaderValue::from(0));
+                headers.insert("ratelimit-reset", HeaderValue::from(wait));
+                headers.insert(
+                    "ratelimit-policy",
+                    HeaderValue::from_str(&format!("{};w=1;burst={}", refused.limit.rate, refused.limit.burst))
+                        .unwrap_or(HeaderValue::from_static("")),
+                );
+                res
+            }
             ApiError::Unavailable(detail) => ApiError::detail(StatusCode::SERVICE_UNAVAILABLE, detail),
             ApiError::ClusterUnavailable(_) => {
                 let mut res = ApiError::detail(

@@ -44,7 +44,8 @@ impl Entry {
 #[derive(Default)]
 struct Account {
     by_id: BTreeMap<i64, Entry>,
-    /// Servers without an id yet (made with kubectl, before the operator numbers them).
+    /// Servers without an id of their own yet (made with kubectl, before the operator numbers
+    /// them; or claiming by label an id another server holds).
     unnumbered: HashMap<String, Arc<VpsServer>>,
     /// How many of `by_id` have each status.
     statuses: HashMap<Phase, usize>,
@@ -55,30 +56,40 @@ impl Account {
         if server.metadata.deletion_timestamp.is_some() {
             return;
         }
+        let name = server.metadata.name.clone().unwrap_or_default();
         let Some(id) = server.id() else {
-            self.unnumbered.insert(server.metadata.name.clone().unwrap_or_default(), server);
+            self.unnumbered.insert(name, server);
             return;
         };
+        // An id is the server's whose status records it; a label's claim never displaces it.
+        let recorded = |s: &VpsServer| s.status.as_ref().and_then(|st| st.id) == Some(id);
+        if let Some(holder) = self.by_id.get(&id)
+            && holder.server.metadata.name.as_deref() != Some(name.as_str())
+            && (recorded(&holder.server) || !recorded(&server))
+        {
+            self.unnumbered.insert(name, server);
+            return;
+        }
         let entry = Entry::new(server);
         *self.statuses.entry(entry.status).or_default() += 1;
         if let Some(displaced) = self.by_id.insert(id, entry) {
             self.uncount(displaced.status);
+            if displaced.server.metadata.name.as_deref() != Some(name.as_str()) {
+                let displaced_name = displaced.server.metadata.name.clone().unwrap_or_default();
+                self.unnumbered.insert(displaced_name, displaced.server);
+            }
         }
     }
 
     fn remove(&mut self, server: &VpsServer) {
         let name = server.metadata.name.as_deref().unwrap_or_default();
-        match server.id() {
-            Some(id) if self.by_id.get(&id).is_some_and(|e| e.server.metadata.name.as_deref() == Some(name)) => {
-                if let Some(entry) = self.by_id.remove(&id) {
-                    self.uncount(entry.status);
-                }
-            }
-            Some(_) => {}
-            None => {
-                self.unnumbered.remove(name);
-            }
+        if let Some(id) = server.id()
+            && self.by_id.get(&id).is_some_and(|e| e.server.metadata.name.as_deref() == Some(name))
+            && let Some(entry) = self.by_id.remove(&id)
+        {
+            self.uncount(entry.status);
         }
+        self.unnumbered.remove(name);
     }
 
     fn uncount(&mut self, status: Phase) {
@@ -302,6 +313,20 @@ mod tests {
         assert_eq!(list(&index, "a", active, 0, 10).0, 1);
         assert!(index.object("a", "y").is_none());
         assert!(index.get("b", 5).is_some() && index.get("a", 5).is_none(), "ids are per namespace");
+
+        // A server whose label claims the id another server's status records gets nowhere.
+        let mut real = mk("a", "real", Some(20), "Active");
+        real.status.as_mut().unwrap().id = Some(20);
+        apply(Event::Apply(real));
+        apply(Event::Apply(mk("a", "forged", Some(20), "Stopped")));
+        assert_eq!(index.get("a", 20).unwrap().metadata.name.as_deref(), Some("real"), "never displaced");
+        apply(Event::Delete(mk("a", "forged", Some(20), "Stopped")));
+        assert_eq!(index.get("a", 20).unwrap().metadata.name.as_deref(), Some("real"), "its deletion changes nothing");
+        // The status wins over a label that says otherwise.
+        let mut relabeled = mk("a", "real", Some(21), "Active");
+        relabeled.status.as_mut().unwrap().id = Some(20);
+        apply(Event::Apply(relabeled));
+        assert!(index.get("a", 21).is_none() && index.get("a", 20).is_some());
 
         // A relist replaces everything.
         feed.load([mk("b", "z", Some(5), "Active")]);

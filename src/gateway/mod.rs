@@ -9,6 +9,7 @@
 //! - [`view`]: the JSON representation, [`validate`]: hand validation with DRF's messages.
 //! - [`idempotency`]: `Idempotency-Key` replay kept in the cluster.
 //! - [`metrics`], [`openapi`]: `/metrics` and `/api/v1/openapi.json`.
+//! - [`listen`]: the connections (timeouts, a cap), [`rate_limit`]: requests per token.
 
 pub mod auth;
 pub mod cache;
@@ -17,9 +18,11 @@ pub mod credit;
 pub mod error;
 pub mod idempotency;
 pub mod index;
+pub mod listen;
 pub mod metrics;
 pub mod openapi;
 pub mod pagination;
+pub mod rate_limit;
 pub mod servers;
 pub mod ssh_keys;
 #[cfg(test)]
@@ -65,7 +68,8 @@ pub const FIELD_MANAGER: &str = crate::api::GATEWAY_MANAGER;
 /// How long a starting gateway waits for its caches.
 pub const SYNC_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// Flags of `vps-operator gateway`.
+/// Flags of `vps-operator gateway`, and the settings of a gateway. [`Default`] is what the
+/// command line gives with no flags.
 #[derive(Args, Debug, Clone)]
 pub struct GatewayArgs {
     /// Address to listen on.
@@ -77,6 +81,28 @@ pub struct GatewayArgs {
     /// Longest time one request may take, in seconds.
     #[arg(long, default_value_t = 30)]
     pub request_timeout_secs: u64,
+    /// Requests per second one API token may make, sustained (0: no limit).
+    #[arg(long, default_value_t = 20.0)]
+    pub rate_limit: f64,
+    /// Requests one API token may make at once, beyond the sustained rate.
+    #[arg(long, default_value_t = 100)]
+    pub rate_burst: u32,
+    /// A connection must deliver a whole request head within this time, whether it is new or
+    /// idle between requests; it is closed otherwise.
+    #[arg(long, value_parser = crate::flags::duration, default_value = "10s")]
+    pub header_timeout: Duration,
+    /// Connections served at once; more are closed as soon as they are accepted.
+    #[arg(long, default_value_t = 1024)]
+    pub max_connections: usize,
+    /// SSH keys one account may have.
+    #[arg(long, default_value_t = 100)]
+    pub max_ssh_keys: usize,
+}
+
+impl Default for GatewayArgs {
+    fn default() -> Self {
+        crate::flags::defaults()
+    }
 }
 
 /// What every handler shares: one pointer, cheap to clone for each request.
@@ -93,6 +119,8 @@ pub struct Shared {
     pub request_timeout: Duration,
     /// Creates in flight, for the credit check.
     pub credit: Arc<credit::Credit>,
+    pub rate_limiter: rate_limit::RateLimiter,
+    pub settings: GatewayArgs,
 }
 
 impl std::ops::Deref for AppState {
@@ -106,15 +134,19 @@ impl std::ops::Deref for AppState {
 impl AppState {
     /// The state over `caches` (watching the cluster, or filled from a fixture); requests are
     /// served once [`Caches::wait_ready`] resolves (`/readyz`).
-    pub fn new(client: Client, caches: Caches, system_namespace: &str, request_timeout: Duration) -> AppState {
+    pub fn new(client: Client, caches: Caches, settings: &GatewayArgs) -> AppState {
+        let limit = rate_limit::Limit { rate: settings.rate_limit, burst: f64::from(settings.rate_burst) };
+        let ledger = crate::credit_ledger::Ledger::new(client.clone(), &settings.system_namespace);
         AppState(Arc::new(Shared {
             caches: Arc::new(caches),
-            ids: IdAllocator::new(client.clone(), system_namespace).with_block(SERVER_ID_BLOCK),
+            ids: IdAllocator::new(client.clone(), &settings.system_namespace).with_block(SERVER_ID_BLOCK),
             client,
-            system_namespace: system_namespace.to_string(),
+            system_namespace: settings.system_namespace.clone(),
             metrics: Arc::new(Metrics::new()),
-            request_timeout,
-            credit: Arc::default(),
+            request_timeout: Duration::from_secs(settings.request_timeout_secs),
+            credit: Arc::new(credit::Credit::new(ledger)),
+            rate_limiter: rate_limit::RateLimiter::new(Some(limit)),
+            settings: settings.clone(),
         }))
     }
 }
@@ -209,13 +241,14 @@ async fn timeout(State(limit): State<Duration>, req: Request, next: Next) -> Res
 
 /// A gateway on the cluster of `client`, its caches starting to fill (it answers 503 until
 /// they have: [`AppState::synced`]). The vps.org CRDs and the system namespace must exist.
-pub async fn start(client: Client, system_namespace: &str, request_timeout: Duration) -> Result<AppState> {
+pub async fn start(client: Client, settings: &GatewayArgs) -> Result<AppState> {
     crate::preflight::require_vps_crds(&client).await?;
+    let system_namespace = &settings.system_namespace;
     if Api::<Namespace>::all(client.clone()).get_opt(system_namespace).await?.is_none() {
         bail!("the system namespace {system_namespace:?} does not exist; create it first");
     }
     let caches = Caches::watch(client.clone(), system_namespace);
-    Ok(AppState::new(client, caches, system_namespace, request_timeout))
+    Ok(AppState::new(client, caches, settings))
 }
 
 impl AppState {
@@ -246,7 +279,7 @@ pub async fn serve(
 /// Runs the gateway until SIGTERM or Ctrl-C.
 pub async fn run(args: GatewayArgs) -> Result<()> {
     let client = Client::try_default().await.context("connect to the cluster")?;
-    let state = start(client, &args.system_namespace, Duration::from_secs(args.request_timeout_secs)).await?;
+    let state = start(client, &args).await?;
     tokio::spawn(crate::memory::trim_forever(crate::memory::TRIM_EVERY));
     let listener =
         tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("listen on {}", args.listen))?;

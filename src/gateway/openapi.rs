@@ -31,6 +31,7 @@ impl Modify for BearerAuth {
         servers::start_server,
         servers::stop_server,
         servers::reboot_server,
+        servers::protect_server,
         catalog::list_plans,
         catalog::list_os,
         catalog::list_locations,
@@ -42,7 +43,7 @@ impl Modify for BearerAuth {
     components(schemas(
         view::ServerListItem, view::ServerDetail, view::CreatedServer, view::ActionResponse, view::ActionServer, view::ApiStatus,
         view::PlanSummary, view::PlanDetail, view::OsRef, view::ResourceUsage, view::PlanView, view::LocationView,
-        view::SshKeyView, servers::CreateServer, servers::UpdateServer, servers::PatchServer, ssh_keys::CreateSshKey,
+        view::SshKeyView, servers::CreateServer, servers::UpdateServer, servers::PatchServer, servers::SetProtection, view::Protection, ssh_keys::CreateSshKey,
     )),
     modifiers(&BearerAuth),
     tags((name = "servers"), (name = "catalog"), (name = "ssh-keys"))

@@ -29,6 +29,7 @@ use super::{AppState, FIELD_MANAGER, base_url, route_both, with_405};
 use crate::api::{
     ACCOUNT_LABEL, Phase, PowerState, SERVER_ID_LABEL, TEARDOWN_FINALIZER, VpsImage, VpsPlan, VpsServer, VpsServerSpec,
 };
+use crate::credit_ledger::Reservation;
 use crate::ids::IdKind;
 
 pub const CREATED_MESSAGE: &str = "Server is being provisioned. This may take 2-5 minutes.";
@@ -46,6 +47,7 @@ pub fn router() -> Router<AppState> {
     );
     let r = route_both(r, "/api/v1/servers/{server_id}/start/", with_405(post(start_server), "POST"));
     let r = route_both(r, "/api/v1/servers/{server_id}/stop/", with_405(post(stop_server), "POST"));
+    let r = route_both(r, "/api/v1/servers/{server_id}/protection/", with_405(post(protect_server), "POST"));
     route_both(r, "/api/v1/servers/{server_id}/reboot/", with_405(post(reboot_server), "POST"))
 }
 
@@ -196,6 +198,7 @@ fn created_response((body, location): (CreatedServer, String)) -> Response {
 }
 
 /// A create request, its fields read and checked against the catalog and the account.
+#[derive(Clone)]
 struct NewServer {
     name: String,
     plan: Arc<VpsPlan>,
@@ -277,6 +280,7 @@ fn server_object(new: NewServer, id: i64, account: &str, idempotency_key: Option
             power_state: PowerState::Running,
             reboot_requested_at: None,
             suspended: false,
+            delete_protection: false,
         },
     );
     server.metadata.labels = Some(labels);
@@ -310,28 +314,40 @@ async fn create(
         let id = earlier.id().unwrap_or_default();
         return Ok((CreatedServer { server: detail(state, &earlier)?, message: CREATED_MESSAGE }, location_of(id)));
     }
-    // The credit check counts the account's servers and the creates in flight in this gateway.
+    // The server's price is committed on the account's ledger before its object exists.
     let price = new.plan.spec.monthly_price_cents;
-    let plan_price = |s: &VpsServer| caches.plan_by_name(&s.spec.plan).map_or(0, |p| p.spec.monthly_price_cents);
-    let reservation = state
-        .credit
-        .reserve(&tenant.namespace, price, tenant.credit_cents, &caches.servers, plan_price)
-        .map_err(|used| {
-            ApiError::PaymentRequired(format!(
+    let api: Api<VpsServer> = Api::namespaced(state.client.clone(), &tenant.namespace);
+    let pp = PostParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() };
+    // A server made with kubectl may have taken the object name of the id drawn: draw again.
+    let mut attempts = 0;
+    let (id, created) = loop {
+        attempts += 1;
+        let id = state.ids.allocate(IdKind::Server).await.map_err(anyhow::Error::from)?;
+        let server = server_object(new.clone(), id, &tenant.account, idempotency_key, &now_stamp());
+        let name = server.name_any();
+        let reserved = state.credit.reserve(&tenant.account, &name, price, tenant.credit_cents).await;
+        if let Reservation::Insufficient { used } = reserved.map_err(anyhow::Error::from)? {
+            return Err(ApiError::PaymentRequired(format!(
                 "Insufficient credit: the plan costs {price} cents per month and the account's servers already use \
                  {used} of its {} cents.",
                 tenant.credit_cents
-            ))
-        })?;
-    let id = state.ids.allocate(IdKind::Server).await.map_err(anyhow::Error::from)?;
-    let server = server_object(new, id, &tenant.account, idempotency_key, &now_stamp());
-    reservation.name(&server.name_any());
-    let api: Api<VpsServer> = Api::namespaced(state.client.clone(), &tenant.namespace);
-    let pp = PostParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() };
-    let created = api.create(&pp, &server).await?;
+            )));
+        }
+        match api.create(&pp, &server).await {
+            Ok(created) => break (id, created),
+            Err(e) => {
+                state.credit.release(&tenant.account, &name).await;
+                match e {
+                    kube::Error::Api(s) if s.reason == "AlreadyExists" && attempts < 5 => {
+                        tracing::warn!(id, name, "A server of that name exists already: drawing another id");
+                    }
+                    e => return Err(e.into()),
+                }
+            }
+        }
+    };
     tracing::info!(id, namespace = tenant.namespace, "Server created");
     wait_for_write(caches.servers.as_ref(), &created).await;
-    drop(reservation);
     Ok((CreatedServer { server: detail(state, &created)?, message: CREATED_MESSAGE }, location_of(id)))
 }
 
@@ -458,10 +474,48 @@ async fn patch_server_object(
     Ok(updated)
 }
 
+/// The protection body.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct SetProtection {
+    /// Refuse DELETE while true.
+    delete: bool,
+}
+
+#[utoipa::path(post, path = "/api/v1/servers/{server_id}/protection/", tag = "servers",
+    params(("server_id" = i64, Path, description = "The server's id")),
+    request_body = SetProtection,
+    responses(
+        (status = 200, description = "The server with its new protection", body = ServerDetail),
+        (status = 400, description = "A missing or invalid field"),
+        (status = 401, description = "Missing or unknown token"),
+        (status = 404, description = "No such server in this account"),
+    ),
+    security(("bearer" = [])))]
+pub async fn protect_server(
+    tenant: Tenant,
+    State(state): State<AppState>,
+    Path(server_id): Path<String>,
+    body: RawBody,
+) -> Result<Json<ServerDetail>, ApiError> {
+    let server = find(&state, &tenant, &server_id)?;
+    let map = body.json_object()?;
+    let mut f = Fields::new(&map);
+    let delete = f.boolean("delete", Presence::Required);
+    f.errors.into_result()?;
+    let patch = json!({
+        "metadata": {"annotations": {UPDATED_AT_ANNOTATION: now_stamp()}},
+        "spec": {"deleteProtection": delete},
+    });
+    let updated = patch_server_object(&state, &server, &patch).await?;
+    Ok(Json(detail(&state, &updated)?))
+}
+
 #[utoipa::path(delete, path = "/api/v1/servers/{server_id}/", tag = "servers",
     params(("server_id" = i64, Path, description = "The server's id")),
     responses(
         (status = 204, description = "Deleted; the id answers 404 from now on and is never reused"),
+        (status = 400, description = "The server is protected from deletion"),
         (status = 401, description = "Missing or unknown token"),
         (status = 404, description = "No such server in this account"),
     ),
@@ -473,6 +527,11 @@ pub async fn delete_server(
     _body: RawBody,
 ) -> Result<StatusCode, ApiError> {
     let server = find(&state, &tenant, &server_id)?;
+    if server.spec.delete_protection {
+        return Err(ApiError::BadRequest(
+            "Server is protected from deletion: turn its delete protection off first.".into(),
+        ));
+    }
     let api: Api<VpsServer> = Api::namespaced(state.client.clone(), &tenant.namespace);
     let dp = DeleteParams {
         preconditions: Some(kube::api::Preconditions { uid: server.uid(), resource_version: None }),
@@ -687,7 +746,8 @@ mod tests {
             json!({"id": 7, "name": "web", "hostname": "web01.example.com", "status": "active",
                 "ip_address": "203.0.113.10", "ipv6_address": null, "location": "us-west",
                 "plan": {"id": 1, "name": "Standard VPS", "vcpus": 2, "memory": 4096, "storage": 80, "bandwidth": 2048},
-                "os": {"id": 5, "name": "Ubuntu 22.04 LTS"}, "backups_enabled": true, "resource_usage": null,
+                "os": {"id": 5, "name": "Ubuntu 22.04 LTS"}, "backups_enabled": true,
+                "protection": {"delete": false}, "resource_usage": null,
                 "created_at": "2025-01-10T14:30:00Z", "updated_at": "2025-01-10T14:30:00Z"})
         );
         let l = call(&app, "GET", "/api/v1/servers/", Some(TOKEN), None).await;
@@ -974,6 +1034,38 @@ mod tests {
         );
         assert_eq!((s.spec.power_state, s.spec.backups_enabled, s.spec.suspended), (PowerState::Running, true, false));
         assert_eq!(s.annotations()[UPDATED_AT_ANNOTATION], "2025-01-10T14:30:00Z");
+    }
+
+    #[tokio::test]
+    async fn a_protected_server_is_not_deleted() {
+        let mut protected = server("acme", 7, "web", Some("Active"));
+        protected.spec.delete_protection = true;
+        let app = testing::app(vec![protected], vec![]).await;
+        let a = call(&app, "DELETE", "/api/v1/servers/7/", Some(TOKEN), None).await;
+        assert_eq!(a.status, 400, "{a:?}");
+        assert!(a.body["detail"].as_str().unwrap().contains("protected"), "{a:?}");
+        let d = call(&app, "GET", "/api/v1/servers/7/", Some(TOKEN), None).await;
+        assert_eq!(d.body["protection"], json!({"delete": true}));
+        for body in [json!({}), json!({"delete": "true"}), json!({"delete": null})] {
+            let a = call(&app, "POST", "/api/v1/servers/7/protection/", Some(TOKEN), Some(body.clone())).await;
+            assert_eq!(a.status, 400, "{body}: {a:?}");
+            assert!(a.body["delete"].is_array(), "{a:?}");
+        }
+        assert_eq!(call(&app, "GET", "/api/v1/servers/7/protection/", Some(TOKEN), None).await.status, 405);
+    }
+
+    #[tokio::test]
+    async fn no_string_field_takes_line_breaks_or_control_characters() {
+        let app = app().await;
+        for (field, value) in
+            [("name", "web\rruncmd"), ("hostname", "web.example.com\u{2028}x"), ("location", "us-west\u{85}")]
+        {
+            let mut body = sample_create("web");
+            body[field] = json!(value);
+            let a = call(&app, "POST", "/api/v1/servers/", Some(TOKEN), Some(body)).await;
+            assert_eq!(a.status, 400, "{field}: {a:?}");
+            assert_eq!(keys(&a.body), [field], "{a:?}");
+        }
     }
 
     #[tokio::test]

@@ -16,10 +16,10 @@ use super::auth::Tenant;
 use super::cache::{wait_for_delete, wait_for_write};
 use super::error::{ApiError, FieldErrors, RawBody};
 use super::pagination::{self, Query};
-use super::validate::{Fields, Presence, is_public_key};
+use super::validate::{Fields, Presence};
 use super::view::{self, Page, SshKeyView};
 use super::{AppState, FIELD_MANAGER, base_url, route_both, with_405};
-use crate::api::{ACCOUNT_LABEL, SSH_KEY_ID_LABEL, VpsSshKey, VpsSshKeySpec};
+use crate::api::{ACCOUNT_LABEL, SSH_KEY_ID_LABEL, VpsSshKey, VpsSshKeySpec, ssh};
 use crate::ids::IdKind;
 
 pub fn router() -> Router<AppState> {
@@ -80,7 +80,7 @@ pub struct CreateSshKey {
 #[utoipa::path(post, path = "/api/v1/ssh-keys/", tag = "ssh-keys",
     request_body = CreateSshKey,
     responses((status = 201, description = "Created", body = SshKeyView),
-        (status = 400, description = "Invalid fields"),
+        (status = 400, description = "Invalid fields, or the account has as many keys as it may"),
         (status = 401, description = "Missing or unknown token")),
     security(("bearer" = [])))]
 pub async fn create_key(
@@ -92,13 +92,23 @@ pub async fn create_key(
     let map = body.json_object()?;
     let mut f = Fields::new(&map);
     let name = f.string("name", Presence::Required, 128);
-    let public_key = f.string("public_key", Presence::Required, 16384).map(|k| k.trim().to_string());
-    if let Some(k) = &public_key
-        && !is_public_key(k)
-    {
-        f.errors.add("public_key", "Enter a valid OpenSSH public key, like \"ssh-ed25519 AAAA... user@host\".");
-    }
+    // Stored as parsed and put together again: one line of type, key and comment.
+    let public_key =
+        f.string("public_key", Presence::Required, ssh::MAX_KEY_LENGTH).and_then(|k| match ssh::parse(&k) {
+            Ok(key) => Some(key.line()),
+            Err(e) => {
+                f.errors.add(
+                    "public_key",
+                    format!("Enter a valid OpenSSH public key, like \"ssh-ed25519 AAAA... user@host\": this one {e}."),
+                );
+                None
+            }
+        });
     f.errors.into_result()?;
+    let cap = state.settings.max_ssh_keys;
+    if keys_of(&state, &tenant).len() >= cap {
+        return Err(ApiError::BadRequest(format!("An account can have at most {cap} SSH keys: delete one first.")));
+    }
     let (Some(name), Some(public_key)) = (name, public_key) else {
         return Err(ApiError::Internal(anyhow::anyhow!("validation passed with a field missing")));
     };
@@ -184,5 +194,31 @@ mod tests {
         assert_eq!((a.status, keys(&a.body)), (400, vec!["name".to_string(), "public_key".to_string()]));
         let a = call(&app, "PUT", "/api/v1/ssh-keys/4/", Some(TOKEN), None).await;
         assert_eq!((a.status, a.header("allow")), (405, Some("GET, DELETE, HEAD")));
+    }
+
+    const KEY: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIO0p7bwPPI7HV1DEfAnGyc9CrZz5j2PJ1H1GGFFiD6Vt";
+
+    #[tokio::test]
+    async fn keys_are_parsed_and_capped() {
+        let two = crate::gateway::GatewayArgs { max_ssh_keys: 2, ..testing::settings() };
+        let app = testing::app_of(testing::fixture(vec![], vec![ssh_key("acme", 1), ssh_key("acme", 2)]), &two).await;
+        for bad in [
+            format!("{KEY} me\rruncmd: [reboot]"),
+            format!("{KEY} me\u{2028}x"),
+            format!("{KEY} é"),
+            "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIA".to_string(),
+            format!("ssh-rsa {}", &KEY["ssh-ed25519 ".len()..]),
+        ] {
+            let a = call(&app, "POST", "/api/v1/ssh-keys/", Some(TOKEN), Some(json!({"name": "k", "public_key": bad})))
+                .await;
+            assert_eq!((a.status, keys(&a.body)), (400, vec!["public_key".to_string()]), "{bad:?}: {a:?}");
+        }
+        let a = call(&app, "POST", "/api/v1/ssh-keys/", Some(TOKEN), Some(json!({"name": "k\nx", "public_key": KEY})))
+            .await;
+        assert_eq!((a.status, keys(&a.body)), (400, vec!["name".to_string()]));
+        let a =
+            call(&app, "POST", "/api/v1/ssh-keys/", Some(TOKEN), Some(json!({"name": "k", "public_key": KEY}))).await;
+        assert_eq!(a.status, 400, "{a:?}");
+        assert!(a.body["detail"].as_str().unwrap().contains("at most 2"), "{a:?}");
     }
 }

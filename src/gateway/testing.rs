@@ -18,7 +18,7 @@ use tower::ServiceExt;
 use super::AppState;
 use super::cache::{Caches, Fixture};
 use crate::api::{VpsAccount, VpsAccountSpec, VpsImage, VpsLocation, VpsPlan, VpsServer, VpsSshKey};
-use crate::tokens::{ACCOUNT_KEY, HASH_KEY, hash_token};
+use crate::tokens::{ACCOUNT_KEY, ACCOUNT_UID_KEY, HASH_KEY, hash_token};
 
 /// The token of account `acme` (namespace `acme`).
 pub const TOKEN: &str = "vps_test_acme";
@@ -46,6 +46,7 @@ fn token_secret(token: &str, account: &str) -> Secret {
     secret.data = Some(BTreeMap::from([
         (HASH_KEY.to_string(), ByteString(hash_token(token).into_bytes())),
         (ACCOUNT_KEY.to_string(), ByteString(account.as_bytes().to_vec())),
+        (ACCOUNT_UID_KEY.to_string(), ByteString(format!("uid-{account}").into_bytes())),
     ]));
     secret
 }
@@ -74,19 +75,23 @@ pub fn ssh_key(namespace: &str, id: i64) -> VpsSshKey {
         "apiVersion": "vps.org/v1alpha1", "kind": "VpsSshKey",
         "metadata": {"name": format!("key-{id}"), "namespace": namespace, "creationTimestamp": "2025-01-10T14:30:00Z",
             "labels": {crate::api::SSH_KEY_ID_LABEL: id.to_string()}},
-        "spec": {"name": format!("key {id}"), "publicKey": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIA me@laptop"},
+        "spec": {"name": format!("key {id}"), "publicKey": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIO0p7bwPPI7HV1DEfAnGyc9CrZz5j2PJ1H1GGFFiD6Vt me@laptop"},
     }))
     .unwrap()
 }
 
-/// The gateway over the demo catalog, accounts `acme` (100,000 cents of credit) and `other`,
-/// and `servers` and `keys`. Its client points at no cluster: a handler that calls the API
-/// server answers 503.
-pub async fn app(servers: Vec<VpsServer>, keys: Vec<VpsSshKey>) -> Router {
+/// An account (namespace of the same name, 100,000 cents of credit) with UID `uid-NAME`.
+pub fn account(name: &str) -> VpsAccount {
+    let mut a = VpsAccount::new(name, VpsAccountSpec { namespace: name.into(), credit_cents: 100_000 });
+    a.metadata.uid = Some(format!("uid-{name}"));
+    a
+}
+
+/// The demo catalog, accounts `acme` and `other` with a token each ([`TOKEN`],
+/// [`OTHER_TOKEN`]), and `servers` and `keys`.
+pub fn fixture(servers: Vec<VpsServer>, keys: Vec<VpsSshKey>) -> Fixture {
     let (plans, images, locations) = catalog();
-    let account = |name: &str| VpsAccount::new(name, VpsAccountSpec { namespace: name.into(), credit_cents: 100_000 });
-    let (caches, feeds) = Caches::new();
-    feeds.load(Fixture {
+    Fixture {
         servers,
         tokens: vec![token_secret(TOKEN, "acme"), token_secret(OTHER_TOKEN, "other")],
         plans,
@@ -94,12 +99,35 @@ pub async fn app(servers: Vec<VpsServer>, keys: Vec<VpsSshKey>) -> Router {
         locations,
         accounts: vec![account("acme"), account("other")],
         ssh_keys: keys,
-    });
+    }
+}
+
+/// The settings of the tests' gateways: no rate limit (a test makes more requests at once
+/// than a client would).
+pub fn settings() -> super::GatewayArgs {
+    super::GatewayArgs { rate_limit: 0.0, request_timeout_secs: 5, ..Default::default() }
+}
+
+/// The gateway over `fixture` with `settings`. Its client points at no cluster: a handler
+/// that calls the API server answers 503.
+pub async fn app_of(fixture: Fixture, settings: &super::GatewayArgs) -> Router {
+    let (caches, feeds) = Caches::new();
+    feeds.load(fixture);
     let nowhere = kube::Config::new("http://127.0.0.1:9".parse().unwrap());
     let client = kube::Client::try_from(nowhere).unwrap();
-    let state = AppState::new(client, caches, "vps-system", Duration::from_secs(5));
+    let state = AppState::new(client, caches, settings);
     tokio::time::timeout(Duration::from_secs(5), state.caches.wait_ready()).await.expect("the fixture is loaded");
     super::app(state)
+}
+
+/// The gateway over [`fixture`] with [`settings`].
+pub async fn app(servers: Vec<VpsServer>, keys: Vec<VpsSshKey>) -> Router {
+    app_of(fixture(servers, keys), &settings()).await
+}
+
+/// A token Secret for `token` of `account`, bound to the account's UID `uid-ACCOUNT`.
+pub fn token(token: &str, account: &str) -> Secret {
+    token_secret(token, account)
 }
 
 /// An answer: status, headers, body as JSON (`Null` when empty, a string when not JSON).

@@ -12,6 +12,7 @@ pub const BLANK: &str = "This field may not be blank.";
 pub const NOT_INTEGER: &str = "A valid integer is required.";
 pub const NOT_BOOLEAN: &str = "Must be a valid boolean.";
 pub const IMMUTABLE: &str = "This field cannot be changed.";
+pub const CONTROL: &str = "This field may not contain control characters or line breaks.";
 
 /// Reads fields of a body, collecting every failure.
 pub struct Fields<'a> {
@@ -63,6 +64,11 @@ impl<'a> Fields<'a> {
             }
             Value::String(s) if s.chars().count() > max => {
                 self.errors.add(field, format!("Ensure this field has no more than {max} characters."));
+                None
+            }
+            // What YAML, a terminal or a log would read as a line break or a command.
+            Value::String(s) if s.chars().any(|c| c.is_control() || matches!(c, '\u{2028}' | '\u{2029}')) => {
+                self.errors.add(field, CONTROL);
                 None
             }
             Value::String(s) => Some(s.clone()),
@@ -148,31 +154,22 @@ pub fn is_fqdn(s: &str) -> bool {
     s.len() <= 253 && s.split('.').count() >= 2 && s.split('.').all(is_label)
 }
 
-/// Whether a string is an OpenSSH public key line (what the `VpsSshKey` schema accepts).
-pub fn is_public_key(s: &str) -> bool {
-    const TYPES: [&str; 8] = [
-        "ssh-rsa",
-        "ssh-ed25519",
-        "ssh-dss",
-        "ecdsa-sha2-nistp256",
-        "ecdsa-sha2-nistp384",
-        "ecdsa-sha2-nistp521",
-        "sk-ssh-ed25519@openssh.com",
-        "sk-ecdsa-sha2-nistp256@openssh.com",
-    ];
-    let mut parts = s.splitn(3, ' ');
-    let (Some(kind), Some(data)) = (parts.next(), parts.next()) else { return false };
-    (16..=16384).contains(&s.len())
-        && !s.contains('\n')
-        && TYPES.contains(&kind)
-        && !data.is_empty()
-        && data.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'/' || b == b'=')
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn no_string_field_holds_control_characters_or_line_breaks() {
+        for bad in ["a\rb", "a\nb", "a\u{85}b", "a\u{2028}b", "a\u{2029}b", "a\u{0}b", "a\tb", "a\u{1b}[31m"] {
+            let body = json!({"name": bad});
+            let mut f = Fields::new(body.as_object().unwrap());
+            assert_eq!(f.string("name", Presence::Required, 100), None, "{bad:?}");
+            assert!(f.errors.has("name"));
+        }
+        let body = json!({"name": "Zürich server – ok"});
+        assert!(Fields::new(body.as_object().unwrap()).string("name", Presence::Required, 100).is_some());
+    }
 
     #[test]
     fn strict_types_and_all_errors_at_once() {
@@ -201,8 +198,5 @@ mod tests {
         assert!(!is_label("-web") && !is_label("web-") && !is_label("we_b") && !is_label(&"a".repeat(64)));
         assert!(is_fqdn("web01.example.com"));
         assert!(!is_fqdn("localhost") && !is_fqdn("a..b") && !is_fqdn("web01.example.com."));
-        assert!(is_public_key("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIExample user@host"));
-        assert!(!is_public_key("ssh-foo AAAAC3NzaC1lZDI1NTE5AAAAIExample"));
-        assert!(!is_public_key("ssh-ed25519 not*base64 comment"));
     }
 }

@@ -9,7 +9,7 @@ use serde::{Serialize, Serializer};
 use utoipa::ToSchema;
 
 use crate::api::SSH_KEY_ID_LABEL;
-use crate::api::{Phase, PowerState, VpsImage, VpsLocation, VpsPlan, VpsServer, VpsSshKey};
+use crate::api::{Phase, PowerState, VpsImage, VpsImageSpec, VpsLocation, VpsPlan, VpsPlanSpec, VpsServer, VpsSshKey};
 
 /// Annotation the gateway sets on every write it makes to a server.
 pub const UPDATED_AT_ANNOTATION: &str = "vps.org/updated-at";
@@ -110,7 +110,10 @@ pub struct PlanDetail {
 
 impl PlanDetail {
     pub fn of(p: &VpsPlan) -> PlanDetail {
-        let spec = &p.spec;
+        PlanDetail::of_spec(&p.spec)
+    }
+
+    pub fn of_spec(spec: &VpsPlanSpec) -> PlanDetail {
         PlanDetail {
             id: spec.id,
             name: spec.display_name.clone(),
@@ -172,10 +175,19 @@ pub struct ServerDetail {
     pub plan: Option<PlanDetail>,
     pub os: Option<OsRef>,
     pub backups_enabled: bool,
+    /// What the server is protected from.
+    pub protection: Protection,
     /// Always `null` until a metrics source exists.
     pub resource_usage: Option<ResourceUsage>,
     pub created_at: Option<String>,
     pub updated_at: Option<String>,
+}
+
+/// A server's protection against mistakes (and stolen tokens).
+#[derive(Serialize, ToSchema, Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Protection {
+    /// DELETE is refused while set.
+    pub delete: bool,
 }
 
 /// The answer to a create: the detail and a message.
@@ -243,7 +255,11 @@ pub fn plan_view(p: &VpsPlan) -> PlanView {
 }
 
 pub fn os_view(i: &VpsImage) -> OsRef {
-    OsRef { id: i.spec.id, name: i.spec.display_name.clone() }
+    os_of_spec(&i.spec)
+}
+
+fn os_of_spec(spec: &VpsImageSpec) -> OsRef {
+    OsRef { id: spec.id, name: spec.display_name.clone() }
 }
 
 pub fn location_view(l: &VpsLocation) -> LocationView {
@@ -275,9 +291,17 @@ pub fn server_detail(s: &VpsServer, catalog: &impl Catalog) -> Option<ServerDeta
         ip_address: status.and_then(|st| st.ip_address.clone()),
         ipv6_address: status.and_then(|st| st.ipv6_address.clone()),
         location: s.spec.location.clone(),
-        plan: catalog.plan(&s.spec.plan).map(|p| PlanDetail::of(&p)),
-        os: catalog.image(&s.spec.os).map(|i| os_view(&i)),
+        // What the server was built from; the catalog's entry before the operator resolved it.
+        plan: match status.and_then(|st| st.resolved.as_ref()) {
+            Some(r) => Some(PlanDetail::of_spec(&r.plan.spec)),
+            None => catalog.plan(&s.spec.plan).map(|p| PlanDetail::of(&p)),
+        },
+        os: match status.and_then(|st| st.resolved.as_ref()) {
+            Some(r) => Some(os_of_spec(&r.image.spec)),
+            None => catalog.image(&s.spec.os).map(|i| os_view(&i)),
+        },
         backups_enabled: s.spec.backups_enabled,
+        protection: Protection { delete: s.spec.delete_protection },
         resource_usage: None,
         created_at: created_at(s),
         updated_at: updated_at(s),
@@ -358,6 +382,7 @@ mod tests {
                 power_state: power,
                 reboot_requested_at: None,
                 suspended: false,
+                delete_protection: false,
             },
         );
         s.status = Some(VpsServerStatus { phase, ..Default::default() });

@@ -6,19 +6,25 @@
 //!   server each change wakes.
 //! - [`queue`]: which server to reconcile when (backoff, readiness, shutdown).
 //! - [`phase`]: pure mapping from KubeVirt's view to the server's phase.
+//! - [`references`]: what a server is built from, resolved once ([`held`]: whose id is whose).
 //! - [`vm`]: pure construction of the VirtualMachine.
 //! - [`status`]: the pure next status and the Events it tells of.
 //! - [`reconcile`]: apply and cleanup (behind a finalizer).
-//! - [`backups`]: the snapshot schedule.
+//! - [`backups`]: the snapshot schedule; [`accounts`]: an account's teardown.
+//! - [`leader`]: leader election among replicas (a Lease).
 //! - [`metrics`]: Prometheus metrics and health endpoints.
 
+pub mod accounts;
 pub mod backups;
 pub mod cache;
+pub mod held;
+pub mod leader;
 pub mod metrics;
 pub mod observed;
 pub mod phase;
 pub mod queue;
 pub mod reconcile;
+pub mod references;
 pub mod status;
 pub mod vm;
 pub mod watches;
@@ -50,6 +56,8 @@ pub enum Error {
     Timeout,
     #[error("waiting for {0} object(s) of the server to be deleted")]
     TeardownPending(usize),
+    #[error("credit ledger: {0}")]
+    Ledger(#[from] crate::credit_ledger::LedgerError),
 }
 
 impl Error {
@@ -61,6 +69,7 @@ impl Error {
             Error::MissingField(_) => "invalid",
             Error::Timeout => "timeout",
             Error::TeardownPending(_) => "teardown_pending",
+            Error::Ledger(_) => "ledger",
         }
     }
 }
@@ -97,6 +106,35 @@ pub struct OperatorConfig {
     /// The longest wait of a failing reconcile.
     #[arg(long, value_parser = crate::flags::duration, default_value = "60s")]
     pub retry_cap: Duration,
+    /// Copy the servers' failure-injection annotations onto their VMs (only where the node
+    /// simulator plays the hosts).
+    #[arg(long)]
+    pub simulator_annotations: bool,
+    /// Elect a leader among replicas (the Lease `vps-operator` in the system namespace): only
+    /// the leader reconciles.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub leader_elect: bool,
+    /// This replica's name in the lease (the pod's name in a Deployment); the host name and
+    /// a random suffix when unset.
+    #[arg(long, env = "POD_NAME")]
+    pub leader_identity: Option<String>,
+}
+
+/// The name of the operator's Lease.
+pub const LEASE_NAME: &str = "vps-operator";
+
+impl OperatorConfig {
+    /// The election this replica takes part in, if any.
+    pub fn election(&self) -> Option<leader::Election> {
+        if !self.leader_elect {
+            return None;
+        }
+        let identity = self.leader_identity.clone().unwrap_or_else(|| {
+            let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_else(|_| "operator".into());
+            format!("{}-{:08x}", host.trim(), rand::random::<u32>())
+        });
+        Some(leader::Election::new(&self.system_namespace, LEASE_NAME, &identity))
+    }
 }
 
 impl Default for OperatorConfig {
@@ -118,6 +156,18 @@ pub struct Context {
     pub clone_bindings: Mutex<HashSet<(String, String)>>,
     /// Status writes the server cache does not show yet.
     pub written: Arc<status::Written>,
+    /// Which server holds each id.
+    pub ids_held: Arc<held::IdsHeld>,
+    /// What each account's servers commit of its credit.
+    pub ledger: crate::credit_ledger::Ledger,
+}
+
+impl Context {
+    /// The account that owns namespace `ns`, if any (servers outside accounts are the
+    /// hosting team's own: no credit applies).
+    pub fn account_of(&self, ns: &str) -> Option<Arc<crate::api::VpsAccount>> {
+        self.accounts.find(|a| a.spec.namespace == ns)
+    }
 }
 
 impl std::ops::Deref for Context {
@@ -152,52 +202,99 @@ pub async fn run(
     crate::preflight::require_vps_crds(&watch_client).await?;
     crate::preflight::require_kubevirt(&watch_client).await?;
     let written = Arc::new(status::Written::default());
-    let (caches, watches) = watches::watch(&watch_client, written.clone());
+    let ids_held = Arc::new(held::IdsHeld::default());
+    let (caches, watches) = watches::watch(&watch_client, written.clone(), ids_held.clone());
     let reporter = Reporter { controller: OPERATOR_MANAGER.into(), instance: None };
     let ctx = Arc::new(Context {
         recorder: Recorder::new(client.clone(), reporter),
         ids: IdAllocator::new(client.clone(), &config.system_namespace),
+        ledger: crate::credit_ledger::Ledger::new(client.clone(), &config.system_namespace),
         client,
         caches: caches.clone(),
         config: config.clone(),
         metrics: metrics::Metrics::default(),
         clone_bindings: Mutex::new(HashSet::new()),
         written,
+        ids_held,
     });
     ensure_clone_cluster_role(&ctx.client).await;
 
     let (requests, queue) = queue::queue();
-    // Never judge a server by half-filled caches (a plan not seen yet is not a missing plan).
+    let election = config.election();
+    let (leader_tx, leader) = tokio::sync::watch::channel(election.is_none());
+    // Never judge a server by half-filled caches (a plan not seen yet is not a missing plan),
+    // and reconcile only as the leader.
     let ready = {
-        let (caches, ready) = (caches.clone(), ctx.metrics.ready.clone());
+        let (caches, ready, mut leader) = (caches.clone(), ctx.metrics.ready.clone(), leader.clone());
         async move {
             caches.ready().await;
             ready.store(true, std::sync::atomic::Ordering::SeqCst);
             tracing::info!("Caches are synced; the operator is ready");
+            let _ = leader.wait_for(|l| *l).await;
+        }
+    };
+    // The queue stops on shutdown, and when this replica loses the lease it once held.
+    let lost = {
+        let mut leader = leader.clone();
+        async move {
+            let _ = leader.wait_for(|l| *l).await;
+            let _ = leader.wait_for(|l| !*l).await;
+        }
+    };
+    let mut lost = std::pin::pin!(lost);
+    let mut lost_leadership = false;
+    let stop = async {
+        tokio::select! {
+            () = shutdown => {}
+            () = &mut lost => lost_leadership = true,
         }
     };
     let backoff = queue::Backoff { base: config.retry_base, cap: config.retry_cap };
     let reconciles =
-        queue::run(queue, config.concurrency.into(), backoff, ready, shutdown, |key| reconcile_key(key, ctx.clone()));
+        queue::run(queue, config.concurrency.into(), backoff, ready, stop, |key| reconcile_key(key, ctx.clone()));
     // Everything runs inside this future (nothing is spawned): dropping it stops it all.
-    let forever = futures::future::join3(
+    let forever = futures::future::join4(
         watches.wake(requests, caches.servers.clone()),
         async {
             if let Some(addr) = metrics_addr {
                 metrics::serve(addr, ctx.metrics.clone()).await;
             }
         },
+        async {
+            match &election {
+                Some(election) => leader::campaign(ctx.client.clone(), election.clone(), leader_tx).await,
+                None => std::future::pending().await,
+            }
+        },
         crate::memory::trim_forever(crate::memory::TRIM_EVERY),
     );
     tokio::select! {
-        () = reconciles => tracing::info!("The operator stopped"),
+        () = reconciles => {}
         _ = forever => {}
     }
+    if lost_leadership {
+        // Its successor reconciles now; this replica starts again as a standby.
+        anyhow::bail!("lost the leader lease");
+    }
+    if let Some(election) = &election {
+        leader::release(ctx.client.clone(), election).await;
+    }
+    tracing::info!("The operator stopped");
     Ok(())
 }
 
-/// Reconciles the server under `key`, if it still exists; says when to run again.
+/// Reconciles the server (or the account, [`watches::account_key`]) under `key`, if it
+/// still exists; says when to run again.
 async fn reconcile_key(key: Box<str>, ctx: Arc<Context>) -> queue::Next {
+    if let Some(account) = key.strip_prefix('@') {
+        return match accounts::reconcile(account, &ctx).await {
+            Ok(next) => next,
+            Err(error) => {
+                tracing::warn!(account, "Reconcile of an account failed: {error}");
+                queue::Next::Backoff
+            }
+        };
+    }
     let server = match ctx.servers.with(&key, |json| serde_json::from_slice::<VpsServer>(json)) {
         None => return queue::Next::OnChange, // gone
         Some(Ok(server)) => Arc::new(server),
@@ -232,18 +329,14 @@ async fn with_finalizer(server: Arc<VpsServer>, ctx: Arc<Context>) -> Result<que
     let ns = server.namespace().ok_or(Error::MissingField("metadata.namespace"))?;
     let api: Api<VpsServer> = Api::namespaced(ctx.client.clone(), &ns);
     let ours = server.finalizers().iter().any(|f| f == TEARDOWN_FINALIZER);
-    let set_finalizers = |finalizers: Vec<String>| {
-        let patch = serde_json::json!({"metadata": {
-            "finalizers": finalizers,
-            "resourceVersion": server.metadata.resource_version,
-        }});
-        let api = api.clone();
-        let name = server.name_any();
-        async move { api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch)).await }
-    };
+    let set_finalizers = |finalizers: Vec<String>| set_finalizers(&api, server.as_ref(), finalizers);
     match (server.metadata.deletion_timestamp.is_some(), ours) {
         (true, true) => {
             reconcile::cleanup(server.clone(), ctx.clone()).await?;
+            // Torn down: its commitment of the account's credit ends.
+            if let Some(account) = ctx.account_of(&ns) {
+                ctx.ledger.release(&account.name_any(), &server.name_any()).await?;
+            }
             let rest = server.finalizers().iter().filter(|f| *f != TEARDOWN_FINALIZER).cloned().collect();
             match set_finalizers(rest).await {
                 Err(kube::Error::Api(e)) if e.code == 404 => {}
@@ -263,6 +356,18 @@ async fn with_finalizer(server: Arc<VpsServer>, ctx: Arc<Context>) -> Result<que
         }
         (false, true) => reconcile::apply(server, ctx).await,
     }
+}
+
+/// Sets an object's finalizers, provided it is still at the resourceVersion it was read at.
+pub async fn set_finalizers<K>(api: &Api<K>, object: &K, finalizers: Vec<String>) -> Result<K, kube::Error>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let patch = serde_json::json!({"metadata": {
+        "finalizers": finalizers,
+        "resourceVersion": object.meta().resource_version,
+    }});
+    api.patch(&object.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await
 }
 
 /// The ClusterRole bound in image namespaces for CDI's clone authorization. Shipped in
@@ -294,5 +399,6 @@ mod tests {
         assert_eq!((config.backup_interval, config.backup_keep), (Duration::from_secs(86_400), 7));
         assert_eq!((config.retry_base, config.retry_cap), (Duration::from_millis(500), Duration::from_secs(60)));
         assert_eq!(config.system_namespace, "vps-system");
+        assert!(config.leader_elect);
     }
 }

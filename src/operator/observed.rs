@@ -12,6 +12,10 @@ use super::vm::SPEC_HASH_ANNOTATION;
 /// What KubeVirt reports about a server's VirtualMachine.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct VmState {
+    /// The VM's UID: another UID than the one the server recorded is another VM.
+    pub uid: Option<Box<str>>,
+    /// It is being deleted.
+    pub deleting: bool,
     /// `status.printableStatus` (`Running`, `Stopped`, `ErrorUnschedulable`, ...), without an
     /// allocation when it is one of [`PRINTABLE_STATUSES`].
     pub printable_status: Cow<'static, str>,
@@ -62,7 +66,12 @@ pub fn decode_hash(hex_digits: &str) -> Option<[u8; 32]> {
 impl VmState {
     pub fn of(vm: &VirtualMachineView) -> VmState {
         let spec_hash = vm.metadata.annotations.as_ref().and_then(|a| a.get(SPEC_HASH_ANNOTATION));
-        let mut state = VmState { spec_hash: spec_hash.and_then(|h| decode_hash(h)), ..VmState::default() };
+        let mut state = VmState {
+            uid: vm.metadata.uid.as_deref().map(Into::into),
+            deleting: vm.metadata.deletion_timestamp.is_some(),
+            spec_hash: spec_hash.and_then(|h| decode_hash(h)),
+            ..VmState::default()
+        };
         let Some(status) = &vm.status else { return state };
         let printable = status.printable_status.as_deref().unwrap_or("");
         state.printable_status = known(printable);

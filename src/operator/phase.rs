@@ -23,19 +23,20 @@ impl Observation {
     }
 }
 
-/// Derives the phase. `reference_error` is a bad plan/image/location/key (reason, message);
+/// Derives the phase. `fault` is what keeps the server from being built at all (reason,
+/// message): a plan, image, location or key that never resolved, a lost VM;
 /// `rebooting_from` is the UID of the instance a reboot replaced, while that reboot lasts;
 /// `previous` is the phase the server's status shows. Addresses are reported while the
 /// instance runs.
 pub fn observe(
     spec: &VpsServerSpec,
-    reference_error: Option<(&str, &str)>,
+    fault: Option<(&str, &str)>,
     vm: Option<&VmState>,
     vmi: Option<&VmiState>,
     rebooting_from: Option<&str>,
     previous: Option<Phase>,
 ) -> Observation {
-    let mut obs = phase_only(spec, reference_error, vm, vmi, rebooting_from, previous);
+    let mut obs = phase_only(spec, fault, vm, vmi, rebooting_from, previous);
     if let Some(vmi) = vmi.filter(|v| v.running) {
         (obs.ipv4, obs.ipv6) = (vmi.ipv4.map(|a| a.to_string()), vmi.ipv6.map(|a| a.to_string()));
     }
@@ -45,13 +46,13 @@ pub fn observe(
 /// [`observe`] without the addresses.
 fn phase_only(
     spec: &VpsServerSpec,
-    reference_error: Option<(&str, &str)>,
+    fault: Option<(&str, &str)>,
     vm: Option<&VmState>,
     vmi: Option<&VmiState>,
     rebooting_from: Option<&str>,
     previous: Option<Phase>,
 ) -> Observation {
-    if let Some((reason, message)) = reference_error {
+    if let Some((reason, message)) = fault {
         return Observation::new(Phase::Error, reason, message);
     }
     let Some(vm) = vm else {
@@ -71,13 +72,15 @@ fn phase_only(
         return Observation::new(Phase::Suspended, "Suspended", "The server is suspended by an administrator");
     }
     let vmi_ready = vmi.is_some_and(|v| v.ready);
-    if let Some(from) = rebooting_from {
+    let want_running = spec.power_state == PowerState::Running;
+    // A reboot lasts until a new instance is ready, and only while the server should run: a
+    // stop asked for during a reboot ends it.
+    if let Some(from) = rebooting_from.filter(|_| want_running) {
         let replaced = vmi.is_some_and(|v| v.uid.as_deref() != Some(from));
         if !(replaced && vmi_ready) {
             return Observation::new(Phase::Rebooting, "Rebooting", "The server is restarting");
         }
     }
-    let want_running = spec.power_state == PowerState::Running;
     match printable {
         // With WaitForFirstConsumer storage the root disk's volume is bound once the
         // importer runs: a normal step of provisioning, not a fault.
@@ -297,6 +300,19 @@ mod tests {
         assert_eq!(observe(&spec, None, Some(&vm), Some(&new_not_ready), Some("old"), None).phase, Phase::Rebooting);
         let new = mk_vmi("new", "Running", true);
         assert_eq!(observe(&spec, None, Some(&vm), Some(&new), Some("old"), None).phase, Phase::Active);
+    }
+
+    #[test]
+    fn a_stop_during_a_reboot_ends_the_reboot() {
+        let mut spec = mk_spec();
+        spec.power_state = PowerState::Stopped;
+        let halted = mk_vm("Stopped", false);
+        assert_eq!(
+            observe(&spec, None, Some(&halted), None, Some("old"), Some(Phase::Rebooting)).phase,
+            Phase::Stopped
+        );
+        let stopping = mk_vm("Stopping", false);
+        assert_eq!(observe(&spec, None, Some(&stopping), None, Some("old"), None).phase, Phase::Stopping);
     }
 
     #[test]

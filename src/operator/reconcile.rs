@@ -6,7 +6,6 @@
 use k8s_openapi::api::rbac::v1::RoleBinding;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, Preconditions};
 use kube::runtime::events::{Event, EventType};
-use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
 use serde_json::json;
 use std::sync::Arc;
@@ -16,8 +15,9 @@ use super::phase;
 use super::queue::Next;
 use super::status::{self, Reboot};
 use super::vm::{self, VmInputs};
-use super::{Context, Error, Result, backups};
-use crate::api::{OPERATOR_MANAGER, SERVER_ID_LABEL, SERVER_LABEL, VpsServer, VpsServerStatus, VpsSshKey};
+use super::{Context, Error, Result, backups, references};
+use crate::api::{OPERATOR_MANAGER, Resolved, SERVER_ID_LABEL, SERVER_LABEL, VpsServer, VpsServerStatus};
+use crate::credit_ledger::Reservation;
 use crate::ids::IdKind;
 use crate::kubevirt::{DataVolume, VirtualMachineInstanceView, VirtualMachineSnapshot, VirtualMachineView};
 
@@ -25,46 +25,59 @@ use crate::kubevirt::{DataVolume, VirtualMachineInstanceView, VirtualMachineSnap
 /// namespace (CDI's clone authorization: `create` on `datavolumes/source`).
 pub const CLONE_CLUSTER_ROLE: &str = "vps-datavolume-cloner";
 
-/// A bad plan, image, location or key: a CamelCase reason and a message.
-type ReferenceError = (String, String);
+/// Annotation asking the operator to build a lost server anew, on a fresh disk (the
+/// operator removes it once it has).
+pub const RECREATE_ANNOTATION: &str = "vps.org/recreate";
 
 /// Brings the world in line with one server (the finalizer is in place).
 pub async fn apply(server: Arc<VpsServer>, ctx: Arc<Context>) -> Result<Next> {
     let ns = server.namespace().ok_or(Error::MissingField("metadata.namespace"))?;
     let name = server.name_any();
     let key = super::cache::key(&ns, &name);
-    let id = ensure_id(&server, &ctx, &ns, &name).await?;
     // The newest status: the operator's own last write while the cache does not show it yet.
     let old = match ctx.written.newer_than_cache(&key, server.metadata.resource_version.as_deref()) {
         Some(written) => written,
         None => server.status.clone().unwrap_or_default(),
     };
-    let resolved = resolve(&server, &ctx, &ns).await?;
-    let vm = match &resolved {
-        Ok(inputs) => Some(ensure_vm(&server, &ctx, id, inputs).await?),
-        Err(_) => ctx.vms.get(&ns, &name),
+    let id = ensure_id(&server, &ctx, &old, &ns, &name).await?;
+    let resolution = references::resolve(&server, &ctx, &ns, old.resolved.as_ref()).await?;
+    let credit = match &resolution.resolved {
+        Some(resolved) => check_credit(&server, &ctx, &ns, &name, resolved, &old).await?,
+        None => None,
+    };
+    let built = match (&resolution.resolved, credit) {
+        (Some(resolved), None) => ensure_vm(&server, &ctx, id, resolved, &old).await?,
+        _ => Built {
+            vm: ctx.vms.get(&ns, &name),
+            vm_uid: old.vm_uid.clone(),
+            root_volume_uid: old.root_volume_uid.clone(),
+            lost: None,
+        },
     };
     let vmi = ctx.vmis.get(&ns, &name);
     let reboot = handle_reboot(&server, &ctx, vmi.as_ref(), &old).await?;
-    let reference_error = resolved.as_ref().err().map(|(r, m)| (r.as_str(), m.as_str()));
+    let fault = resolution.fault().or(credit).or(built.lost);
     let obs = phase::observe(
         &server.spec,
-        reference_error,
-        vm.as_ref(),
+        fault,
+        built.vm.as_ref(),
         vmi.as_ref(),
         reboot.from_instance.as_deref(),
         old.phase,
     );
     // A failing backup must not hide the server's state: the status is written first.
-    let backup =
-        if resolved.is_ok() { backups::reconcile(&server, &ctx, &ns, &name, obs.phase).await } else { Ok(None) };
+    let sound = resolution.resolved.is_some() && credit.is_none() && built.lost.is_none();
+    let backup = if sound { backups::reconcile(&server, &ctx, &ns, &name, obs.phase).await } else { Ok(None) };
     let now = jiff::Timestamp::now().to_string();
     let new = status::next(&status::Inputs {
         id,
         old: &old,
         obs: &obs,
-        vm_name: resolved.is_ok().then_some(name.as_str()),
-        references_ok: resolved.is_ok(),
+        vm_name: resolution.resolved.is_some().then_some(name.as_str()),
+        resolved: resolution.resolved.as_ref(),
+        vm_uid: built.vm_uid.as_deref(),
+        root_volume_uid: built.root_volume_uid.as_deref(),
+        reference_problem: resolution.problem.as_ref(),
         reboot: &reboot,
         backup: backup.as_ref().ok().and_then(Option::as_ref),
         generation: server.metadata.generation,
@@ -77,54 +90,166 @@ pub async fn apply(server: Arc<VpsServer>, ctx: Arc<Context>) -> Result<Next> {
             publish(&ctx, &server, notice.type_, &notice.reason, &notice.message).await;
         }
     }
-    Ok(match (resolved.is_err(), backup?) {
+    if server.annotations().contains_key(RECREATE_ANNOTATION) && built.lost.is_none() {
+        let patch = json!({"metadata": {"annotations": {RECREATE_ANNOTATION: null}}});
+        Api::<VpsServer>::namespaced(ctx.client.clone(), &ns)
+            .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await?;
+    }
+    Ok(match (resolution.problem.is_some() || credit.is_some(), backup?) {
         (true, _) => Next::After(ctx.config.reference_retry),
         (false, Some(report)) => Next::After(report.next),
         (false, None) => Next::OnChange,
     })
 }
 
-/// The server's id: its own, or a new one recorded in its label.
-async fn ensure_id(server: &VpsServer, ctx: &Context, ns: &str, name: &str) -> Result<i64> {
-    if let Some(id) = server.id() {
+/// The server's id: the one its status records (a label never overrides it); else the one
+/// its label claims (the gateway's allocation), unless another server holds it; else a new
+/// one. The id is recorded in the status (and the label put right) by the status write.
+async fn ensure_id(server: &VpsServer, ctx: &Context, old: &VpsServerStatus, ns: &str, name: &str) -> Result<i64> {
+    let key = super::cache::key(ns, name);
+    if let Some(id) = old.id {
+        if server.label_id() != Some(id) {
+            tracing::warn!(namespace = %ns, server = %name, id, label = ?server.label_id(), "Putting the id label right");
+            set_id_label(ctx, ns, name, id).await?;
+        }
+        ctx.ids_held.hold(id, &key);
         return Ok(id);
     }
+    if let Some(claimed) = server.label_id() {
+        if ctx.ids_held.hold(claimed, &key) {
+            return Ok(claimed);
+        }
+        let message = format!("Another server already has id {claimed}: this one gets an id of its own");
+        publish(ctx, server, EventType::Warning, "DuplicateId", &message).await;
+    }
     let id = ctx.ids.allocate(IdKind::Server).await?;
-    let patch = json!({"metadata": {"labels": {SERVER_ID_LABEL: id.to_string()}}});
-    Api::<VpsServer>::namespaced(ctx.client.clone(), ns)
-        .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
-        .await?;
+    ctx.ids_held.hold(id, &key);
+    set_id_label(ctx, ns, name, id).await?;
     tracing::info!(namespace = %ns, server = %name, id, "Allocated a server id");
     Ok(id)
 }
 
-/// Applies the VM the server should have when what KubeVirt holds differs from it; returns
-/// what is known of the VM.
-async fn ensure_vm(server: &VpsServer, ctx: &Context, id: i64, inputs: &Resolved) -> Result<VmState> {
+async fn set_id_label(ctx: &Context, ns: &str, name: &str, id: i64) -> Result<()> {
+    let patch = json!({"metadata": {"labels": {SERVER_ID_LABEL: id.to_string()}}});
+    Api::<VpsServer>::namespaced(ctx.client.clone(), ns)
+        .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await?;
+    Ok(())
+}
+
+const OVER_CREDIT: (&str, &str) = (
+    "CreditExceeded",
+    "The account's credit does not cover this server's plan on top of its other servers: no virtual machine is made",
+);
+
+/// Before a server's first VM: its plan's price committed on its account's ledger (the
+/// gateway did so for the servers it made; this covers servers made with kubectl). `Some`
+/// (a fault) when it does not fit.
+async fn check_credit(
+    server: &VpsServer,
+    ctx: &Context,
+    ns: &str,
+    name: &str,
+    resolved: &Resolved,
+    old: &VpsServerStatus,
+) -> Result<Option<(&'static str, &'static str)>> {
+    let built_before = old.vm_uid.is_some() || ctx.vms.get(ns, name).is_some();
+    let Some(account) = ctx.account_of(ns).filter(|_| !built_before) else { return Ok(None) };
+    let price = resolved.plan.spec.monthly_price_cents;
+    let reserved = ctx.ledger.reserve(&account.name_any(), name, price, account.spec.credit_cents).await?;
+    if let Reservation::Insufficient { used } = reserved {
+        tracing::info!(namespace = %ns, server = %server.name_any(), price, used, "Over the account's credit");
+        return Ok(Some(OVER_CREDIT));
+    }
+    Ok(None)
+}
+
+/// What a reconcile knows of the server's VM after [`ensure_vm`].
+struct Built {
+    vm: Option<VmState>,
+    vm_uid: Option<String>,
+    root_volume_uid: Option<String>,
+    /// The VM or its root disk was lost (reason, message): nothing is built anew.
+    lost: Option<(&'static str, &'static str)>,
+}
+
+const VM_LOST: (&str, &str) = (
+    "VirtualMachineLost",
+    "The virtual machine was deleted or replaced outside the platform; it is not made again on its own. Annotate the \
+     server with vps.org/recreate to build it anew on a fresh disk.",
+);
+const DISK_LOST: (&str, &str) = (
+    "RootVolumeLost",
+    "The root disk was deleted or replaced outside the platform; the server is halted. Annotate the server with \
+     vps.org/recreate to start it on the fresh disk.",
+);
+
+/// Applies the VM the server should have when what KubeVirt holds differs from it, unless
+/// the VM or its root disk the server had is gone (then it reports the loss instead).
+async fn ensure_vm(
+    server: &VpsServer,
+    ctx: &Context,
+    id: i64,
+    resolved: &Resolved,
+    old: &VpsServerStatus,
+) -> Result<Built> {
     let ns = server.namespace().unwrap_or_default();
     let name = server.name_any();
-    ensure_clone_permission(ctx, &ns, &inputs.image.spec.source.data_source_namespace).await?;
-    let desired = vm::build_vm(&VmInputs {
-        server,
-        id,
-        plan: &inputs.plan,
-        image: &inputs.image,
-        location: &inputs.location,
-        ssh_key: inputs.ssh_key.as_ref(),
-    });
-    let current = ctx.vms.get(&ns, &name);
-    if let Some(vm) = &current
-        && vm.spec_hash.is_some()
-        && vm.spec_hash == vm::spec_hash(&desired).and_then(decode_hash)
-    {
-        return Ok(vm.clone());
-    }
+    let recreate = server.annotations().contains_key(RECREATE_ANNOTATION);
+    let (mut vm_uid, mut root_volume_uid) =
+        if recreate { (None, None) } else { (old.vm_uid.clone(), old.root_volume_uid.clone()) };
     let vms: Api<VirtualMachineView> = Api::namespaced(ctx.client.clone(), &ns);
-    let applied = vms.patch(&name, &PatchParams::apply(OPERATOR_MANAGER).force(), &Patch::Apply(&desired)).await?;
-    if current.is_none() {
-        publish(ctx, server, EventType::Normal, "VirtualMachineCreated", "Created the virtual machine").await;
+    let mut current = ctx.vms.get(&ns, &name);
+    if let Some(uid) = &vm_uid {
+        // The cache may lag behind a VM just made: ask the API server before calling it lost.
+        let live = match &current {
+            Some(vm) if vm.deleting => None,
+            Some(vm) => vm.uid.clone(),
+            None => vms
+                .get_metadata_opt(&name)
+                .await?
+                .filter(|m| m.metadata.deletion_timestamp.is_none())
+                .and_then(|m| m.metadata.uid)
+                .map(Into::into),
+        };
+        if live.as_deref() != Some(uid.as_str()) {
+            return Ok(Built { vm: current, vm_uid, root_volume_uid, lost: Some(VM_LOST) });
+        }
     }
-    Ok(VmState::of(&applied))
+    if current.is_some() {
+        let dvs: Api<DataVolume> = Api::namespaced(ctx.client.clone(), &ns);
+        let disk = dvs.get_metadata_opt(&vm::root_disk_name(&name)).await?.and_then(|m| m.metadata.uid);
+        match (&root_volume_uid, disk) {
+            (Some(want), have) if have.as_deref() != Some(want.as_str()) => {
+                halt(&vms, &name).await?;
+                return Ok(Built { vm: current, vm_uid, root_volume_uid, lost: Some(DISK_LOST) });
+            }
+            (None, Some(have)) => root_volume_uid = Some(have),
+            _ => {}
+        }
+    }
+    ensure_clone_permission(ctx, &ns, &resolved.image.spec.source.data_source_namespace).await?;
+    let desired =
+        vm::build_vm(&VmInputs { server, id, resolved, simulator_annotations: ctx.config.simulator_annotations });
+    let unchanged = current
+        .as_ref()
+        .is_some_and(|vm| vm.spec_hash.is_some() && vm.spec_hash == vm::spec_hash(&desired).and_then(decode_hash));
+    if !unchanged {
+        let applied = vms.patch(&name, &PatchParams::apply(OPERATOR_MANAGER).force(), &Patch::Apply(&desired)).await?;
+        if current.is_none() {
+            publish(ctx, server, EventType::Normal, "VirtualMachineCreated", "Created the virtual machine").await;
+        }
+        current = Some(VmState::of(&applied));
+    }
+    vm_uid = current.as_ref().and_then(|vm| vm.uid.as_deref().map(String::from)).or(vm_uid);
+    Ok(Built { vm: current, vm_uid, root_volume_uid, lost: None })
+}
+
+/// Stops a VM whose disk was replaced, so it does not boot a blank one.
+async fn halt(vms: &Api<VirtualMachineView>, name: &str) -> Result<()> {
+    let patch = json!({"spec": {"runStrategy": "Halted"}});
+    ignore_not_found(vms.patch(name, &PatchParams::default(), &Patch::Merge(&patch)).await)
 }
 
 /// Writes the server's status (server-side apply) and remembers it until the cache shows it.
@@ -167,39 +292,6 @@ pub async fn cleanup(server: Arc<VpsServer>, ctx: Arc<Context>) -> Result<()> {
     }
     publish(&ctx, &server, EventType::Normal, "Deleted", "The virtual machine, its disks and snapshots are gone").await;
     Ok(())
-}
-
-/// The catalog entries a server names, owned.
-pub struct Resolved {
-    pub plan: crate::api::VpsPlan,
-    pub image: crate::api::VpsImage,
-    pub location: crate::api::VpsLocation,
-    pub ssh_key: Option<VpsSshKey>,
-}
-
-/// Looks up plan, image, location (caches) and SSH key; `Err((reason, message))` names the
-/// first missing one.
-async fn resolve(server: &VpsServer, ctx: &Context, ns: &str) -> Result<std::result::Result<Resolved, ReferenceError>> {
-    let spec = &server.spec;
-    let missing =
-        |reason: &str, what: &str, name: &str| Err((reason.to_string(), format!("{what} {name:?} does not exist")));
-    let Some(plan) = ctx.plans.get(&ObjectRef::new(&spec.plan)) else {
-        return Ok(missing("PlanNotFound", "VpsPlan", &spec.plan));
-    };
-    let Some(image) = ctx.images.get(&ObjectRef::new(&spec.os)) else {
-        return Ok(missing("ImageNotFound", "VpsImage", &spec.os));
-    };
-    let Some(location) = ctx.locations.get(&ObjectRef::new(&spec.location)) else {
-        return Ok(missing("LocationNotFound", "VpsLocation", &spec.location));
-    };
-    let ssh_key = match &spec.ssh_key {
-        Some(key) => match Api::<VpsSshKey>::namespaced(ctx.client.clone(), ns).get_opt(key).await? {
-            Some(k) => Some(k),
-            None => return Ok(missing("SshKeyNotFound", "VpsSshKey", key)),
-        },
-        None => None,
-    };
-    Ok(Ok(Resolved { plan: (*plan).clone(), image: (*image).clone(), location: (*location).clone(), ssh_key }))
 }
 
 /// Lets the account namespace's `default` ServiceAccount clone from the image namespace.

@@ -28,8 +28,14 @@ pub struct Inputs<'a> {
     pub obs: &'a Observation,
     /// The VirtualMachine's name, once the operator keeps one (its references resolved).
     pub vm_name: Option<&'a str>,
-    /// Plan, image, location and key exist.
-    pub references_ok: bool,
+    /// What the server is built from (kept when `None`).
+    pub resolved: Option<&'a crate::api::Resolved>,
+    /// The UIDs of the VM and its root disk the server has.
+    pub vm_uid: Option<&'a str>,
+    pub root_volume_uid: Option<&'a str>,
+    /// A plan, image, location or key that does not resolve now (reason, message): the
+    /// server's phase says so when it was never built, only `ReferencesResolved` otherwise.
+    pub reference_problem: Option<&'a (String, String)>,
     pub reboot: &'a Reboot,
     /// The backup schedule's report (`None`: backups are off, or not looked at).
     pub backup: Option<&'a Report>,
@@ -39,11 +45,29 @@ pub struct Inputs<'a> {
 
 /// The status to write (nothing, when it equals `inputs.old`).
 pub fn next(inputs: &Inputs<'_>) -> VpsServerStatus {
-    let Inputs { id, old, obs, vm_name, references_ok, reboot, backup, generation, now } = *inputs;
+    let Inputs {
+        id,
+        old,
+        obs,
+        vm_name,
+        resolved,
+        vm_uid,
+        root_volume_uid,
+        reference_problem,
+        reboot,
+        backup,
+        generation,
+        now,
+    } = *inputs;
     let mut status = VpsServerStatus { id: Some(id), ..old.clone() };
     if let Some(name) = vm_name {
         status.vm_name = Some(name.to_string());
     }
+    if let Some(resolved) = resolved {
+        status.resolved = Some(resolved.clone());
+    }
+    status.vm_uid = vm_uid.map(String::from);
+    status.root_volume_uid = root_volume_uid.map(String::from);
     status.observed_reboot_request = reboot.observed_request.clone();
     status.reboot_from_instance = reboot.from_instance.clone().filter(|_| obs.phase == Phase::Rebooting);
     status.phase = Some(obs.phase);
@@ -53,7 +77,8 @@ pub fn next(inputs: &Inputs<'_>) -> VpsServerStatus {
     if let Some(t) = backup.and_then(|r| r.last_backup.clone()) {
         status.last_backup_time = Some(t);
     }
-    status.conditions = conditions(obs, references_ok, backup.map(|r| &r.verdict), generation, &old.conditions, now);
+    status.conditions =
+        conditions(obs, reference_problem, backup.map(|r| &r.verdict), generation, &old.conditions, now);
     status
 }
 
@@ -92,21 +117,22 @@ pub fn notices(old: &VpsServerStatus, new: &VpsServerStatus, obs: &Observation) 
 }
 
 /// The conditions for an observation: `Ready` (the server is running and reachable),
-/// `ReferencesResolved` (plan, image, location and key exist) and, while backups are
+/// `ReferencesResolved` (plan, image, location and key resolve) and, while backups are
 /// enabled, `BackupsSucceeded` (the newest backup snapshot did not fail).
 pub fn conditions(
     obs: &Observation,
-    reference_ok: bool,
+    reference_problem: Option<&(String, String)>,
     backups: Option<&Verdict>,
     generation: Option<i64>,
     old: &[Condition],
     now: &str,
 ) -> Vec<Condition> {
     let ready = obs.phase == Phase::Active;
-    let refs = if reference_ok {
-        (ConditionStatus::True, "Resolved".to_string(), "Plan, image, location and SSH key exist".to_string())
-    } else {
-        (ConditionStatus::False, obs.reason.clone(), obs.message.clone())
+    let refs = match reference_problem {
+        None => {
+            (ConditionStatus::True, "Resolved".to_string(), "Plan, image, location and SSH key resolve".to_string())
+        }
+        Some((reason, message)) => (ConditionStatus::False, reason.clone(), message.clone()),
     };
     let ready_c =
         (if ready { ConditionStatus::True } else { ConditionStatus::False }, obs.reason.clone(), obs.message.clone());
@@ -197,10 +223,10 @@ mod tests {
 
     #[test]
     fn transition_time_moves_only_when_status_flips() {
-        let first = conditions(&obs(Phase::Starting), true, None, Some(1), &[], "t1");
-        let again = conditions(&obs(Phase::Starting), true, None, Some(1), &first, "t2");
+        let first = conditions(&obs(Phase::Starting), None, None, Some(1), &[], "t1");
+        let again = conditions(&obs(Phase::Starting), None, None, Some(1), &first, "t2");
         assert_eq!(first, again, "nothing changed, nothing to write");
-        let active = conditions(&obs(Phase::Active), true, None, Some(1), &again, "t3");
+        let active = conditions(&obs(Phase::Active), None, None, Some(1), &again, "t3");
         let ready = active.iter().find(|c| c.type_ == "Ready").unwrap();
         assert_eq!((ready.status, ready.last_transition_time.as_str()), (ConditionStatus::True, "t3"));
         let refs = active.iter().find(|c| c.type_ == "ReferencesResolved").unwrap();
@@ -213,7 +239,10 @@ mod tests {
             old,
             obs,
             vm_name: Some("srv-7"),
-            references_ok: true,
+            resolved: None,
+            vm_uid: Some("vm-uid"),
+            root_volume_uid: None,
+            reference_problem: None,
             reboot,
             backup: None,
             generation: Some(3),
@@ -253,7 +282,7 @@ mod tests {
         let backup_failed = VpsServerStatus {
             conditions: conditions(
                 &obs(Phase::Active),
-                true,
+                None,
                 Some(&(ConditionStatus::False, "BackupFailed".into(), "m".into())),
                 None,
                 &[],

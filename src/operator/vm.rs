@@ -1,13 +1,14 @@
-//! The KubeVirt VirtualMachine a server becomes: a pure function of the server and the
-//! catalog entries it names. KubeVirt's own admission webhooks check its output in tests.
+//! The KubeVirt VirtualMachine a server becomes: a pure function of the server and what it
+//! was resolved to ([`Resolved`]: its plan, image, location and key). KubeVirt's own
+//! admission webhooks check its output in tests.
 
 use kube::{Resource, ResourceExt};
+use serde::Serialize;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 use crate::api::{
-    ACCOUNT_LABEL, PowerState, SERVER_ID_LABEL, SERVER_LABEL, SIMULATOR_ANNOTATION_PREFIX, VpsImage, VpsLocation,
-    VpsPlan, VpsServer, VpsSshKey,
+    ACCOUNT_LABEL, PowerState, Resolved, SERVER_ID_LABEL, SERVER_LABEL, SIMULATOR_ANNOTATION_PREFIX, VpsServer,
 };
 
 /// Annotation on the VM: hash of what the operator last applied, so it applies only changes.
@@ -17,10 +18,9 @@ pub const SPEC_HASH_ANNOTATION: &str = "vps.org/spec-hash";
 pub struct VmInputs<'a> {
     pub server: &'a VpsServer,
     pub id: i64,
-    pub plan: &'a VpsPlan,
-    pub image: &'a VpsImage,
-    pub location: &'a VpsLocation,
-    pub ssh_key: Option<&'a VpsSshKey>,
+    pub resolved: &'a Resolved,
+    /// Copy the server's failure-injection annotations (only where the node simulator runs).
+    pub simulator_annotations: bool,
 }
 
 /// `Always` while the server should run, `Halted` when stopped or suspended.
@@ -33,28 +33,46 @@ pub fn root_disk_name(server_name: &str) -> String {
     format!("{server_name}-root")
 }
 
+/// The cloud-init user data: a structure serialized by a YAML library, so that no value can
+/// add a key (a key's comment holding a line break) or change type (a host named `no`).
+#[derive(Serialize)]
+struct CloudConfig<'a> {
+    hostname: &'a str,
+    fqdn: &'a str,
+    prefer_fqdn_over_hostname: bool,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    ssh_authorized_keys: Vec<&'a str>,
+}
+
+/// The `#cloud-config` document of a server.
+pub fn user_data(server: &VpsServer, resolved: &Resolved) -> String {
+    let fqdn = server.spec.hostname.as_deref().unwrap_or(&server.spec.name);
+    let config = CloudConfig {
+        hostname: fqdn.split('.').next().unwrap_or(fqdn),
+        fqdn,
+        prefer_fqdn_over_hostname: true,
+        ssh_authorized_keys: resolved.ssh_key.iter().map(|k| k.public_key.as_str()).collect(),
+    };
+    format!("#cloud-config\n{}", serde_yaml::to_string(&config).expect("the cloud config serializes"))
+}
+
 /// The VM to server-side apply, with its spec hash annotation set.
 pub fn build_vm(inputs: &VmInputs<'_>) -> Value {
     let server = inputs.server;
     let name = server.name_any();
-    let plan = &inputs.plan.spec;
-    let hostname = server.spec.hostname.clone().unwrap_or_else(|| server.spec.name.clone());
-    let short = hostname.split('.').next().unwrap_or(&hostname).to_string();
-    let mut cloud_config =
-        format!("#cloud-config\nhostname: {short}\nfqdn: {hostname}\nprefer_fqdn_over_hostname: true\n");
-    if let Some(key) = inputs.ssh_key {
-        cloud_config.push_str(&format!("ssh_authorized_keys:\n  - {}\n", key.spec.public_key.trim()));
-    }
+    let plan = &inputs.resolved.plan.spec;
+    let location = &inputs.resolved.location.spec;
+    let cloud_config = user_data(server, inputs.resolved);
     let labels = json!({
         SERVER_LABEL: name,
         SERVER_ID_LABEL: inputs.id.to_string(),
         ACCOUNT_LABEL: server.labels().get(ACCOUNT_LABEL).cloned().unwrap_or_else(|| server.namespace().unwrap_or_default()),
     });
     let mut storage = json!({"resources": {"requests": {"storage": format!("{}Gi", plan.storage)}}});
-    if let Some(class) = &inputs.location.spec.storage_class {
+    if let Some(class) = &location.storage_class {
         storage["storageClassName"] = json!(class);
     }
-    let source = &inputs.image.spec.source;
+    let source = &inputs.resolved.image.spec.source;
     let memory = format!("{}Mi", plan.memory);
     let mut vm = json!({
         "apiVersion": "kubevirt.io/v1",
@@ -90,7 +108,7 @@ pub fn build_vm(inputs: &VmInputs<'_>) -> Value {
                         },
                     },
                     "networks": [{"name": "default", "pod": {}}],
-                    "nodeSelector": inputs.location.spec.node_selector,
+                    "nodeSelector": location.node_selector,
                     "terminationGracePeriodSeconds": 30,
                     "volumes": [
                         {"name": "root", "dataVolume": {"name": root_disk_name(&name)}},
@@ -104,7 +122,7 @@ pub fn build_vm(inputs: &VmInputs<'_>) -> Value {
     let mut annotations: serde_json::Map<String, Value> = server
         .annotations()
         .iter()
-        .filter(|(k, _)| k.starts_with(SIMULATOR_ANNOTATION_PREFIX))
+        .filter(|(k, _)| inputs.simulator_annotations && k.starts_with(SIMULATOR_ANNOTATION_PREFIX))
         .map(|(k, v)| (k.clone(), json!(v)))
         .collect();
     vm["metadata"]["annotations"] = Value::Object(annotations.clone());
@@ -126,7 +144,7 @@ pub fn spec_hash(vm: &Value) -> Option<&str> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::{ImageSource, VpsImageSpec, VpsLocationSpec, VpsPlanSpec, VpsSshKeySpec};
+    use crate::api::{ImageSource, Named, ResolvedKey, VpsImageSpec, VpsLocationSpec, VpsPlanSpec};
     use serde_json::json;
 
     fn mk_server(power: &str, suspended: bool) -> VpsServer {
@@ -141,39 +159,45 @@ mod tests {
         s
     }
 
-    fn build(server: &VpsServer, key: Option<&VpsSshKey>) -> Value {
-        let plan = VpsPlan::new(
-            "standard",
-            VpsPlanSpec {
-                id: 1,
-                display_name: "Standard VPS".into(),
-                vcpus: 2,
-                memory: 4096,
-                storage: 80,
-                bandwidth: 2048,
-                monthly_price_cents: 1000,
-            },
-        );
-        let image = VpsImage::new(
-            "ubuntu",
-            VpsImageSpec {
-                id: 5,
-                display_name: "Ubuntu 22.04 LTS".into(),
-                source: ImageSource {
-                    data_source_namespace: "vps-images".into(),
-                    data_source_name: "ubuntu-22-04".into(),
+    fn resolved(key: Option<&str>) -> Resolved {
+        Resolved {
+            plan: Named {
+                name: "standard".into(),
+                spec: VpsPlanSpec {
+                    id: 1,
+                    display_name: "Standard VPS".into(),
+                    vcpus: 2,
+                    memory: 4096,
+                    storage: 80,
+                    bandwidth: 2048,
+                    monthly_price_cents: 1000,
                 },
             },
-        );
-        let location = VpsLocation::new(
-            "us-west",
-            VpsLocationSpec {
-                display_name: "US West".into(),
-                node_selector: [("topology.kubernetes.io/region".to_string(), "us-west".to_string())].into(),
-                storage_class: Some("fast".into()),
+            image: Named {
+                name: "ubuntu".into(),
+                spec: VpsImageSpec {
+                    id: 5,
+                    display_name: "Ubuntu 22.04 LTS".into(),
+                    source: ImageSource {
+                        data_source_namespace: "vps-images".into(),
+                        data_source_name: "ubuntu-22-04".into(),
+                    },
+                },
             },
-        );
-        build_vm(&VmInputs { server, id: 7, plan: &plan, image: &image, location: &location, ssh_key: key })
+            location: Named {
+                name: "us-west".into(),
+                spec: VpsLocationSpec {
+                    display_name: "US West".into(),
+                    node_selector: [("topology.kubernetes.io/region".to_string(), "us-west".to_string())].into(),
+                    storage_class: Some("fast".into()),
+                },
+            },
+            ssh_key: key.map(|k| ResolvedKey { name: "k".into(), public_key: k.into() }),
+        }
+    }
+
+    fn build(server: &VpsServer, key: Option<&str>) -> Value {
+        build_vm(&VmInputs { server, id: 7, resolved: &resolved(key), simulator_annotations: true })
     }
 
     #[test]
@@ -197,18 +221,48 @@ mod tests {
         assert_eq!(vm["metadata"]["ownerReferences"][0]["controller"], true);
     }
 
+    /// The user data as YAML reads it back.
+    fn user_data_of(vm: &Value) -> serde_yaml::Value {
+        let text = vm["spec"]["template"]["spec"]["volumes"][1]["cloudInitNoCloud"]["userData"].as_str().unwrap();
+        assert!(text.starts_with("#cloud-config\n"), "{text}");
+        serde_yaml::from_str(text).unwrap()
+    }
+
     #[test]
     fn cloud_init_carries_hostname_and_key() {
-        let key = VpsSshKey::new(
-            "k",
-            VpsSshKeySpec { name: "laptop".into(), public_key: "ssh-ed25519 AAAAC3Nza me@laptop".into() },
-        );
-        let vm = build(&mk_server("Running", false), Some(&key));
-        let user_data = vm["spec"]["template"]["spec"]["volumes"][1]["cloudInitNoCloud"]["userData"].as_str().unwrap();
-        assert!(user_data.starts_with("#cloud-config\n"));
-        assert!(user_data.contains("hostname: web01\n"));
-        assert!(user_data.contains("fqdn: web01.example.com\n"));
-        assert!(user_data.contains("  - ssh-ed25519 AAAAC3Nza me@laptop\n"));
+        let key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIO0p7bwPPI7HV1DEfAnGyc9CrZz5j2PJ1H1GGFFiD6Vt me@laptop";
+        let data = user_data_of(&build(&mk_server("Running", false), Some(key)));
+        assert_eq!(data["hostname"], "web01");
+        assert_eq!(data["fqdn"], "web01.example.com");
+        assert_eq!(data["ssh_authorized_keys"][0], key);
+        let keys: Vec<&str> = data.as_mapping().unwrap().keys().map(|k| k.as_str().unwrap()).collect();
+        assert_eq!(keys, ["hostname", "fqdn", "prefer_fqdn_over_hostname", "ssh_authorized_keys"]);
+    }
+
+    #[test]
+    fn no_value_can_change_the_shape_of_the_user_data() {
+        let mut server = mk_server("Running", false);
+        for name in ["no", "yes", "null", "true", "1e3", "0x10", "~"] {
+            server.spec.name = name.into();
+            server.spec.hostname = None;
+            let data = user_data_of(&build(&server, None));
+            assert_eq!(data["hostname"], serde_yaml::Value::String(name.into()), "a host named {name:?} is a string");
+        }
+        // Even a key line that got past the parser with a line break stays one string.
+        let data = user_data_of(&build(&mk_server("Running", false), Some("ssh-ed25519 AAAA x\rruncmd: [reboot]")));
+        assert!(data.get("runcmd").is_none(), "{data:?}");
+        assert_eq!(data["ssh_authorized_keys"][0], "ssh-ed25519 AAAA x\rruncmd: [reboot]");
+    }
+
+    #[test]
+    fn simulator_annotations_travel_only_where_the_simulator_runs() {
+        let mut server = mk_server("Running", false);
+        server.metadata.annotations = Some([("simulator.vps.org/fail".to_string(), "crash".to_string())].into());
+        let r = resolved(None);
+        let with = build_vm(&VmInputs { server: &server, id: 7, resolved: &r, simulator_annotations: true });
+        let without = build_vm(&VmInputs { server: &server, id: 7, resolved: &r, simulator_annotations: false });
+        assert_eq!(with["metadata"]["annotations"]["simulator.vps.org/fail"], "crash");
+        assert!(without["metadata"]["annotations"].get("simulator.vps.org/fail").is_none());
     }
 
     #[test]

@@ -13,16 +13,21 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
 
 use super::cache::{self, Cache, key_of};
+use super::held::IdsHeld;
 use super::observed::{VmState, VmiState};
 use super::queue::Requests;
+use super::reconcile::RECREATE_ANNOTATION;
 use super::status::Written;
-use crate::api::{SERVER_LABEL, SIMULATOR_ANNOTATION_PREFIX, VpsImage, VpsLocation, VpsPlan, VpsServer};
+use crate::api::{
+    SERVER_ID_LABEL, SERVER_LABEL, SIMULATOR_ANNOTATION_PREFIX, VpsAccount, VpsImage, VpsLocation, VpsPlan, VpsServer,
+};
 use crate::kubevirt::{VirtualMachineInstanceView, VirtualMachineView};
 use crate::watch_cache::Ready;
 
 /// The caches of the operator.
 #[derive(Clone)]
 pub struct Caches {
+    pub accounts: Store<VpsAccount>,
     pub plans: Store<VpsPlan>,
     pub images: Store<VpsImage>,
     pub locations: Store<VpsLocation>,
@@ -37,7 +42,9 @@ impl Caches {
     /// Resolves once every cache has listed its objects once.
     pub async fn ready(&self) {
         let (plans, images, locations) = (self.plans.clone(), self.images.clone(), self.locations.clone());
+        let accounts = self.accounts.clone();
         let _ = futures::join!(
+            accounts.wait_until_ready(),
             plans.wait_until_ready(),
             images.wait_until_ready(),
             locations.wait_until_ready(),
@@ -48,6 +55,7 @@ impl Caches {
 
 /// The watches behind [`Caches`]: each yields the key of every server a change concerns.
 pub struct Watches {
+    accounts: BoxStream<'static, Result<Box<str>, watcher::Error>>,
     servers: BoxStream<'static, Result<Box<str>, watcher::Error>>,
     vms: BoxStream<'static, Result<Box<str>, watcher::Error>>,
     vmis: BoxStream<'static, Result<Box<str>, watcher::Error>>,
@@ -55,10 +63,11 @@ pub struct Watches {
 }
 
 /// Starts nothing yet: the caches fill as [`Watches::wake`] runs. `written` learns which of
-/// the operator's status writes the server cache shows.
-pub fn watch(client: &Client, written: Arc<Written>) -> (Caches, Watches) {
+/// the operator's status writes the server cache shows, `held` the ids in servers' statuses.
+pub fn watch(client: &Client, written: Arc<Written>, held: Arc<IdsHeld>) -> (Caches, Watches) {
     let all = || watcher::Config::default().page_size(500);
     let ours = || all().labels(SERVER_LABEL);
+    let (accounts, account_events) = reflect_keys(Api::<VpsAccount>::all(client.clone()), all());
     let (plans, plan_events) = reflect(Api::<VpsPlan>::all(client.clone()), all());
     let (images, image_events) = reflect(Api::<VpsImage>::all(client.clone()), all());
     let (locations, location_events) = reflect(Api::<VpsLocation>::all(client.clone()), all());
@@ -73,11 +82,21 @@ pub fn watch(client: &Client, written: Arc<Written>) -> (Caches, Watches) {
         .map_ok(move |event| {
             let woken = match &event {
                 watcher::Event::Apply(s) | watcher::Event::InitApply(s) => {
-                    written.cached(&key_of(s), s.metadata.resource_version.as_deref());
+                    let key = key_of(s);
+                    written.cached(&key, s.metadata.resource_version.as_deref());
+                    if let Some(id) = s.status.as_ref().and_then(|st| st.id) {
+                        held.hold(id, &key);
+                    }
                     // Our own status writes change none of what wakes: they do not wake us again.
-                    wakes(s).then(|| key_of(s))
+                    wakes(s).then_some(key)
                 }
-                watcher::Event::Delete(s) => wakes(s).then(|| key_of(s)),
+                watcher::Event::Delete(s) => {
+                    let key = key_of(s);
+                    if let Some(id) = s.id() {
+                        held.release(id, &key);
+                    }
+                    wakes(s).then_some(key)
+                }
                 _ => None,
             };
             feed.apply(event);
@@ -85,8 +104,14 @@ pub fn watch(client: &Client, written: Arc<Written>) -> (Caches, Watches) {
         })
         .try_flatten();
     let catalog = futures::stream::select_all([plan_events, image_events, location_events]);
-    let caches = Caches { plans, images, locations, servers, vms, vmis };
-    let watches = Watches { servers: server_keys.boxed(), vms: vm_keys, vmis: vmi_keys, catalog: catalog.boxed() };
+    let caches = Caches { accounts, plans, images, locations, servers, vms, vmis };
+    let watches = Watches {
+        accounts: account_events,
+        servers: server_keys.boxed(),
+        vms: vm_keys,
+        vmis: vmi_keys,
+        catalog: catalog.boxed(),
+    };
     (caches, watches)
 }
 
@@ -106,6 +131,7 @@ impl Watches {
             }
         };
         futures::join!(
+            self.accounts.for_each(wake(requests.clone())),
             self.servers.for_each(wake(requests.clone())),
             self.vms.for_each(wake(requests.clone())),
             self.vmis.for_each(wake(requests.clone())),
@@ -128,6 +154,30 @@ where
     let (reader, writer) = reflector::store();
     let stream = watcher(api, config).default_backoff().modify(slim).reflect(writer).touched_objects().map_ok(|_| ());
     (reader, stream.boxed())
+}
+
+/// A kube-runtime store of `api`'s cluster-scoped objects, and the queue key
+/// ([`account_key`]) of every change.
+fn reflect_keys<K>(
+    api: Api<K>,
+    config: watcher::Config,
+) -> (Store<K>, BoxStream<'static, Result<Box<str>, watcher::Error>>)
+where
+    K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+{
+    let (reader, writer) = reflector::store();
+    let stream = watcher(api, config)
+        .default_backoff()
+        .modify(slim)
+        .reflect(writer)
+        .touched_objects()
+        .map_ok(|o| account_key(&o.name_any()));
+    (reader, stream.boxed())
+}
+
+/// The queue key of an account: not a `namespace/name` (a namespace never starts with `@`).
+pub fn account_key(name: &str) -> Box<str> {
+    format!("@{name}").into_boxed_str()
 }
 
 /// A compact [`Cache`] of `derive(object)` for `api`'s objects, and the key of every change.
@@ -157,20 +207,21 @@ fn slim<K: Resource>(object: &mut K) {
     object.meta_mut().managed_fields = None;
 }
 
-/// A server keeps its spec, status, finalizers and the annotations its VM copies. Of its
-/// labels only the id is read: it moves into the cached `status.id` (where
-/// [`VpsServer::id`] finds it when there is no label), so the cache holds no label map.
+/// A server keeps its spec, status, finalizers, the annotations its VM copies and the
+/// recreate request; of its labels only the id label (what it claims until the operator
+/// records its id).
 pub fn slim_server(server: &mut VpsServer) {
     slim(server);
     let annotations = &mut server.metadata.annotations;
     if let Some(map) = annotations {
-        map.retain(|k, _| k.starts_with(SIMULATOR_ANNOTATION_PREFIX));
+        map.retain(|k, _| k.starts_with(SIMULATOR_ANNOTATION_PREFIX) || k == RECREATE_ANNOTATION);
     }
     drop_if_empty(annotations);
-    if let Some(id) = server.id() {
-        server.status.get_or_insert_default().id = Some(id);
+    let labels = &mut server.metadata.labels;
+    if let Some(map) = labels {
+        map.retain(|k, _| k == SERVER_ID_LABEL);
     }
-    server.metadata.labels = None;
+    drop_if_empty(labels);
 }
 
 /// An empty map still holds a node: none is cheaper.
@@ -180,15 +231,18 @@ fn drop_if_empty(map: &mut Option<BTreeMap<String, String>>) {
     }
 }
 
-/// Hash of what should wake a reconcile: uid, generation (spec), the id, finalizers, deletion.
+/// Hash of what should wake a reconcile: uid, generation (spec), the id, finalizers,
+/// deletion, a request to recreate a lost server.
 fn spec_and_metadata(server: &VpsServer) -> u64 {
     use std::hash::{Hash, Hasher};
     let mut h = std::collections::hash_map::DefaultHasher::new();
     server.metadata.uid.hash(&mut h);
     server.metadata.generation.hash(&mut h);
     server.id().hash(&mut h);
+    server.label_id().hash(&mut h);
     server.finalizers().hash(&mut h);
     server.metadata.deletion_timestamp.as_ref().map(|t| t.0.to_string()).hash(&mut h);
+    server.annotations().get(RECREATE_ANNOTATION).hash(&mut h);
     h.finish()
 }
 
@@ -224,7 +278,8 @@ mod tests {
         }))
         .unwrap();
         slim_server(&mut server);
-        assert_eq!((server.id(), server.metadata.labels.as_ref()), (Some(7), None));
+        assert_eq!(server.id(), Some(7));
+        assert_eq!(server.labels().keys().collect::<Vec<_>>(), [crate::api::SERVER_ID_LABEL]);
         assert_eq!(server.annotations().keys().collect::<Vec<_>>(), ["simulator.vps.org/fail"]);
         let mut vmi = VirtualMachineInstanceView::new("web", Default::default());
         vmi.metadata.namespace = Some("acme".into());

@@ -168,7 +168,7 @@ async fn every_path_works_with_and_without_the_trailing_slash() {
                 "POST",
                 &s("/api/v1/ssh-keys"),
                 tok,
-                Some(json!({"name": "k", "public_key": "ssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAABAQ k"})),
+                Some(json!({"name": "k", "public_key": "ssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAAAgQDUGrsjooWul96+ZhoAgUxFDV/HjHaV6nIkpFUt4lTYlaLYQAMSaJh0zh77+VbhaqpBiF+nvrdRLGoVKjQmuUta71wbpAAZZGzGZjKm66FHawNMx21t9msSzMVO7JSuiBIs2+7fm2xhZm1fKiVDwezfZMvsZQHsu8dSaoXhzM446Q== k"})),
             )
             .await;
         got.push((key.status, key.body["name"].clone()));
@@ -317,4 +317,55 @@ async fn read_only_and_unknown_fields_are_ignored() {
     let mut fits = sample_create("fits");
     fits["padding"] = json!("x".repeat(60 * 1024));
     assert_eq!(g.call("POST", "/api/v1/servers/", tok, Some(fits)).await.status, 201);
+}
+
+#[tokio::test]
+async fn creating_in_an_account_whose_namespace_is_going_is_a_conflict() {
+    let (client, g, t) = setup("terminating", 1_000_000).await;
+    let tok = Some(t.token.as_str());
+    // A ConfigMap with a finalizer of its own holds the namespace in Terminating.
+    let held: k8s_openapi::api::core::v1::ConfigMap = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "held", "finalizers": ["tests.vps.org/hold"]},
+    }))
+    .unwrap();
+    let cms: Api<k8s_openapi::api::core::v1::ConfigMap> = Api::namespaced(client.clone(), &t.namespace);
+    cms.create(&Default::default(), &held).await.unwrap();
+    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
+    namespaces.delete(&t.namespace, &Default::default()).await.unwrap();
+    let a = g.call("POST", "/api/v1/servers/", tok, Some(sample_create("late"))).await;
+    assert_eq!(a.status, 409, "{a:?}");
+    assert!(a.body["detail"].as_str().unwrap().contains("being deleted"), "{a:?}");
+    let key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIO0p7bwPPI7HV1DEfAnGyc9CrZz5j2PJ1H1GGFFiD6Vt me@laptop";
+    let a = g.call("POST", "/api/v1/ssh-keys/", tok, Some(json!({"name": "k", "public_key": key}))).await;
+    assert_eq!(a.status, 409, "{a:?}");
+    cms.patch("held", &PatchParams::default(), &Patch::Merge(&json!({"metadata": {"finalizers": null}})))
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_name_taken_with_kubectl_makes_the_gateway_draw_another_id() {
+    let (client, g, t) = setup("name-taken", 1_000_000).await;
+    // The next ids the cluster's counter gives: their object names taken by hand first.
+    let counters = Api::<k8s_openapi::api::core::v1::ConfigMap>::namespaced(client.clone(), gw::SYSTEM_NAMESPACE);
+    let next: i64 = counters
+        .get_opt("vps-ids")
+        .await
+        .unwrap()
+        .and_then(|cm| cm.data?.get("next-server-id")?.parse().ok())
+        .unwrap_or(1);
+    let servers: Api<VpsServer> = Api::namespaced(client.clone(), &t.namespace);
+    for id in next..next + 3 {
+        let decoy: VpsServer = serde_json::from_value(json!({"apiVersion": "vps.org/v1alpha1", "kind": "VpsServer",
+            "metadata": {"name": format!("srv-{id}")},
+            "spec": {"name": "decoy", "plan": "standard", "os": "ubuntu-22-04", "location": "us-west"}}))
+        .unwrap();
+        servers.create(&Default::default(), &decoy).await.unwrap();
+    }
+    let a = g.call("POST", "/api/v1/servers/", Some(&t.token), Some(sample_create("mine"))).await;
+    assert_eq!(a.status, 201, "{a:?}");
+    let id = a.body["id"].as_i64().unwrap();
+    let mine = servers.get(&format!("srv-{id}")).await.unwrap();
+    assert_eq!(mine.spec.name, "mine");
 }

@@ -45,7 +45,7 @@ pub async fn tenant(client: &Client, test: &str, credit_cents: i64) -> Tenant {
     let namespace = super::namespace(client, test).await;
     let account = namespace.clone();
     vps_operator::testbed::ensure_account(client, &account, credit_cents).await.expect("apply account");
-    let token = vps_operator::tokens::create(client, SYSTEM_NAMESPACE, &account).await.expect("create token");
+    let token = vps_operator::tokens::create(client, SYSTEM_NAMESPACE, &account, None).await.expect("create token");
     Tenant { account, namespace, token }
 }
 
@@ -91,7 +91,8 @@ pub async fn start(client: &Client) -> Gateway {
 
 /// Starts a gateway on 127.0.0.1:0 that uses `client` (its own credentials) for everything.
 pub async fn start_as(client: Client) -> Gateway {
-    let state = gateway::start(client, SYSTEM_NAMESPACE, Duration::from_secs(30)).await.expect("start the gateway");
+    let settings = gateway::GatewayArgs { system_namespace: SYSTEM_NAMESPACE.into(), ..Default::default() };
+    let state = gateway::start(client, &settings).await.expect("start the gateway");
     let state = state.synced().await.expect("gateway caches sync");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let url = format!("http://{}", listener.local_addr().unwrap());
@@ -171,4 +172,15 @@ where
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     panic!("timed out waiting for: {what}");
+}
+
+/// The operator's system ([`super::system`]), a tenant with ample credit and a gateway that
+/// accepts its token.
+pub async fn system_tenant(test: &str) -> (Client, Gateway, Tenant) {
+    let _ = super::system();
+    let client = super::client().await;
+    let tenant = tenant(&client, test, 1_000_000).await;
+    let gateway = start(&client).await;
+    gateway.wait_token(&tenant.token).await;
+    (client, gateway, tenant)
 }

@@ -89,6 +89,19 @@ impl System {
             self.runtime.spawn(run_operator(kubeconfig.to_path_buf(), self.operator_config.clone(), self.metrics_addr));
         *self.operator.lock().unwrap() = handle;
     }
+
+    /// Starts a second replica of the operator under another name in the leader lease (it
+    /// waits as a standby while the first holds the lease); returns its task.
+    pub fn start_replica(&self, identity: &str) -> tokio::task::JoinHandle<()> {
+        let config = OperatorConfig { leader_identity: Some(identity.into()), ..self.operator_config.clone() };
+        let metrics = std::net::SocketAddr::from(([127, 0, 0, 1], controlplane::free_port().expect("a free port")));
+        self.runtime.spawn(run_operator(current().kubeconfig.clone(), config, metrics))
+    }
+
+    /// Makes `task` the operator that [`System::kill_operator`] stops.
+    pub fn adopt_operator(&self, task: tokio::task::JoinHandle<()>) {
+        *self.operator.lock().unwrap() = task;
+    }
 }
 
 async fn run_operator(kubeconfig: PathBuf, config: OperatorConfig, metrics: std::net::SocketAddr) {
@@ -140,6 +153,9 @@ fn start(system: bool) -> anyhow::Result<Shared> {
             backup_keep: 2,
             backup_deadline: std::time::Duration::from_secs(5),
             reference_retry: std::time::Duration::from_secs(1),
+            simulator_annotations: true,
+            // One name for the operator of the tests: started again, it holds its lease at once.
+            leader_identity: Some("tests-operator".into()),
             ..OperatorConfig::default()
         };
         let client = runtime.block_on(plane.client())?;
@@ -201,4 +217,13 @@ pub fn kubectl(args: &[&str]) -> (bool, String, String) {
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+/// Whether a Warning Event with `reason` was published in namespace `ns`.
+pub async fn warning_event(client: &Client, ns: &str, reason: &str) -> bool {
+    let events = Api::<k8s_openapi::api::events::v1::Event>::namespaced(client.clone(), ns)
+        .list(&Default::default())
+        .await
+        .expect("list events");
+    events.items.iter().any(|e| e.type_.as_deref() == Some("Warning") && e.reason.as_deref() == Some(reason))
 }

@@ -1,0 +1,191 @@
+//! One ledger of credit commitments per account, kept in the cluster: the ConfigMap
+//! `vps-credit-<account>` in the system namespace, one entry per server (by object name)
+//! holding the monthly price it commits and since when. Gateway replicas and the operator
+//! change it only by compare-and-swap on its `resourceVersion` (as the id allocator does), so
+//! two creates never spend the same credit, whichever processes they run in. A server counts
+//! from before its object is created (the gateway's reservation, or the operator's before it
+//! builds a VM for a server made with kubectl) until its teardown has finished (the
+//! operator's release).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::Client;
+use kube::api::{Api, ObjectMeta, PostParams};
+
+/// Errors of the ledger.
+#[derive(Debug, thiserror::Error)]
+pub enum LedgerError {
+    #[error("Kubernetes API error: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("gave up changing the credit ledger after {0} conflicting attempts")]
+    Contended(u32),
+}
+
+/// What a reservation found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reservation {
+    /// The server's price is committed (now, or it was already).
+    Reserved,
+    /// It does not fit: the account's servers already commit `used` cents.
+    Insufficient { used: i64 },
+}
+
+/// One commitment: cents per month, since when.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Entry {
+    pub cents: i64,
+    pub since: jiff::Timestamp,
+}
+
+impl Entry {
+    fn parse(value: &str) -> Option<Entry> {
+        let (cents, since) = value.split_once(' ')?;
+        Some(Entry { cents: cents.parse().ok()?, since: since.parse().ok()? })
+    }
+
+    fn render(&self) -> String {
+        format!("{} {}", self.cents, crate::timestamps::seconds(self.since))
+    }
+}
+
+/// The ConfigMap name of an account's ledger.
+pub fn ledger_name(account: &str) -> String {
+    format!("vps-credit-{account}")
+}
+
+/// The entries of a ledger's data (unreadable ones count as nothing).
+pub fn entries(data: &BTreeMap<String, String>) -> BTreeMap<String, Entry> {
+    data.iter().filter_map(|(k, v)| Some((k.clone(), Entry::parse(v)?))).collect()
+}
+
+/// The ledgers of a system namespace.
+#[derive(Clone)]
+pub struct Ledger {
+    api: Api<ConfigMap>,
+}
+
+const ATTEMPTS: u32 = 100;
+
+impl Ledger {
+    pub fn new(client: Client, system_namespace: &str) -> Ledger {
+        Ledger { api: Api::namespaced(client, system_namespace) }
+    }
+
+    /// Applies `change` to the data of `account`'s ledger by compare-and-swap; `change`
+    /// returns what to answer and whether it changed anything.
+    async fn update<T>(
+        &self,
+        account: &str,
+        mut change: impl FnMut(&mut BTreeMap<String, String>) -> (T, bool),
+    ) -> Result<T, LedgerError> {
+        let name = ledger_name(account);
+        for attempt in 0..ATTEMPTS {
+            let Some(mut ledger) = self.api.get_opt(&name).await? else {
+                let mut data = BTreeMap::new();
+                let (answer, changed) = change(&mut data);
+                if !changed {
+                    return Ok(answer);
+                }
+                let cm = ConfigMap {
+                    metadata: ObjectMeta {
+                        name: Some(name.clone()),
+                        labels: Some(BTreeMap::from([(crate::api::ACCOUNT_LABEL.to_string(), account.to_string())])),
+                        ..Default::default()
+                    },
+                    data: Some(data),
+                    ..Default::default()
+                };
+                match self.api.create(&PostParams::default(), &cm).await {
+                    Ok(_) => return Ok(answer),
+                    Err(kube::Error::Api(e)) if e.code == 409 => continue,
+                    Err(e) => return Err(e.into()),
+                }
+            };
+            let data = ledger.data.get_or_insert_with(BTreeMap::new);
+            let (answer, changed) = change(data);
+            if !changed {
+                return Ok(answer);
+            }
+            // `replace` sends the resourceVersion read: a concurrent change makes it a 409.
+            match self.api.replace(&name, &PostParams::default(), &ledger).await {
+                Ok(_) => return Ok(answer),
+                Err(kube::Error::Api(e)) if e.code == 409 => {
+                    tokio::time::sleep(Duration::from_millis(u64::from(attempt.min(20)) * 3)).await;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(LedgerError::Contended(ATTEMPTS))
+    }
+
+    /// Commits `cents` a month for `server` of `account` when the account's commitments
+    /// leave room under `limit`; a server already in the ledger stays as it is.
+    pub async fn reserve(
+        &self,
+        account: &str,
+        server: &str,
+        cents: i64,
+        limit: i64,
+    ) -> Result<Reservation, LedgerError> {
+        let now = jiff::Timestamp::now();
+        self.update(account, |data| {
+            if data.contains_key(server) {
+                return (Reservation::Reserved, false);
+            }
+            let used: i64 = entries(data).values().map(|e| e.cents).sum();
+            if used + cents > limit {
+                return (Reservation::Insufficient { used }, false);
+            }
+            data.insert(server.to_string(), Entry { cents, since: now }.render());
+            (Reservation::Reserved, true)
+        })
+        .await
+    }
+
+    /// Whether `server` of `account` holds a commitment.
+    pub async fn holds(&self, account: &str, server: &str) -> Result<bool, LedgerError> {
+        let ledger = self.api.get_opt(&ledger_name(account)).await?;
+        Ok(ledger.and_then(|cm| cm.data).is_some_and(|d| d.contains_key(server)))
+    }
+
+    /// Ends the commitment of `server` of `account` (it is gone).
+    pub async fn release(&self, account: &str, server: &str) -> Result<(), LedgerError> {
+        self.update(account, |data| ((), data.remove(server).is_some())).await
+    }
+
+    /// Ends the commitments older than `grace` of servers that `exists` does not know (a
+    /// gateway that reserved and died before it created the server); returns how many.
+    pub async fn forget_stale(
+        &self,
+        account: &str,
+        exists: impl Fn(&str) -> bool,
+        grace: Duration,
+    ) -> Result<usize, LedgerError> {
+        let cutoff = jiff::Timestamp::now() - jiff::SignedDuration::try_from(grace).unwrap_or_default();
+        self.update(account, |data| {
+            let stale: Vec<String> =
+                entries(data).into_iter().filter(|(k, e)| e.since < cutoff && !exists(k)).map(|(k, _)| k).collect();
+            for k in &stale {
+                data.remove(k);
+            }
+            (stale.len(), !stale.is_empty())
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entries_round_trip_and_bad_ones_count_as_nothing() {
+        let e = Entry { cents: 1000, since: "2026-12-01T09:00:00Z".parse().unwrap() };
+        assert_eq!(e.render(), "1000 2026-12-01T09:00:00Z");
+        assert_eq!(Entry::parse(&e.render()), Some(e.clone()));
+        let data = BTreeMap::from([("srv-1".to_string(), e.render()), ("srv-2".to_string(), "lots".to_string())]);
+        assert_eq!(entries(&data).keys().collect::<Vec<_>>(), ["srv-1"]);
+    }
+}
