@@ -3,7 +3,8 @@
 # content of the module files (so by the pinned versions): kube-apiserver,
 # kube-controller-manager, kube-scheduler, kubectl and etcd from tests/controlplane, and
 # KubeVirt's virt-controller, virt-api and CRD generator from tests/kubevirt, and Helm
-# (for the deploy tests' `helm lint` / `helm template`) from tests/helm.
+# (for the deploy tests' `helm lint` / `helm template`) from tests/helm, and what a real
+# node runs (kubelet, kube-proxy, the CNI plugins, the pause program) from tests/node.
 # Nothing prebuilt is downloaded: `go` fetches module sources from the module proxy.
 #
 # Prints the directory that holds the binaries as its last line. Idempotent: a second run
@@ -95,6 +96,29 @@ if [ -d "$helm_dir" ]; then
 		build_module "$helm_dir" "$helm_out" "$ld" helm.sh/helm/v3/cmd/helm
 	fi
 	ln -sfn "$helm_out" "$cache/helm-current"
+fi
+
+node_dir=$root/tests/node
+if [ -d "$node_dir" ]; then
+	node_out=$cache/node-$k8s_version-$(key "$node_dir")
+	if [ ! -d "$node_out" ]; then
+		v=$k8s_version
+		minor=$(echo "$v" | cut -d. -f2)
+		ld="-s -w"
+		for p in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+			ld="$ld -X $p.gitVersion=$v -X $p.gitMajor=1 -X $p.gitMinor=$minor -X $p.gitTreeState=clean"
+		done
+		log "building a node's binaries (Kubernetes $v kubelet and kube-proxy, CNI plugins) into $node_out"
+		build_module "$node_dir" "$node_out" "$ld" \
+			./pause \
+			github.com/containernetworking/plugins/plugins/main/bridge \
+			github.com/containernetworking/plugins/plugins/ipam/host-local \
+			github.com/containernetworking/plugins/plugins/main/loopback \
+			github.com/containernetworking/plugins/plugins/meta/portmap \
+			k8s.io/kubernetes/cmd/kube-proxy \
+			k8s.io/kubernetes/cmd/kubelet
+	fi
+	ln -sfn "$node_out" "$cache/node-current"
 fi
 
 ln -sfn "$k8s_out" "$cache/controlplane-current"

@@ -8,9 +8,11 @@
 #   4. builds the vps-operator image (Dockerfile), loads it into kind and installs the Helm
 #      chart (simulator off: real KubeVirt runs the VMs),
 #   5. runs the end-to-end smoke through the REST API: create -> active with an IP,
-#      stop -> stopped, start -> active, reboot, delete -> gone.
-# The cargo suites (tests/) always start their own control plane; pointing them at this
-# cluster's KUBECONFIG is not supported yet.
+#      stop -> stopped, start -> active, reboot, delete -> gone,
+#   6. uninstalls the chart and runs the cargo suites on this cluster
+#      (VPS_TEST_CLUSTER=existing: they run their own operator and gateway, and skip, saying
+#      why, the tests that need the node simulator), as scripts/test.sh does on a cluster of
+#      its own.
 #
 # Needs: docker, kind, kubectl, curl, cargo; helm on PATH or built by
 # scripts/build-control-plane.sh. Environment: CLUSTER (default vps-e2e), KEEP=1 to keep the
@@ -128,3 +130,7 @@ done
 [ -z "$(kubectl get vps -n acme -o name)" ] || { log "the server was never torn down"; exit 1; }
 log "end-to-end smoke passed"
 
+log "the cargo suites on this cluster (VPS_TEST_CLUSTER=existing)"
+"$helm" uninstall vps --namespace "$ns" --wait --timeout 5m
+(cd "$root" && VPS_TEST_CLUSTER=existing cargo test --locked \
+	--test api_lifecycle --test gateway --test faults --test lifecycle --test controlplane)

@@ -9,7 +9,7 @@
 //!    snapshotter's objects), [`ids`] (the cluster-wide integer ids), [`credit_ledger`] (what
 //!    each account's servers commit of its credit), [`tokens`] (API
 //!    tokens), [`watch_cache`] (caches kept from a watch), [`preflight`] (start-up checks),
-//!    [`flags`], [`shutdown`], [`timestamps`], [`memory`].
+//!    [`flags`], [`shutdown`], [`timestamps`], [`memory`], [`probe`] (`vps-operator check`).
 //! 3. The parts, which never import each other: [`operator`] (VpsServer → VirtualMachine),
 //!    [`gateway`] (the REST API), [`simulator`] (KubeVirt's hosts, for tests and local runs),
 //!    and [`controlplane`] (a real control plane built from source) with [`testbed`] (what
@@ -30,6 +30,7 @@ pub mod local;
 pub mod memory;
 pub mod operator;
 pub mod preflight;
+pub mod probe;
 pub mod shutdown;
 pub mod simulator;
 pub mod testbed;

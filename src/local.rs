@@ -57,6 +57,16 @@ pub struct LocalArgs {
     /// (always done on the local control plane).
     #[arg(long)]
     pub demo: bool,
+    /// Also join a real node (containerd, kubelet, kube-proxy, CNI; needs root and the
+    /// packages containerd, runc and iptables), where the project's own image can run as pods.
+    /// KubeVirt's hosts stay simulated.
+    #[arg(long, conflicts_with = "kubeconfig")]
+    pub real_node: bool,
+    /// Only the cluster: the control plane, KubeVirt's controllers, the node simulator (and
+    /// the real node when asked), without the operator, the gateway or the demo accounts
+    /// (for `VPS_TEST_CLUSTER=existing` suites, or an operator installed with the chart).
+    #[arg(long, conflicts_with = "kubeconfig")]
+    pub cluster_only: bool,
     /// Namespace of the token Secrets and id counters.
     #[arg(long, default_value = tokens::DEFAULT_SYSTEM_NAMESPACE)]
     pub system_namespace: String,
@@ -125,6 +135,13 @@ async fn start(args: &LocalArgs) -> Result<Running> {
     if demo {
         crate::testbed::install_demo_catalog(&client).await.context("load the demo catalog")?;
     }
+    if args.cluster_only {
+        if let Some(path) = &args.env_file {
+            write_private(path, format!("KUBECONFIG={}\n", kubeconfig.display()).as_bytes())?;
+        }
+        println!("\nThe cluster is running (no operator, no gateway).\n  KUBECONFIG:  {}\n", kubeconfig.display());
+        return Ok(Running { plane, tasks });
+    }
     // Before the gateway starts, so that its first list of tokens has them.
     let tokens = if demo { demo_tokens(&client, &system_namespace, state_dir.as_deref()).await? } else { vec![] };
     let config = OperatorConfig {
@@ -162,7 +179,8 @@ async fn start_control_plane(args: &LocalArgs) -> Result<ControlPlane> {
     }
     let data_dir = args.data_dir.as_ref().map(|d| d.canonicalize()).transpose()?;
     println!("Starting etcd and kube-apiserver (Kubernetes {})...", controlplane::KUBERNETES_VERSION);
-    let mut plane = ControlPlane::start_api(binaries, Options { data_dir, scheduler: true }).await?;
+    let options = Options { data_dir, scheduler: true, real_node: args.real_node };
+    let mut plane = ControlPlane::start_api(binaries, options).await?;
     let client = plane.client().await?;
     println!("Installing the CRDs (vps.org, KubeVirt, CDI, snapshots)...");
     crate::testbed::install_crds(&client, plane.binaries()).await?;
@@ -172,6 +190,10 @@ async fn start_control_plane(args: &LocalArgs) -> Result<ControlPlane> {
     );
     plane.start_controllers().await?;
     plane.start_kubevirt().await?;
+    if args.real_node {
+        println!("Starting a real node ({}: containerd, kubelet, kube-proxy)...", controlplane::node::NODE_NAME);
+        plane.start_node().await?;
+    }
     Ok(plane)
 }
 

@@ -25,6 +25,8 @@ enum Command {
     Operator(OperatorArgs),
     /// Play the hosts for KubeVirt (kubelet, virt-handler, CDI, snapshots); starts no VM.
     Simulator(vps_operator::simulator::SimulatorConfig),
+    /// Wait until an HTTP URL answers 200 (the Helm chart's test hook).
+    Check(vps_operator::probe::CheckArgs),
 }
 
 #[derive(clap::Args)]
@@ -62,6 +64,7 @@ async fn main() -> Result<()> {
             let shutdown = vps_operator::shutdown::signal();
             vps_operator::operator::run(config, args.config, Some(args.metrics_listen), shutdown).await
         }
+        Command::Check(args) => vps_operator::probe::run(args).await,
         Command::Simulator(config) => {
             let client = kube::Client::try_default().await?;
             tokio::select! {

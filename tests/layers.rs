@@ -7,7 +7,7 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
-const LEAVES: [&str; 10] = [
+const LEAVES: [&str; 11] = [
     "kubevirt",
     "ids",
     "credit_ledger",
@@ -18,6 +18,7 @@ const LEAVES: [&str; 10] = [
     "shutdown",
     "timestamps",
     "memory",
+    "probe",
 ];
 const PARTS: [&str; 4] = ["operator", "gateway", "simulator", "controlplane"];
 

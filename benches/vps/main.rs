@@ -714,7 +714,7 @@ async fn fill_direct(c: &Cluster, template_id: i64, from: usize, to: usize, clie
                 labels.insert(vps_operator::api::SERVER_ID_LABEL.into(), id.to_string());
                 servers.create(&PostParams::default(), &s).await?;
                 status["id"] = json!(id);
-                status["ipAddress"] = json!(format!("10.201.{}.{}", (i / 250) % 250, i % 250 + 1));
+                status["ipAddress"] = json!(format!("198.19.{}.{}", (i / 250) % 250, i % 250 + 1));
                 status["vmName"] = json!(name);
                 // Not the template's VM and disk: the VM is staged later (`stage_vms`).
                 status["vmUid"] = Value::Null;

@@ -49,6 +49,14 @@ impl Binaries {
         helm.exists().then_some(helm)
     }
 
+    /// The path of a real node's binary (`kubelet`, `kube-proxy`, `pause`, the CNI plugins
+    /// `bridge`, `host-local`, `loopback`, `portmap`).
+    pub fn node(&self, name: &str) -> Result<PathBuf> {
+        let path = self.kubernetes.parent().context("the cache folder")?.join("node-current").join(name);
+        anyhow::ensure!(path.exists(), "{} was not built (scripts/build-control-plane.sh builds it)", path.display());
+        Ok(path)
+    }
+
     /// The path of a KubeVirt binary (`virt-controller`, `virt-api`, `kubevirt-crds`).
     pub fn kubevirt(&self, name: &str) -> Result<PathBuf> {
         Ok(self.kubevirt.as_ref().context("KubeVirt binaries were not built")?.join(name))

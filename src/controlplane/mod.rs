@@ -6,6 +6,7 @@ mod binaries;
 mod certs;
 mod install;
 mod kubevirt;
+pub mod node;
 mod process;
 
 use std::path::{Path, PathBuf};
@@ -30,7 +31,16 @@ pub struct Options {
     pub data_dir: Option<PathBuf>,
     /// Also run kube-scheduler.
     pub scheduler: bool,
+    /// A real node joins ([`ControlPlane::start_node`]): the API server advertises the node's
+    /// bridge address, where the pods reach it.
+    pub real_node: bool,
 }
+
+/// The Service range of test and local control planes: outside the private ranges (10/8,
+/// 172.16/12, 192.168/16), in the range RFC 2544 sets aside for tests (198.18.0.0/15).
+pub const SERVICE_RANGE: &str = "198.18.128.0/24";
+/// The `kubernetes` Service's address in [`SERVICE_RANGE`] (a SAN of the serving certificate).
+pub const KUBERNETES_SERVICE_IP: &str = "198.18.128.1";
 
 /// Where a control plane's data folder records its [`Layout`].
 const LAYOUT_FILE: &str = "layout.json";
@@ -53,6 +63,8 @@ pub struct ControlPlane {
     layout: Layout,
     binaries: Binaries,
     scheduler: bool,
+    real_node: bool,
+    node: Option<node::Node>,
     processes: Vec<Process>,
     supervised: Vec<Supervised>,
 }
@@ -109,9 +121,15 @@ impl ControlPlane {
             layout,
             binaries,
             scheduler: options.scheduler,
+            real_node: options.real_node,
+            node: None,
             processes: Vec::new(),
             supervised: Vec::new(),
         };
+        if plane.real_node {
+            node::check_prerequisites()?;
+            node::create_bridge()?;
+        }
         plane.spawn_etcd()?;
         plane.spawn_apiserver()?;
         plane.wait_ready().await?;
@@ -210,8 +228,27 @@ impl ControlPlane {
         self.processes.iter_mut().try_for_each(Process::check_running)
     }
 
+    /// Joins a real node (the plane must have been started with [`Options::real_node`]);
+    /// returns once it is Ready.
+    pub async fn start_node(&mut self) -> Result<&node::Node> {
+        anyhow::ensure!(self.real_node, "the control plane was started without Options::real_node");
+        let client = self.client().await?;
+        let node =
+            node::Node::start(&self.binaries, &self.dir, &self.kubeconfig_path(), &client, self.layout.apiserver)
+                .await?;
+        Ok(self.node.insert(node))
+    }
+
+    /// The real node, when one joined.
+    pub fn node(&self) -> Option<&node::Node> {
+        self.node.as_ref()
+    }
+
     /// Stops every process, newest first, each with SIGTERM and then SIGKILL.
     pub fn stop(&mut self) {
+        if let Some(mut node) = self.node.take() {
+            node.stop();
+        }
         while let Some(mut supervised) = self.supervised.pop() {
             supervised.stop();
         }
@@ -253,14 +290,15 @@ impl ControlPlane {
             format!("--etcd-servers=http://127.0.0.1:{}", l.etcd_client),
             format!("--secure-port={}", l.apiserver),
             "--bind-address=127.0.0.1".into(),
-            "--advertise-address=127.0.0.1".into(),
+            format!("--advertise-address={}", if self.real_node { node::NODE_IP } else { "127.0.0.1" }),
             format!("--cert-dir={}", p("apiserver-generated")),
             format!("--tls-cert-file={}", p("apiserver.crt")),
             format!("--tls-private-key-file={}", p("apiserver.key")),
             format!("--client-ca-file={}", p("ca.crt")),
             format!("--token-auth-file={}", p("tokens.csv")),
             "--authorization-mode=RBAC".into(),
-            "--service-cluster-ip-range=10.0.0.0/24".into(),
+            // Outside the private ranges: tests and local runs touch only loopback and their own hosts.
+            format!("--service-cluster-ip-range={SERVICE_RANGE}"),
             "--allow-privileged=true".into(),
             "--service-account-issuer=https://kubernetes.default.svc".into(),
             format!("--service-account-key-file={}", p("sa.pub")),
@@ -272,6 +310,9 @@ impl ControlPlane {
             "--requestheader-extra-headers-prefix=X-Remote-Extra-".into(),
             format!("--proxy-client-cert-file={}", p("front-proxy-client.crt")),
             format!("--proxy-client-key-file={}", p("front-proxy-client.key")),
+            format!("--kubelet-client-certificate={}", p("kubelet-client.crt")),
+            format!("--kubelet-client-key={}", p("kubelet-client.key")),
+            "--kubelet-preferred-address-types=InternalIP".into(),
             "--enable-priority-and-fairness=false".into(),
             // /debug/pprof for admins (the benchmark profiles provisioning with it).
             "--profiling=true".into(),
@@ -371,7 +412,18 @@ fn prepare(dir: &Path) -> Result<Layout> {
     let write = |name: &str, contents: &str| std::fs::write(pki.join(name), contents);
     let ca = Authority::new("vps-local-ca")?;
     write("ca.crt", &ca.cert)?;
-    let serving = ca.serving("kube-apiserver", &["127.0.0.1", "localhost", "kubernetes", "kubernetes.default.svc"])?;
+    let serving = ca.serving(
+        "kube-apiserver",
+        &[
+            "127.0.0.1",
+            "localhost",
+            node::NODE_IP,
+            KUBERNETES_SERVICE_IP,
+            "kubernetes",
+            "kubernetes.default",
+            "kubernetes.default.svc",
+        ],
+    )?;
     write("apiserver.crt", &serving.cert)?;
     write("apiserver.key", &serving.key)?;
     let front = Authority::new("vps-front-proxy-ca")?;
@@ -379,6 +431,10 @@ fn prepare(dir: &Path) -> Result<Layout> {
     let proxy = front.client("front-proxy-client", None)?;
     write("front-proxy-client.crt", &proxy.cert)?;
     write("front-proxy-client.key", &proxy.key)?;
+    // The API server's credentials towards kubelets (logs, exec) of real nodes.
+    let kubelet_client = ca.client("kube-apiserver-kubelet-client", Some("system:masters"))?;
+    write("kubelet-client.crt", &kubelet_client.cert)?;
+    write("kubelet-client.key", &kubelet_client.key)?;
     let (sa_key, sa_pub) = certs::service_account_key()?;
     write("sa.key", &sa_key)?;
     write("sa.pub", &sa_pub)?;

@@ -97,6 +97,10 @@ pub struct GatewayArgs {
     /// SSH keys one account may have.
     #[arg(long, default_value_t = 100)]
     pub max_ssh_keys: usize,
+    /// On SIGTERM, keep serving this long with /readyz failing (so Services stop sending new
+    /// connections) before closing the listener: a rolling update loses no request.
+    #[arg(long, value_parser = crate::flags::duration, default_value = "5s")]
+    pub shutdown_delay: Duration,
 }
 
 impl Default for GatewayArgs {
@@ -121,6 +125,8 @@ pub struct Shared {
     pub credit: Arc<credit::Credit>,
     pub rate_limiter: rate_limit::RateLimiter,
     pub settings: GatewayArgs,
+    /// Set once a shutdown began: /readyz fails while the last requests are served.
+    pub draining: std::sync::atomic::AtomicBool,
 }
 
 impl std::ops::Deref for AppState {
@@ -147,6 +153,7 @@ impl AppState {
             credit: Arc::new(credit::Credit::new(ledger)),
             rate_limiter: rate_limit::RateLimiter::new(Some(limit)),
             settings: settings.clone(),
+            draining: std::sync::atomic::AtomicBool::new(false),
         }))
     }
 }
@@ -222,7 +229,9 @@ pub fn app(state: AppState) -> Router {
 }
 
 async fn readyz(State(state): State<AppState>) -> Response {
-    if state.caches.is_ready() {
+    if state.draining.load(std::sync::atomic::Ordering::Relaxed) {
+        (StatusCode::SERVICE_UNAVAILABLE, "shutting down").into_response()
+    } else if state.caches.is_ready() {
         "ready".into_response()
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "caches not synced").into_response()

@@ -155,8 +155,8 @@ mod tests {
                 "apiVersion": "kubevirt.io/v1", "kind": "VirtualMachineInstance",
                 "metadata": {"name": "web", "uid": "u1"},
                 "spec": {"domain": {"devices": {}}},
-                "status": {"phase": phase, "interfaces": [{"name": "default", "ipAddress": "10.0.0.5",
-                    "ipAddresses": ["10.0.0.5", "fe80::1", "2001:db8::5"]}],
+                "status": {"phase": phase, "interfaces": [{"name": "default", "ipAddress": "192.0.2.5",
+                    "ipAddresses": ["192.0.2.5", "fe80::1", "2001:db8::5"]}],
                     "conditions": [{"type": "Ready", "status": "True"}, {"type": "LiveMigratable", "status": "False"}]},
             }))
             .unwrap();
@@ -169,7 +169,7 @@ mod tests {
         let state = VmiState::of(&vmi("Running", false));
         assert_eq!(state.uid.as_deref(), Some("u1"));
         assert!(state.running && state.ready);
-        assert_eq!(state.ipv4, Some(Ipv4Addr::new(10, 0, 0, 5)));
+        assert_eq!(state.ipv4, Some(Ipv4Addr::new(192, 0, 2, 5)));
         assert_eq!(state.ipv6, Some("2001:db8::5".parse().unwrap()), "link-local addresses are skipped");
         assert!(!VmiState::of(&vmi("Running", true)).ready, "an instance being deleted is not ready");
         let scheduled = VmiState::of(&vmi("Scheduled", false));

@@ -161,8 +161,8 @@ mod tests {
             phase: Some(phase.into()),
             interfaces: vec![VmiInterface {
                 name: Some("default".into()),
-                ip_address: Some("10.0.0.5".into()),
-                ip_addresses: vec!["10.0.0.5".into(), "fe80::1".into(), "2001:db8::5".into()],
+                ip_address: Some("192.0.2.5".into()),
+                ip_addresses: vec!["192.0.2.5".into(), "fe80::1".into(), "2001:db8::5".into()],
             }],
             conditions: vec![KvCondition {
                 type_: "Ready".into(),
@@ -204,7 +204,7 @@ mod tests {
         let vmi = mk_vmi("a", "Running", true);
         let obs = observe(&spec, None, Some(&mk_vm("Running", true)), Some(&vmi), None, None);
         assert_eq!(obs.phase, Phase::Active);
-        assert_eq!(obs.ipv4.as_deref(), Some("10.0.0.5"));
+        assert_eq!(obs.ipv4.as_deref(), Some("192.0.2.5"));
         assert_eq!(obs.ipv6.as_deref(), Some("2001:db8::5"), "link-local addresses are skipped");
     }
 

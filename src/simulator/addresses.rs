@@ -46,18 +46,18 @@ mod tests {
 
     #[test]
     fn addresses_are_stable_and_inside_the_pools() {
-        let pools = Pools::parse("10.200.0.0/16", "fd00:200::/64").unwrap();
+        let pools = Pools::parse("198.18.0.0/17", "2001:db8:200::/64").unwrap();
         let (a4, a6) = pools.for_uid("uid-1");
         assert_eq!(pools.for_uid("uid-1"), (a4.clone(), a6.clone()));
         assert_ne!(pools.for_uid("uid-2").0, a4);
-        assert!(a4.starts_with("10.200."), "{a4}");
-        assert!(a6.starts_with("fd00:200::"), "{a6}");
+        assert!(a4.starts_with("198.18."), "{a4}");
+        assert!(a6.starts_with("2001:db8:200:"), "{a6}");
         assert!(!a4.ends_with(".0") || a4.split('.').nth(2) != Some("0"));
     }
 
     #[test]
     fn bad_pools_are_refused() {
-        assert!(Pools::parse("10.0.0.0", "fd00::/64").is_err());
-        assert!(Pools::parse("10.0.0.0/32", "fd00::/64").is_err());
+        assert!(Pools::parse("198.18.0.0", "2001:db8::/64").is_err());
+        assert!(Pools::parse("198.18.0.0/32", "2001:db8::/64").is_err());
     }
 }

@@ -63,10 +63,10 @@ pub struct SimulatorConfig {
     ])]
     pub nodes: Vec<String>,
     /// IPv4 pool the guests' addresses come from.
-    #[arg(long, default_value = "10.200.0.0/16")]
+    #[arg(long, default_value = "198.18.0.0/17")]
     pub ipv4_pool: String,
     /// IPv6 pool the guests' addresses come from.
-    #[arg(long, default_value = "fd00:200::/64")]
+    #[arg(long, default_value = "2001:db8:200::/64")]
     pub ipv6_pool: String,
     /// kubelet: from a bound launcher Pod to Running.
     #[arg(long, value_parser = duration, default_value = "0s")]

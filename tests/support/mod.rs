@@ -1,6 +1,13 @@
 //! Test support: one real control plane per test binary, shared by its tests, each test in a
 //! namespace of its own.
 //!
+//! With `VPS_TEST_CLUSTER=existing` the suites use the cluster of `KUBECONFIG` instead (kind
+//! with KubeVirt, say): its KubeVirt and CDI must be installed, and no operator of this
+//! project may run there (the suites run their own); the project's CRDs and the demo catalog
+//! are applied. No node simulator is started, and the tests that need one (failure
+//! injection, timings, addresses from its pools) skip with a printed reason
+//! ([`skip_on_existing_cluster`]).
+//!
 //! The control plane is started on first use from a thread of its own, with its own runtime,
 //! so that it outlives the runtime of the test that happened to start it. Its processes die
 //! with the test binary (see `vps_operator::controlplane::Process`), also after a panic.
@@ -27,19 +34,55 @@ pub struct Shared {
     pub binaries: Binaries,
     /// Present when started with [`system`].
     pub system: Option<System>,
+    /// Present when started with [`real_node`].
+    pub real_node: Option<RealNode>,
+}
+
+/// The control plane of [`real_node`]: with a real node joined and the node simulator (in a
+/// runtime of its own) playing KubeVirt's hosts; no operator or gateway in this process.
+pub struct RealNode {
+    pub runtime: tokio::runtime::Runtime,
+    pub plane: std::sync::Mutex<ControlPlane>,
+}
+
+/// Whether the suites run on an existing cluster (`VPS_TEST_CLUSTER=existing`).
+pub fn existing_cluster() -> bool {
+    std::env::var("VPS_TEST_CLUSTER").is_ok_and(|v| v == "existing")
+}
+
+/// On an existing cluster, prints why the calling test does not run there and returns true.
+pub fn skip_on_existing_cluster(reason: &str) -> bool {
+    if existing_cluster() {
+        eprintln!("skipped on an existing cluster: {reason}");
+    }
+    existing_cluster()
+}
+
+/// What a test binary starts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mode {
+    Shared,
+    System,
+    RealNode,
 }
 
 /// Starts the control plane on first call (building the binaries if the cache is cold) and
 /// installs every CRD.
 pub fn shared() -> &'static Shared {
-    init(false)
+    init(Mode::Shared)
 }
 
 /// Like [`shared`], plus KubeVirt's virt-api and virt-controller, the demo catalog, the
 /// operator and the node simulator (in a runtime of their own). `VPS_SIM_DELAY` (e.g.
 /// `300ms`) sets every simulated step's delay.
 pub fn system() -> &'static Shared {
-    init(true)
+    init(Mode::System)
+}
+
+/// Like [`shared`], plus KubeVirt's controllers, the demo catalog, the node simulator and a
+/// real node (containerd, kubelet, kube-proxy) for the project's own pods.
+pub fn real_node() -> &'static Shared {
+    init(Mode::RealNode)
 }
 
 static SHARED: OnceLock<Result<Shared, String>> = OnceLock::new();
@@ -52,15 +95,20 @@ pub fn current() -> &'static Shared {
     }
 }
 
-fn init(system: bool) -> &'static Shared {
-    let started = SHARED.get_or_init(|| match std::thread::spawn(move || start(system)).join() {
+fn init(mode: Mode) -> &'static Shared {
+    let started = SHARED.get_or_init(|| match std::thread::spawn(move || start(mode)).join() {
         Ok(Ok(shared)) => Ok(shared),
         Ok(Err(e)) => Err(format!("could not start the control plane: {e:?}")),
         Err(_) => Err("starting the control plane panicked".into()),
     });
     match started {
         Ok(shared) => {
-            assert_eq!(shared.system.is_some(), system, "one test binary uses either shared() or system()");
+            let started = match (&shared.system, &shared.real_node) {
+                (Some(_), _) => Mode::System,
+                (_, Some(_)) => Mode::RealNode,
+                _ => Mode::Shared,
+            };
+            assert_eq!(started, mode, "one test binary uses one of shared(), system() and real_node()");
             shared
         }
         Err(e) => panic!("{e}"),
@@ -72,7 +120,8 @@ pub struct System {
     pub runtime: tokio::runtime::Runtime,
     pub operator: std::sync::Mutex<tokio::task::JoinHandle<()>>,
     pub operator_config: OperatorConfig,
-    pub plane: std::sync::Mutex<ControlPlane>,
+    /// The control plane this binary started (none on an existing cluster).
+    pub plane: Option<std::sync::Mutex<ControlPlane>>,
     /// Where the operator serves /metrics, /healthz and /readyz.
     pub metrics_addr: std::net::SocketAddr,
 }
@@ -126,7 +175,54 @@ pub fn simulator_config() -> SimulatorConfig {
     config
 }
 
-fn start(system: bool) -> anyhow::Result<Shared> {
+/// An existing cluster (`KUBECONFIG`), with the project's CRDs, and for [`system`] the demo
+/// catalog, the system namespace and the operator of the tests.
+fn start_existing(mode: Mode) -> anyhow::Result<Shared> {
+    use anyhow::Context;
+    anyhow::ensure!(mode != Mode::RealNode, "the real-node suite starts a node of its own");
+    let kubeconfig = PathBuf::from(std::env::var("KUBECONFIG").context("VPS_TEST_CLUSTER=existing needs KUBECONFIG")?);
+    let binaries = Binaries::ensure(&controlplane::source_root())?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    runtime.block_on(async {
+        let client = controlplane::client_from_kubeconfig(&kubeconfig).await?;
+        controlplane::apply_crds(&client, &vps_operator::api::crds()).await?;
+        if mode == Mode::System {
+            vps_operator::testbed::install_demo_catalog(&client).await?;
+            controlplane::ensure_namespace(&client, "vps-system").await?;
+        }
+        anyhow::Ok(())
+    })?;
+    let system = if mode == Mode::System {
+        let operator_config = operator_config();
+        let metrics_addr = std::net::SocketAddr::from(([127, 0, 0, 1], controlplane::free_port()?));
+        let operator = runtime.spawn(run_operator(kubeconfig.clone(), operator_config.clone(), metrics_addr));
+        Some(System { runtime, operator: std::sync::Mutex::new(operator), operator_config, plane: None, metrics_addr })
+    } else {
+        std::mem::forget(runtime);
+        None
+    };
+    Ok(Shared { kubeconfig, kubectl: binaries.kube("kubectl"), binaries, system, real_node: None })
+}
+
+/// The operator of the tests: short backup intervals, quick retries of bad references.
+fn operator_config() -> OperatorConfig {
+    OperatorConfig {
+        backup_interval: std::time::Duration::from_secs(6),
+        backup_keep: 2,
+        backup_deadline: std::time::Duration::from_secs(5),
+        reference_retry: std::time::Duration::from_secs(1),
+        simulator_annotations: !existing_cluster(),
+        // One name for the operator of the tests: started again, it holds its lease at once.
+        leader_identity: Some("tests-operator".into()),
+        ..OperatorConfig::default()
+    }
+}
+
+fn start(mode: Mode) -> anyhow::Result<Shared> {
+    if existing_cluster() {
+        return start_existing(mode);
+    }
+    let system = mode != Mode::Shared;
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
         .with_test_writer()
@@ -134,8 +230,8 @@ fn start(system: bool) -> anyhow::Result<Shared> {
     let binaries = Binaries::ensure(&controlplane::source_root())?;
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     let plane = runtime.block_on(async {
-        let mut plane =
-            ControlPlane::start_api(binaries.clone(), Options { scheduler: true, ..Options::default() }).await?;
+        let options = Options { scheduler: true, real_node: mode == Mode::RealNode, ..Options::default() };
+        let mut plane = ControlPlane::start_api(binaries.clone(), options).await?;
         let client = plane.client().await?;
         vps_operator::testbed::install_crds(&client, &binaries).await?;
         plane.start_controllers().await?;
@@ -144,20 +240,30 @@ fn start(system: bool) -> anyhow::Result<Shared> {
             vps_operator::testbed::install_demo_catalog(&client).await?;
             controlplane::ensure_namespace(&client, "vps-system").await?;
         }
+        if mode == Mode::RealNode {
+            plane.start_node().await?;
+        }
         anyhow::Ok(plane)
     })?;
     let kubeconfig = plane.kubeconfig_path();
+    if mode == Mode::RealNode {
+        let client = runtime.block_on(plane.client())?;
+        runtime.spawn(async move {
+            if let Err(e) = vps_operator::simulator::run(client, simulator_config()).await {
+                panic!("the simulator stopped: {e:?}");
+            }
+        });
+        let real_node = RealNode { runtime, plane: std::sync::Mutex::new(plane) };
+        return Ok(Shared {
+            kubeconfig,
+            kubectl: binaries.kube("kubectl"),
+            binaries,
+            system: None,
+            real_node: Some(real_node),
+        });
+    }
     let system = if system {
-        let operator_config = OperatorConfig {
-            backup_interval: std::time::Duration::from_secs(6),
-            backup_keep: 2,
-            backup_deadline: std::time::Duration::from_secs(5),
-            reference_retry: std::time::Duration::from_secs(1),
-            simulator_annotations: true,
-            // One name for the operator of the tests: started again, it holds its lease at once.
-            leader_identity: Some("tests-operator".into()),
-            ..OperatorConfig::default()
-        };
+        let operator_config = operator_config();
         let client = runtime.block_on(plane.client())?;
         runtime.spawn(async move {
             if let Err(e) = vps_operator::simulator::run(client, simulator_config()).await {
@@ -170,7 +276,7 @@ fn start(system: bool) -> anyhow::Result<Shared> {
             runtime,
             operator: std::sync::Mutex::new(operator),
             operator_config,
-            plane: std::sync::Mutex::new(plane),
+            plane: Some(std::sync::Mutex::new(plane)),
             metrics_addr,
         })
     } else {
@@ -179,7 +285,7 @@ fn start(system: bool) -> anyhow::Result<Shared> {
         std::mem::forget(runtime);
         None
     };
-    Ok(Shared { kubeconfig, kubectl: binaries.kube("kubectl"), binaries, system })
+    Ok(Shared { kubeconfig, kubectl: binaries.kube("kubectl"), binaries, system, real_node: None })
 }
 
 /// A cluster-admin client, bound to the calling test's runtime.
