@@ -75,7 +75,7 @@ kind load docker-image "$image" --name "$cluster"
 
 log "installing the chart"
 "$helm" upgrade --install vps "$root/charts/vps-operator" --namespace "$ns" --create-namespace \
-	--set image.tag=e2e --set image.pullPolicy=Never --set gateway.replicas=1 --wait --timeout 10m
+	--set image.tag=e2e --set image.pullPolicy=Never --set gateway.replicas=1 --set catalog.enabled=true --wait --timeout 10m
 
 log "importing the golden images into vps-images (containerdisks)"
 for pair in ubuntu-22-04=quay.io/containerdisks/ubuntu:22.04 debian-12=quay.io/containerdisks/debian:12; do

@@ -6,6 +6,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 start=$(date +%s)
+# The formatter and the linter first: CI holds every commit to them.
+cargo fmt --check
+cargo clippy --locked --all-targets --quiet -- -D warnings
+echo "[test] cargo fmt and clippy clean after $(($(date +%s) - start)) s"
 bash scripts/build-control-plane.sh >/dev/null
 echo "[test] control-plane binaries ready after $(($(date +%s) - start)) s"
 # A real node's container runtime, from Debian's packages (tests/real_node.rs; it skips,

@@ -9,7 +9,8 @@
 //!    snapshotter's objects), [`ids`] (the cluster-wide integer ids), [`credit_ledger`] (what
 //!    each account's servers commit of its credit), [`tokens`] (API
 //!    tokens), [`watch_cache`] (caches kept from a watch), [`preflight`] (start-up checks),
-//!    [`flags`], [`shutdown`], [`timestamps`], [`memory`], [`probe`] (`vps-operator check`).
+//!    [`flags`], [`shutdown`], [`timestamps`], [`memory`], [`probe`] (`vps-operator check`),
+//!    [`telemetry`] (log lines, shared metrics).
 //! 3. The parts, which never import each other: [`operator`] (VpsServer → VirtualMachine),
 //!    [`gateway`] (the REST API), [`simulator`] (KubeVirt's hosts, for tests and local runs),
 //!    and [`controlplane`] (a real control plane built from source) with [`testbed`] (what
@@ -33,6 +34,7 @@ pub mod preflight;
 pub mod probe;
 pub mod shutdown;
 pub mod simulator;
+pub mod telemetry;
 pub mod testbed;
 pub mod timestamps;
 pub mod tokens;

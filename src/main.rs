@@ -6,6 +6,9 @@ use clap::{Parser, Subcommand};
 #[derive(Parser)]
 #[command(name = "vps-operator", version, about = "Turns a Kubernetes cluster running KubeVirt into a VPS provider")]
 struct Cli {
+    /// How log lines are written to standard error (colour only on a terminal).
+    #[arg(long, global = true, env = "VPS_LOG_FORMAT", value_enum, default_value_t)]
+    log_format: vps_operator::telemetry::LogFormat,
     #[command(subcommand)]
     command: Command,
 }
@@ -45,12 +48,7 @@ async fn main() -> Result<()> {
     // not-yet-ready answer as an error.
     let default_filter =
         if matches!(cli.command, Command::Local(_)) { "info,kube_client::client::builder=off" } else { "info" };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| default_filter.into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    vps_operator::telemetry::init(cli.log_format, default_filter);
     match cli.command {
         Command::Crdgen => {
             print!("{}", vps_operator::api::crds_yaml());

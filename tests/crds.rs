@@ -24,3 +24,23 @@ fn deploy_and_chart_crds_are_copies() {
         );
     }
 }
+
+/// `kubectl explain` opens with what each kind is, and short names shorten.
+#[test]
+fn every_kind_explains_itself_and_its_short_names_are_short() {
+    for crd in vps_operator::api::crds() {
+        let names = &crd.spec.names;
+        let version = &crd.spec.versions[0];
+        let schema = version.schema.as_ref().and_then(|s| s.open_api_v3_schema.as_ref()).expect("a schema");
+        let description = schema.description.as_deref().unwrap_or_default();
+        assert!(
+            description.len() > 40 && !description.starts_with("Auto-generated"),
+            "{}: {description:?}",
+            names.kind
+        );
+        let singular = names.singular.as_deref().unwrap_or_default();
+        for short in names.short_names.iter().flatten() {
+            assert!(short.len() < singular.len(), "{}: short name {short} is not shorter than {singular}", names.kind);
+        }
+    }
+}

@@ -103,6 +103,15 @@ fn helm_lint_is_clean() {
     assert!(!out.contains("[WARNING]") && !out.contains("[ERROR]"), "{out}");
     let (ok, out, err) = helm(&["lint", "--strict", chart().to_str().unwrap(), "--set", "simulator.enabled=true"]);
     assert!(ok, "helm lint with the simulator failed:\n{out}\n{err}");
+    // As a subchart (a parent's global values), with a ServiceMonitor and JSON logs.
+    let (ok, out, err) = helm(&[
+        "lint",
+        "--strict",
+        chart().to_str().unwrap(),
+        "--set",
+        "global.imageRegistry=example.com,metrics.serviceMonitor.enabled=true,logFormat=json",
+    ]);
+    assert!(ok, "helm lint with global values and a ServiceMonitor failed:\n{out}\n{err}");
     // The schema refuses what the chart does not know.
     let (ok, out, err) = helm(&["lint", "--strict", chart().to_str().unwrap(), "--set", "operator.replicas=-1"]);
     assert!(!ok && format!("{out}{err}").contains("/operator/replicas"), "{out}{err}");
@@ -112,7 +121,7 @@ fn helm_lint_is_clean() {
 async fn helm_template_output_is_accepted_by_the_api_server() {
     let _ = support::system();
     let chart = chart();
-    for extra in [&[][..], &["--set", "simulator.enabled=true", "--set", "catalog.enabled=false"][..]] {
+    for extra in [&[][..], &["--set", "simulator.enabled=true", "--set", "catalog.enabled=true"][..]] {
         let mut args =
             vec!["template", "vps", chart.to_str().unwrap(), "--namespace", SYSTEM_NAMESPACE, "--include-crds"];
         args.extend_from_slice(extra);
@@ -121,12 +130,15 @@ async fn helm_template_output_is_accepted_by_the_api_server() {
         let out = dry_run("-", Some(&rendered));
         assert!(out.contains("deployment.apps/vps-operator"), "{out}");
         assert!(out.contains("deployment.apps/vps-gateway"), "{out}");
-        assert!(out.contains("service/vps-gateway"), "{out}");
+        assert!(out.contains("service/vps-gateway "), "{out}");
+        assert!(out.contains("service/vps-gateway-metrics"), "{out}");
+        assert!(out.contains("service/vps-operator-metrics"), "{out}");
         assert!(out.contains("validatingadmissionpolicy.admissionregistration.k8s.io/vps-platform-fields"), "{out}");
         if extra.is_empty() {
-            assert!(out.contains("vpsimage.vps.org/ubuntu-22-04"), "{out}");
+            assert!(!out.contains("vpsimage.vps.org/"), "the demo catalog is off by default:\n{out}");
             assert!(!out.contains("vps-simulator"), "the simulator is off by default:\n{out}");
         } else {
+            assert!(out.contains("vpsimage.vps.org/ubuntu-22-04"), "{out}");
             assert!(out.contains("deployment.apps/vps-simulator"), "{out}");
         }
     }

@@ -7,7 +7,7 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
-const LEAVES: [&str; 11] = [
+const LEAVES: [&str; 12] = [
     "kubevirt",
     "ids",
     "credit_ledger",
@@ -19,6 +19,7 @@ const LEAVES: [&str; 11] = [
     "timestamps",
     "memory",
     "probe",
+    "telemetry",
 ];
 const PARTS: [&str; 4] = ["operator", "gateway", "simulator", "controlplane"];
 

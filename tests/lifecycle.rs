@@ -483,6 +483,11 @@ async fn the_operator_serves_metrics_and_health() {
     let metrics = get("/metrics").await;
     assert!(metrics.contains("vps_operator_reconciles_total{result=\"success\",error=\"\"}"), "{metrics}");
     assert!(metrics.contains("vps_operator_reconcile_duration_seconds_bucket"));
+    assert!(metrics.contains("content-type: application/openmetrics-text; version=1.0.0"), "{metrics}");
+    for family in ["vps_operator_queue_waiting ", "vps_operator_queue_running ", "vps_operator_queue_retries_total "] {
+        assert!(metrics.contains(family), "{family}: {metrics}");
+    }
+    assert!(metrics.contains("vps_operator_build_info{version="), "{metrics}");
     assert!(!metrics.contains("namespace="), "labels are bounded: never per object");
 }
 

@@ -123,6 +123,7 @@ pub async fn start(servers: usize, logs: &Path) -> Result<Cluster> {
         &[
             "gateway".into(),
             format!("--listen={gateway_addr}"),
+            "--metrics-listen=127.0.0.1:0".into(),
             format!("--system-namespace={SYSTEM_NAMESPACE}"),
             "--rate-limit=0".into(),
         ],

@@ -14,6 +14,7 @@ use super::conditions::{Condition, conditions_schema};
     group = "vps.org",
     version = "v1alpha1",
     kind = "VpsServer",
+    doc = "A virtual private server: what a customer ordered (plan, OS image, location, hostname, SSH key, backups) and its desired power state. The vps-operator makes it a KubeVirt VirtualMachine and reports its phase, addresses and conditions in status; the REST gateway serves it as /api/v1/servers/{status.id}/.",
     namespaced,
     shortname = "vps",
     category = "hosting",

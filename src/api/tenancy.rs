@@ -11,7 +11,8 @@ use serde::{Deserialize, Serialize};
     group = "vps.org",
     version = "v1alpha1",
     kind = "VpsAccount",
-    shortname = "vpsaccount",
+    doc = "A customer account: the namespace holding its servers and SSH keys, and its monthly credit. API tokens acting for it are Secrets in the system namespace holding a SHA-256 of the token.",
+    shortname = "vpsacct",
     category = "hosting",
     printcolumn(name = "Namespace", type_ = "string", json_path = ".spec.namespace"),
     printcolumn(name = "Credit", type_ = "integer", json_path = ".spec.creditCents", description = "cents per month")
@@ -34,6 +35,7 @@ pub struct VpsAccountSpec {
     group = "vps.org",
     version = "v1alpha1",
     kind = "VpsSshKey",
+    doc = "A public SSH key of an account, installed by cloud-init into the servers that name it.",
     namespaced,
     shortname = "vpskey",
     category = "hosting",

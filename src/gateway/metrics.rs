@@ -1,5 +1,6 @@
-//! `/metrics`: request count and latency by matched route template and status code. Labels
-//! are bounded: never an id, never a raw path.
+//! `/metrics` (on its own listener, `--metrics-listen`, never the public API port): request
+//! count and latency by method, matched route template and status code, and the build.
+//! Labels are bounded: never an id, never a raw path.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -18,6 +19,7 @@ use super::AppState;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
+    pub method: String,
     pub route: String,
     pub status: u16,
 }
@@ -45,11 +47,23 @@ impl Metrics {
             Family::new_with_constructor(|| Histogram::new(exponential_buckets(0.001, 2.0, 16)));
         registry.register("http_requests", "HTTP requests answered", requests.clone());
         registry.register("http_request_duration_seconds", "Time to answer an HTTP request", latency.clone());
+        crate::telemetry::register_build_info(&mut registry);
         Metrics { registry, requests, latency }
     }
 
-    pub fn observe(&self, route: &str, status: u16, seconds: f64) {
-        let labels = RequestLabels { route: route.to_string(), status };
+    pub fn observe(&self, method: &axum::http::Method, route: &str, status: u16, seconds: f64) {
+        // Methods outside the standard ones count as one: a client cannot grow the label set.
+        let method = match *method {
+            axum::http::Method::GET
+            | axum::http::Method::HEAD
+            | axum::http::Method::POST
+            | axum::http::Method::PUT
+            | axum::http::Method::PATCH
+            | axum::http::Method::DELETE
+            | axum::http::Method::OPTIONS => method.as_str(),
+            _ => "other",
+        };
+        let labels = RequestLabels { method: method.to_string(), route: route.to_string(), status };
         self.requests.get_or_create(&labels).inc();
         self.latency.get_or_create(&labels).observe(seconds);
     }
@@ -73,13 +87,13 @@ pub fn route_label(matched: Option<&MatchedPath>) -> String {
 /// Middleware recording every answered request.
 pub async fn record(State(metrics): State<Arc<Metrics>>, req: Request, next: Next) -> Response {
     let route = route_label(req.extensions().get::<MatchedPath>());
+    let method = req.method().clone();
     let start = Instant::now();
     let res = next.run(req).await;
-    metrics.observe(&route, res.status().as_u16(), start.elapsed().as_secs_f64());
+    metrics.observe(&method, &route, res.status().as_u16(), start.elapsed().as_secs_f64());
     res
 }
 
 pub async fn serve(State(state): State<AppState>) -> Response {
-    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], state.metrics.encode())
-        .into_response()
+    ([(header::CONTENT_TYPE, crate::telemetry::OPENMETRICS_CONTENT_TYPE)], state.metrics.encode()).into_response()
 }

@@ -8,9 +8,11 @@
 //! - [`servers`], [`catalog`], [`ssh_keys`]: one router per resource.
 //! - [`view`]: the JSON representation, [`validate`]: hand validation with DRF's messages.
 //! - [`idempotency`]: `Idempotency-Key` replay kept in the cluster.
-//! - [`metrics`], [`openapi`]: `/metrics` and `/api/v1/openapi.json`.
+//! - [`metrics`], [`openapi`]: `/metrics` (its own listener) and `/api/v1/openapi.json`.
+//! - [`access`]: each request's `X-Request-Id` and access log line.
 //! - [`listen`]: the connections (timeouts, a cap), [`rate_limit`]: requests per token.
 
+pub mod access;
 pub mod auth;
 pub mod cache;
 pub mod catalog;
@@ -75,6 +77,12 @@ pub struct GatewayArgs {
     /// Address to listen on.
     #[arg(long, env = "VPS_GATEWAY_LISTEN", default_value = "0.0.0.0:8080")]
     pub listen: SocketAddr,
+    /// Address of `/metrics` (apart from the API, which customers reach).
+    #[arg(long, env = "VPS_GATEWAY_METRICS", default_value = "0.0.0.0:9090")]
+    pub metrics_listen: SocketAddr,
+    /// Log one `info` line per request (request id, method, route, status, milliseconds).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub access_log: bool,
     /// Namespace of the gateway's own objects: token Secrets, id counters, idempotency records.
     #[arg(long, env = "VPS_SYSTEM_NAMESPACE", default_value = crate::tokens::DEFAULT_SYSTEM_NAMESPACE)]
     pub system_namespace: String,
@@ -192,8 +200,8 @@ pub fn app(state: AppState) -> Router {
         .route("/api/v1/openapi.json", get(openapi::serve))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics::serve))
         .fallback(|| async { ApiError::NotFound });
+    let access_log = state.settings.access_log;
     api.layer(DefaultBodyLimit::max(BODY_LIMIT))
         .layer(CatchPanicLayer::custom(|_| {
             tracing::error!("A request handler panicked");
@@ -222,10 +230,17 @@ pub fn app(state: AppState) -> Router {
                     header::AUTHORIZATION,
                     header::CONTENT_TYPE,
                     header::HeaderName::from_static("idempotency-key"),
+                    access::REQUEST_ID,
                 ])
-                .expose_headers([header::LOCATION]),
+                .expose_headers([header::LOCATION, access::REQUEST_ID]),
         )
+        .layer(middleware::from_fn_with_state(access_log, access::middleware))
         .with_state(state)
+}
+
+/// `/metrics`, served apart from the API ([`serve_metrics`]).
+pub fn metrics_app(state: AppState) -> Router {
+    Router::new().route("/metrics", get(metrics::serve)).with_state(state)
 }
 
 async fn readyz(State(state): State<AppState>) -> Response {
@@ -270,19 +285,39 @@ impl AppState {
     }
 }
 
-/// Serves `state` on `listener` until `shutdown` resolves (then lets open requests finish),
-/// and sweeps expired idempotency records meanwhile.
+/// Serves `state` on `listener` (with the header timeout and connection cap of
+/// [`listen`]) until `shutdown` resolves and the shutdown delay has passed, then lets open
+/// requests finish; sweeps expired idempotency records meanwhile.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
     let sweep = idempotency::sweep_forever(state.client.clone(), state.system_namespace.clone());
-    let server = axum::serve(listener, app(state)).with_graceful_shutdown(shutdown);
+    let limits = listen::Limits {
+        header_timeout: state.settings.header_timeout,
+        max_connections: state.settings.max_connections,
+    };
+    // On shutdown: fail /readyz first, so that Services stop sending new connections, and
+    // keep serving for the shutdown delay; then stop accepting and finish what is open.
+    let drain = {
+        let state = state.clone();
+        async move {
+            shutdown.await;
+            state.draining.store(true, std::sync::atomic::Ordering::Relaxed);
+            tracing::info!(delay = ?state.settings.shutdown_delay, "Shutting down: /readyz fails, still serving");
+            tokio::time::sleep(state.settings.shutdown_delay).await;
+        }
+    };
     tokio::select! {
-        served = server => served.context("serve the gateway"),
+        () = listen::serve(listener, app(state), limits, drain) => Ok(()),
         () = sweep => unreachable!("the sweep runs forever"),
     }
+}
+
+/// Serves [`metrics_app`] on `listener` until the process ends.
+pub async fn serve_metrics(listener: tokio::net::TcpListener, state: AppState) -> Result<()> {
+    axum::serve(listener, metrics_app(state)).await.context("serve the gateway's metrics")
 }
 
 /// Runs the gateway until SIGTERM or Ctrl-C.
@@ -292,7 +327,11 @@ pub async fn run(args: GatewayArgs) -> Result<()> {
     tokio::spawn(crate::memory::trim_forever(crate::memory::TRIM_EVERY));
     let listener =
         tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("listen on {}", args.listen))?;
-    tracing::info!(address = %args.listen, "Gateway listening");
+    let metrics = tokio::net::TcpListener::bind(args.metrics_listen)
+        .await
+        .with_context(|| format!("listen on {}", args.metrics_listen))?;
+    tokio::spawn(serve_metrics(metrics, state.clone()));
+    tracing::info!(address = %args.listen, metrics = %args.metrics_listen, "Gateway listening");
     serve(listener, state, crate::shutdown::signal()).await?;
     tracing::info!("Gateway stopped");
     Ok(())
@@ -301,28 +340,71 @@ pub async fn run(args: GatewayArgs) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::testing::{self, TOKEN, call, raw};
+    use std::time::{Duration, Instant};
+
+    #[tokio::test]
+    async fn on_shutdown_readyz_fails_first_while_requests_are_still_served() {
+        let delay = Duration::from_millis(1500);
+        let settings = super::GatewayArgs { shutdown_delay: delay, ..testing::settings() };
+        let state = testing::state_of(testing::fixture(vec![], vec![]), &settings).await;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let served = tokio::spawn(super::serve(listener, state, async move {
+            let _ = stopped.await;
+        }));
+        let http = reqwest::Client::new();
+        let status = |path: &'static str| {
+            let (http, url) = (http.clone(), url.clone());
+            async move { http.get(format!("{url}{path}")).bearer_auth(TOKEN).send().await.map(|r| r.status().as_u16()) }
+        };
+        assert_eq!(status("/readyz").await.unwrap(), 200);
+        let began = Instant::now();
+        stop.send(()).unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(status("/readyz").await.unwrap(), 503, "draining");
+        assert_eq!(status("/api/v1/plans/").await.unwrap(), 200, "still serving");
+        served.await.unwrap().unwrap();
+        assert!(began.elapsed() >= delay, "served for the whole delay: {:?}", began.elapsed());
+        assert!(status("/healthz").await.is_err(), "closed after the delay");
+    }
 
     #[tokio::test]
     async fn health_metrics_cors_and_openapi() {
-        let app = testing::app(vec![], vec![]).await;
+        let state = testing::state_of(testing::fixture(vec![], vec![]), &testing::settings()).await;
+        let app = super::app(state.clone());
         assert_eq!(call(&app, "GET", "/healthz", None, None).await.status, 200);
         assert_eq!(call(&app, "GET", "/readyz", None, None).await.status, 200);
         assert_eq!(call(&app, "GET", "/api/v1/servers/123456789/", Some(TOKEN), None).await.status, 404);
         assert_eq!(call(&app, "GET", "/api/v1/servers/123456788", Some(TOKEN), None).await.status, 404);
-        let m = call(&app, "GET", "/metrics", None, None).await;
+        assert_eq!(call(&app, "GET", "/metrics", None, None).await.status, 404, "not on the public port");
+        let m = raw(&super::metrics_app(state), "GET", "/metrics", None, vec![], &[]).await;
         assert_eq!(m.status, 200);
+        assert_eq!(m.header("content-type"), Some(crate::telemetry::OPENMETRICS_CONTENT_TYPE));
         let text = m.body.as_str().unwrap();
         let line = text
             .lines()
             .find(|l| {
                 l.starts_with("vps_gateway_http_requests_total{")
+                    && l.contains("method=\"GET\"")
                     && l.contains("route=\"/api/v1/servers/{server_id}/\"")
                     && l.contains("status=\"404\"")
             })
             .unwrap_or_else(|| panic!("{text}"));
         assert!(line.ends_with(" 2"), "both spellings count under one route: {line}");
         assert!(text.contains("vps_gateway_http_request_duration_seconds_bucket{"), "{text}");
+        assert!(
+            text.contains(&format!("vps_gateway_build_info{{version=\"{}\"}} 1", env!("CARGO_PKG_VERSION"))),
+            "{text}"
+        );
         assert!(!text.contains("123456789"), "no ids in labels");
+
+        // Every answer carries a request id: the client's when it sent a sane one.
+        let r = raw(&app, "GET", "/api/v1/plans/", Some(TOKEN), vec![], &[("x-request-id", "trace-7")]).await;
+        assert_eq!(r.header("x-request-id"), Some("trace-7"));
+        let r = raw(&app, "GET", "/api/v1/nothing/", Some(TOKEN), vec![], &[("x-request-id", "two words")]).await;
+        let id = r.header("x-request-id").expect("an id");
+        assert!(id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()), "a new id: {id}");
 
         // A browser's CORS preflight carries no token and is answered.
         let pre = raw(

@@ -111,13 +111,18 @@ pub fn settings() -> super::GatewayArgs {
 /// The gateway over `fixture` with `settings`. Its client points at no cluster: a handler
 /// that calls the API server answers 503.
 pub async fn app_of(fixture: Fixture, settings: &super::GatewayArgs) -> Router {
+    super::app(state_of(fixture, settings).await)
+}
+
+/// The state of a gateway over `fixture` (for [`super::app`] and [`super::metrics_app`]).
+pub async fn state_of(fixture: Fixture, settings: &super::GatewayArgs) -> AppState {
     let (caches, feeds) = Caches::new();
     feeds.load(fixture);
     let nowhere = kube::Config::new("http://127.0.0.1:9".parse().unwrap());
     let client = kube::Client::try_from(nowhere).unwrap();
     let state = AppState::new(client, caches, settings);
     tokio::time::timeout(Duration::from_secs(5), state.caches.wait_ready()).await.expect("the fixture is loaded");
-    super::app(state)
+    state
 }
 
 /// The gateway over [`fixture`] with [`settings`].

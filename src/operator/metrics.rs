@@ -1,5 +1,6 @@
 //! The operator's Prometheus metrics (labels bounded: a result and an error kind, never an
-//! object name) and its health endpoints.
+//! object name): reconciles, their duration, the work queue, the build; and its health
+//! endpoints.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -7,7 +8,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use axum::Router;
-use axum::http::StatusCode;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
 use axum::routing::get;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -27,6 +29,8 @@ pub struct Metrics {
     registry: Arc<Registry>,
     reconciles: Family<Outcome, Counter>,
     duration: Histogram,
+    /// The work queue's depth, running reconciles and retries.
+    pub queue: super::queue::Stats,
     /// Set once every cache has synced.
     pub ready: Arc<AtomicBool>,
 }
@@ -38,7 +42,16 @@ impl Default for Metrics {
         registry.register("reconciles", "Reconciles by result and error kind", reconciles.clone());
         let duration = Histogram::new(exponential_buckets(0.001, 2.0, 14));
         registry.register("reconcile_duration_seconds", "Duration of reconciles", duration.clone());
-        Metrics { registry: Arc::new(registry), reconciles, duration, ready: Arc::new(AtomicBool::new(false)) }
+        let queue = super::queue::Stats::default();
+        registry.register(
+            "queue_waiting",
+            "Servers waiting for a reconcile that is due or scheduled",
+            queue.waiting.clone(),
+        );
+        registry.register("queue_running", "Reconciles running now", queue.running.clone());
+        registry.register("queue_retries", "Failed reconciles scheduled again after a backoff", queue.retries.clone());
+        crate::telemetry::register_build_info(&mut registry);
+        Metrics { registry: Arc::new(registry), reconciles, duration, queue, ready: Arc::new(AtomicBool::new(false)) }
     }
 }
 
@@ -59,11 +72,17 @@ impl Metrics {
     }
 }
 
+/// The content type of the OpenMetrics text `prometheus_client` writes.
+pub const OPENMETRICS: &str = crate::telemetry::OPENMETRICS_CONTENT_TYPE;
+
 /// Serves `/metrics`, `/healthz` and `/readyz`.
 pub async fn serve(addr: SocketAddr, metrics: Metrics) {
     let m = metrics.clone();
     let app = Router::new()
-        .route("/metrics", get(move || async move { m.render() }))
+        .route(
+            "/metrics",
+            get(move || async move { ([(header::CONTENT_TYPE, OPENMETRICS)], m.render()).into_response() }),
+        )
         .route("/healthz", get(|| async { "ok" }))
         .route(
             "/readyz",

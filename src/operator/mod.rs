@@ -38,6 +38,7 @@ use std::time::{Duration, Instant};
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::events::{Recorder, Reporter};
 use kube::{Client, ResourceExt};
+use tracing::Instrument as _;
 
 use crate::api::{OPERATOR_MANAGER, TEARDOWN_FINALIZER, VpsServer};
 use crate::ids::{IdAllocator, IdError};
@@ -251,7 +252,9 @@ pub async fn run(
     };
     let backoff = queue::Backoff { base: config.retry_base, cap: config.retry_cap };
     let reconciles =
-        queue::run(queue, config.concurrency.into(), backoff, ready, stop, |key| reconcile_key(key, ctx.clone()));
+        queue::run(queue, config.concurrency.into(), backoff, ctx.metrics.queue.clone(), ready, stop, |key| {
+            reconcile_key(key, ctx.clone())
+        });
     // Everything runs inside this future (nothing is spawned): dropping it stops it all.
     let forever = futures::future::join4(
         watches.wake(requests, caches.servers.clone()),
@@ -306,7 +309,10 @@ async fn reconcile_key(key: Box<str>, ctx: Arc<Context>) -> queue::Next {
     let started = Instant::now();
     // Each call has its own deadline; this bounds a reconcile that makes many.
     let timeout = ctx.config.api_timeout * 4;
-    let result = tokio::time::timeout(timeout, with_finalizer(server.clone(), ctx.clone()))
+    // Every line a reconcile logs names its server.
+    let span =
+        tracing::info_span!("reconcile", namespace = server.namespace().unwrap_or_default(), name = server.name_any());
+    let result = tokio::time::timeout(timeout, with_finalizer(server.clone(), ctx.clone()).instrument(span))
         .await
         .map_err(|_| Error::Timeout)
         .and_then(|r| r);

@@ -60,6 +60,15 @@ impl Backoff {
     }
 }
 
+/// What the queue reports to `/metrics`: keys waiting, reconciles running, and retries
+/// (failed reconciles scheduled again after their backoff).
+#[derive(Clone, Default)]
+pub struct Stats {
+    pub waiting: prometheus_client::metrics::gauge::Gauge,
+    pub running: prometheus_client::metrics::gauge::Gauge,
+    pub retries: prometheus_client::metrics::counter::Counter,
+}
+
 /// Asks for reconciles; cheap to clone.
 #[derive(Clone)]
 pub struct Requests(mpsc::UnboundedSender<(Box<str>, Instant)>);
@@ -165,6 +174,7 @@ pub async fn run<F, Fut>(
     mut requests: mpsc::UnboundedReceiver<(Box<str>, Instant)>,
     concurrency: usize,
     backoff: Backoff,
+    stats: Stats,
     ready: impl Future<Output = ()>,
     shutdown: impl Future<Output = ()>,
     reconcile: F,
@@ -205,6 +215,8 @@ pub async fn run<F, Fut>(
             let run = reconcile(key.clone());
             tasks.push(async move { (key, run.await) });
         }
+        stats.waiting.set(i64::try_from(schedule.due.len()).unwrap_or(i64::MAX));
+        stats.running.set(i64::try_from(tasks.len()).unwrap_or(i64::MAX));
         let next_due = schedule.due.first().map(|(t, _)| *t).filter(|_| tasks.len() < concurrency);
         tokio::select! {
             biased;
@@ -213,7 +225,12 @@ pub async fn run<F, Fut>(
                 Some((key, when)) => schedule.schedule(key, when),
                 None => open = false,
             },
-            Some((key, next)) = tasks.next(), if !tasks.is_empty() => schedule.done(key, next, Instant::now()),
+            Some((key, next)) = tasks.next(), if !tasks.is_empty() => {
+                if next == Next::Backoff {
+                    stats.retries.inc();
+                }
+                schedule.done(key, next, Instant::now());
+            }
             () = tokio::time::sleep_until(next_due.unwrap_or(now)), if next_due.is_some() => {}
             else => std::future::pending::<()>().await,
         }
@@ -306,7 +323,7 @@ mod tests {
         let shutdown = async move {
             let _ = stop_rx.await;
         };
-        let runner = tokio::spawn(run(rx, 2, backoff, ready, shutdown, move |key: Box<str>| {
+        let runner = tokio::spawn(run(rx, 2, backoff, Stats::default(), ready, shutdown, move |key: Box<str>| {
             let l = l.clone();
             async move {
                 {

@@ -71,7 +71,8 @@ async fn the_gateway_subcommand_serves_until_sigterm() {
     let t = gw::tenant(&client, "gateway-cli", 100_000).await;
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_vps-operator"))
-        .args(["gateway", "--listen", &format!("127.0.0.1:{port}"), "--system-namespace", gw::SYSTEM_NAMESPACE])
+        .args(["gateway", "--listen", &format!("127.0.0.1:{port}"), "--metrics-listen", "127.0.0.1:0"])
+        .args(["--system-namespace", gw::SYSTEM_NAMESPACE])
         .env("KUBECONFIG", &support::shared().kubeconfig)
         .kill_on_drop(true)
         .spawn()
