@@ -11,6 +11,7 @@ WORKDIR /src
 # catalog (include_str!).
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
+COPY assets ./assets
 COPY benches ./benches
 COPY tests/crds ./tests/crds
 COPY deploy/samples ./deploy/samples

@@ -46,4 +46,6 @@ done
 echo "[test] the suites on an existing cluster ($(cat "$existing/env"))"
 env VPS_TEST_CLUSTER=existing "$(cat "$existing/env")" \
 	cargo test --locked --test api_lifecycle --test gateway --test faults --test lifecycle --test controlplane "$@"
+# The gateway against its own OpenAPI document (schemathesis, 60 s of cases).
+bash scripts/fuzz-api.sh
 echo "[test] all tests finished in $(($(date +%s) - start)) s"

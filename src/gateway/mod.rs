@@ -8,7 +8,8 @@
 //! - [`servers`], [`catalog`], [`ssh_keys`]: one router per resource.
 //! - [`view`]: the JSON representation, [`validate`]: hand validation with DRF's messages.
 //! - [`idempotency`]: `Idempotency-Key` replay kept in the cluster.
-//! - [`metrics`], [`openapi`]: `/metrics` (its own listener) and `/api/v1/openapi.json`.
+//! - [`metrics`], [`openapi`], [`docs`]: `/metrics` (its own listener), `/api/v1/openapi.json`
+//!   and the docs page rendering it, `/api/v1/docs/`.
 //! - [`access`]: each request's `X-Request-Id` and access log line.
 //! - [`listen`]: the connections (timeouts, a cap), [`rate_limit`]: requests per token.
 
@@ -17,6 +18,7 @@ pub mod auth;
 pub mod cache;
 pub mod catalog;
 pub mod credit;
+pub mod docs;
 pub mod error;
 pub mod idempotency;
 pub mod index;
@@ -197,6 +199,7 @@ pub fn app(state: AppState) -> Router {
         .merge(servers::router())
         .merge(catalog::router())
         .merge(ssh_keys::router())
+        .merge(docs::router())
         .route("/api/v1/openapi.json", get(openapi::serve))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
@@ -421,6 +424,20 @@ mod tests {
         )
         .await;
         assert_eq!((pre.status, pre.header("access-control-allow-origin")), (200, Some("*")), "{pre:?}");
+
+        // The docs page and its assets come from the binary, with no token.
+        let page = raw(&app, "GET", "/api/v1/docs/", None, vec![], &[]).await;
+        assert_eq!((page.status, page.header("content-type")), (200, Some("text/html; charset=utf-8")));
+        assert!(page.header("content-security-policy").is_some_and(|p| p.contains("script-src 'self'")));
+        let html = page.body.as_str().unwrap();
+        for asset in ["/api/v1/docs/swagger-ui-bundle.js", "/api/v1/docs/swagger-ui.css", "/api/v1/docs/init.js"] {
+            assert!(html.contains(asset), "{html}");
+            let a = raw(&app, "GET", asset, None, vec![], &[]).await;
+            assert_eq!(a.status, 200, "{asset}");
+            assert!(!a.body.as_str().unwrap_or_default().is_empty(), "{asset}");
+        }
+        assert!(!html.contains("http"), "nothing from elsewhere: {html}");
+        assert_eq!(raw(&app, "GET", "/api/v1/docs", None, vec![], &[]).await.status, 200);
 
         let doc = call(&app, "GET", "/api/v1/openapi.json", None, None).await;
         assert_eq!(doc.status, 200);

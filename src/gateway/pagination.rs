@@ -21,10 +21,16 @@ impl Query {
     pub fn get(&self, name: &str) -> Option<&str> {
         self.0.iter().rev().find(|(k, v)| k == name && !v.is_empty()).map(|(_, v)| v.as_str())
     }
+
+    /// The last value of a parameter, empty or not.
+    pub fn last(&self, name: &str) -> Option<&str> {
+        self.0.iter().rev().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+    }
 }
 
+/// A page number or size: an empty value is no number (as the document says), not page 1.
 fn positive(query: &Query, name: &str, errors: &mut FieldErrors) -> Option<usize> {
-    let value = query.get(name)?;
+    let value = query.last(name)?;
     match value.parse::<usize>() {
         Ok(n) if n >= 1 => Some(n),
         _ => {
@@ -41,11 +47,16 @@ pub fn params(query: &Query, errors: &mut FieldErrors) -> (usize, usize) {
     (page, size)
 }
 
+/// How many items come before the page (saturating: a page number of 2^63 is only past the end).
+pub fn offset((page, size): (usize, usize)) -> usize {
+    (page - 1).saturating_mul(size)
+}
+
 /// Cuts one page out of `items`. `url` is the absolute URL of the request without its query.
 /// A page past the last one (other than page 1) is a bad value: 400.
 pub fn paginate<T>(items: Vec<T>, query: &Query, (page, size): (usize, usize), url: &str) -> Result<Page<T>, ApiError> {
     let count = items.len();
-    let results: Vec<T> = items.into_iter().skip((page - 1) * size).take(size).collect();
+    let results: Vec<T> = items.into_iter().skip(offset((page, size))).take(size).collect();
     page_of(count, results, query, (page, size), url)
 }
 
@@ -96,9 +107,15 @@ mod tests {
         assert_eq!(page.previous.as_deref(), Some("http://h/api/v1/servers/?status=active&page_size=2"));
         assert!(paginate((1..=5).collect::<Vec<_>>(), &q, (4, 2), "u").is_err());
         assert_eq!(paginate(Vec::<i32>::new(), &q, (1, 2), "u").unwrap().count, 0);
-        let bad = Query::parse(Some("page=0&page_size=x")).unwrap();
+        let huge = Query::parse(Some("page=72057594037927937&page_size=506326425421")).unwrap();
         let mut errors = FieldErrors::default();
-        params(&bad, &mut errors);
-        assert!(errors.has("page") && errors.has("page_size"));
+        let p = params(&huge, &mut errors);
+        assert!(errors.is_empty());
+        assert!(paginate((1..=5).collect::<Vec<_>>(), &huge, p, "u").is_err(), "past the end, no overflow");
+        for bad in ["page=0&page_size=x", "page=&page_size=", "page=2&page=&page_size=-1"] {
+            let mut errors = FieldErrors::default();
+            params(&Query::parse(Some(bad)).unwrap(), &mut errors);
+            assert!(errors.has("page") && errors.has("page_size"), "{bad}");
+        }
     }
 }

@@ -117,7 +117,7 @@ pub async fn list_servers(
     // the servers of the page are touched and turned into list items.
     let caches = &state.caches;
     let (count, items) =
-        caches.servers.page(&tenant.namespace, Filter { status, location }, (page.0 - 1) * page.1, page.1, |e| {
+        caches.servers.page(&tenant.namespace, Filter { status, location }, pagination::offset(page), page.1, |e| {
             caches.rendered(e).map(|r| r.item)
         });
     let url = format!("{}{}", base_url(&headers), uri.path());
@@ -156,6 +156,7 @@ pub struct CreateServer {
         (status = 400, description = "Invalid fields, listed all at once"),
         (status = 401, description = "Missing or unknown token"),
         (status = 402, description = "The account's credit does not cover the plan"),
+        (status = 409, description = "The account is being deleted, or a request with this Idempotency-Key is still being processed"),
     ),
     security(("bearer" = [])))]
 pub async fn create_server(
@@ -886,6 +887,14 @@ mod tests {
         // Default page size covers all; a too-large page size is capped, not refused.
         assert_eq!(ids(&get("").await).len(), 5);
         assert_eq!(get("?page_size=5000").await.body["count"], 5);
+        for q in ["?page=72057594037927937&page_size=506326425421", "?page=", "?page_size=", "?page=0"] {
+            let a = get(q).await;
+            assert_eq!(a.status, 400, "{q}: {a:?}");
+            assert!(a.body["page"].is_array() || a.body["page_size"].is_array(), "{q}: {a:?}");
+        }
+        for q in ["?location=us-east&page=72057594037927937&page_size=506326425421", "?status=active&page=9"] {
+            assert_eq!(get(q).await.status, 400, "{q}: past the last page");
+        }
         for (q, count) in [
             ("?status=active", 2),
             ("?status=stopped", 1),

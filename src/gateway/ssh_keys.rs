@@ -81,7 +81,8 @@ pub struct CreateSshKey {
     request_body = CreateSshKey,
     responses((status = 201, description = "Created", body = SshKeyView),
         (status = 400, description = "Invalid fields, or the account has as many keys as it may"),
-        (status = 401, description = "Missing or unknown token")),
+        (status = 401, description = "Missing or unknown token"),
+        (status = 409, description = "The account is being deleted")),
     security(("bearer" = [])))]
 pub async fn create_key(
     tenant: Tenant,
