@@ -50,17 +50,21 @@ build_module() {
 	mv "$out.tmp" "$out"
 }
 
+# The linker flags that stamp Kubernetes' version into its binaries, as its Makefile does.
+k8s_ldflags() {
+	local minor ld="-s -w" p
+	minor=$(echo "$k8s_version" | cut -d. -f2)
+	for p in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+		ld="$ld -X $p.gitVersion=$k8s_version -X $p.gitMajor=1 -X $p.gitMinor=$minor -X $p.gitTreeState=clean"
+	done
+	echo "$ld"
+}
+
 k8s_dir=$root/tests/controlplane
 k8s_out=$cache/controlplane-$k8s_version-$(key "$k8s_dir")
 if [ ! -d "$k8s_out" ]; then
-	v=$k8s_version
-	minor=$(echo "$v" | cut -d. -f2)
-	ld="-s -w"
-	for p in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
-		ld="$ld -X $p.gitVersion=$v -X $p.gitMajor=1 -X $p.gitMinor=$minor -X $p.gitTreeState=clean"
-	done
-	log "building Kubernetes $v control plane into $k8s_out"
-	build_module "$k8s_dir" "$k8s_out" "$ld" \
+	log "building Kubernetes $k8s_version control plane into $k8s_out"
+	build_module "$k8s_dir" "$k8s_out" "$(k8s_ldflags)" \
 		./etcd \
 		k8s.io/kubernetes/cmd/kube-apiserver \
 		k8s.io/kubernetes/cmd/kube-controller-manager \
@@ -102,14 +106,8 @@ node_dir=$root/tests/node
 if [ -d "$node_dir" ]; then
 	node_out=$cache/node-$k8s_version-$(key "$node_dir")
 	if [ ! -d "$node_out" ]; then
-		v=$k8s_version
-		minor=$(echo "$v" | cut -d. -f2)
-		ld="-s -w"
-		for p in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
-			ld="$ld -X $p.gitVersion=$v -X $p.gitMajor=1 -X $p.gitMinor=$minor -X $p.gitTreeState=clean"
-		done
-		log "building a node's binaries (Kubernetes $v kubelet and kube-proxy, CNI plugins) into $node_out"
-		build_module "$node_dir" "$node_out" "$ld" \
+		log "building a node's binaries (Kubernetes $k8s_version kubelet and kube-proxy, CNI plugins) into $node_out"
+		build_module "$node_dir" "$node_out" "$(k8s_ldflags)" \
 			./pause \
 			github.com/containernetworking/plugins/plugins/main/bridge \
 			github.com/containernetworking/plugins/plugins/ipam/host-local \
