@@ -21,6 +21,7 @@
 #![allow(clippy::duplicated_attributes)]
 
 pub mod api;
+pub mod client;
 pub mod controlplane;
 pub mod credit_ledger;
 pub mod flags;

@@ -30,6 +30,9 @@ enum Command {
     Simulator(vps_operator::simulator::SimulatorConfig),
     /// Wait until an HTTP URL answers 200 (the Helm chart's test hook).
     Check(vps_operator::probe::CheckArgs),
+    /// Call the VPS REST API as a customer: servers, the catalog, SSH keys (VPS_API_URL,
+    /// VPS_API_TOKEN).
+    Client(vps_operator::client::ClientArgs),
 }
 
 #[derive(clap::Args)]
@@ -63,6 +66,7 @@ async fn main() -> Result<()> {
             vps_operator::operator::run(config, args.config, Some(args.metrics_listen), shutdown).await
         }
         Command::Check(args) => vps_operator::probe::run(args).await,
+        Command::Client(args) => std::process::exit(vps_operator::client::run(args).await),
         Command::Simulator(config) => {
             let client = kube::Client::try_default().await?;
             tokio::select! {

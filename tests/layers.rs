@@ -7,7 +7,7 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
-const LEAVES: [&str; 12] = [
+const LEAVES: [&str; 13] = [
     "kubevirt",
     "ids",
     "credit_ledger",
@@ -20,6 +20,7 @@ const LEAVES: [&str; 12] = [
     "memory",
     "probe",
     "telemetry",
+    "client",
 ];
 const PARTS: [&str; 4] = ["operator", "gateway", "simulator", "controlplane"];
 

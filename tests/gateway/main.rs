@@ -8,6 +8,7 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod client;
 mod credit;
 mod idempotency;
 mod kubectl;

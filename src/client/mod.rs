@@ -1,0 +1,855 @@
+//! `vps-operator client ...`: a command-line client for customers of the VPS REST API
+//! (`shared/API.md`). It speaks HTTP and JSON to a gateway and nothing else: each command is
+//! planned from its flags alone ([`plan`]: one request, how to show the answer, whether to
+//! follow pages or wait), then sent ([`http`]) and shown ([`render`], [`json`]).
+
+mod http;
+mod json;
+mod render;
+
+use std::io::{IsTerminal as _, Write as _};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use ::http::Method;
+use anyhow::{Context as _, Result};
+use serde_json::{Value, json};
+
+use self::http::{Api, Reply, Request};
+
+/// Flags of `vps-operator client`.
+#[derive(clap::Args, Debug)]
+#[command(after_help = "\
+The URL and token are those `vps-operator local --env-file FILE` writes; `set -a; . FILE; set +a`
+exports them. https:// URLs are verified against the system's CA certificates (SSL_CERT_FILE or
+SSL_CERT_DIR override them). The exit code is 0 on success and 1 on any error: an error answer of
+the API (printed with its HTTP status), no answer, or a --wait that timed out or settled elsewhere.")]
+pub struct ClientArgs {
+    /// The gateway's root URL (`http://127.0.0.1:8080`); requests go to its /api/v1/...
+    #[arg(long, env = "VPS_API_URL", global = true, value_name = "URL", help_heading = "Client options")]
+    pub api_url: Option<String>,
+    /// The account's API token (sent as `Authorization: Bearer TOKEN`).
+    #[arg(
+        long,
+        env = "VPS_API_TOKEN",
+        hide_env_values = true,
+        global = true,
+        value_name = "TOKEN",
+        help_heading = "Client options"
+    )]
+    pub token: Option<String>,
+    /// How answers are shown: tables, or the API's JSON answer as it came (pretty-printed).
+    #[arg(short = 'o', long, value_enum, default_value_t = Output::Table, global = true, help_heading = "Client options")]
+    pub output: Output,
+    #[command(subcommand)]
+    pub command: ClientCommand,
+}
+
+/// How answers are shown.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Output {
+    #[default]
+    Table,
+    Json,
+}
+
+#[derive(clap::Subcommand, Debug)]
+pub enum ClientCommand {
+    /// The account's servers: list, show, create, update, delete, start, stop, reboot.
+    #[command(subcommand)]
+    Servers(ServersCommand),
+    /// The plans a server can be made with (every page).
+    Plans,
+    /// The OS images a server can be made with (every page).
+    Os,
+    /// The locations a server can be made in (every page).
+    Locations,
+    /// The account's SSH keys: list, show, create, delete.
+    #[command(subcommand)]
+    SshKeys(SshKeysCommand),
+}
+
+#[derive(clap::Subcommand, Debug)]
+pub enum ServersCommand {
+    /// List the servers: ID, NAME, STATUS, PLAN, LOCATION, IP (one page unless --all).
+    List(ListArgs),
+    /// Show one server in detail.
+    Get {
+        #[arg(value_name = "ID")]
+        id: u64,
+    },
+    /// Create (deploy) a server.
+    Create(CreateArgs),
+    /// Change a server's name, hostname or backups (only the fields given are sent, a PATCH).
+    Update(UpdateArgs),
+    /// Delete a server permanently.
+    Delete(PowerArgs),
+    /// Start a stopped server.
+    Start(PowerArgs),
+    /// Shut a running server down gracefully.
+    Stop(PowerArgs),
+    /// Restart a running server gracefully.
+    Reboot(PowerArgs),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct ListArgs {
+    /// Only servers with this status (provisioning, active, starting, stopping, stopped,
+    /// rebooting, suspended, error).
+    #[arg(long)]
+    pub status: Option<String>,
+    /// Only servers in this location (a code such as us-west).
+    #[arg(long)]
+    pub location: Option<String>,
+    /// The page to show (1-based).
+    #[arg(long, conflicts_with = "all")]
+    pub page: Option<u32>,
+    /// Servers per page (the API's default 100, at most 1000).
+    #[arg(long)]
+    pub page_size: Option<u32>,
+    /// Follow `next` through every page (1000 per request unless --page-size); with -o json,
+    /// one page object holding every result.
+    #[arg(long)]
+    pub all: bool,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct CreateArgs {
+    /// 1–63 letters, digits and hyphens, not starting or ending with a hyphen.
+    #[arg(long, allow_hyphen_values = true)]
+    pub name: String,
+    /// A plan's id (`client plans`).
+    #[arg(long)]
+    pub plan_id: i64,
+    /// An OS image's id (`client os`).
+    #[arg(long)]
+    pub os_id: i64,
+    /// A location's code (`client locations`).
+    #[arg(long)]
+    pub location: String,
+    /// A fully qualified domain name.
+    #[arg(long)]
+    pub hostname: Option<String>,
+    /// One of the account's SSH keys (`client ssh-keys list`).
+    #[arg(long)]
+    pub ssh_key_id: Option<i64>,
+    /// Enable backups (`--backups` or `--backups=false`; the API's default is off).
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", value_name = "BOOL")]
+    pub backups: Option<bool>,
+    #[command(flatten)]
+    pub wait: WaitArgs,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct UpdateArgs {
+    #[arg(value_name = "ID")]
+    pub id: u64,
+    /// A new name.
+    #[arg(long, allow_hyphen_values = true)]
+    pub name: Option<String>,
+    /// A new hostname.
+    #[arg(long)]
+    pub hostname: Option<String>,
+    /// Backups on or off (`--backups`, `--backups=false`).
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", value_name = "BOOL")]
+    pub backups: Option<bool>,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct PowerArgs {
+    #[arg(value_name = "ID")]
+    pub id: u64,
+    #[command(flatten)]
+    pub wait: WaitArgs,
+}
+
+#[derive(clap::Args, Debug, Clone, Copy)]
+pub struct WaitArgs {
+    /// Follow the server (a GET every second, progress on stderr) until it is active, stopped,
+    /// suspended or in error (deleted: until it answers 404), then show it.
+    #[arg(long)]
+    pub wait: bool,
+    /// How long --wait waits.
+    #[arg(long, value_parser = crate::flags::duration, default_value = "10m", value_name = "DURATION")]
+    pub wait_timeout: Duration,
+}
+
+#[derive(clap::Subcommand, Debug)]
+pub enum SshKeysCommand {
+    /// List the account's SSH keys (every page).
+    List,
+    /// Show one key.
+    Get {
+        #[arg(value_name = "ID")]
+        id: u64,
+    },
+    /// Add a public key.
+    Create {
+        /// 1–128 characters.
+        #[arg(long)]
+        name: String,
+        /// The key, one OpenSSH line (`ssh-ed25519 AAAA... user@host`).
+        #[arg(long, required_unless_present = "public_key_file", conflicts_with = "public_key_file")]
+        public_key: Option<String>,
+        /// A file holding the key (`~/.ssh/id_ed25519.pub`).
+        #[arg(long, value_name = "FILE")]
+        public_key_file: Option<PathBuf>,
+    },
+    /// Delete a key (servers made with it keep it).
+    Delete {
+        #[arg(value_name = "ID")]
+        id: u64,
+    },
+}
+
+/// How an answer is shown in a table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Shows {
+    Servers,
+    Server,
+    Created,
+    Action,
+    /// A server deleted: its id.
+    Deleted(u64),
+    Plans,
+    Os,
+    Locations,
+    SshKeys,
+    SshKey,
+    /// A key deleted: its id.
+    SshKeyDeleted(u64),
+}
+
+impl Shows {
+    /// Whether the answer is a page of a list.
+    fn is_list(self) -> bool {
+        matches!(self, Shows::Servers | Shows::Plans | Shows::Os | Shows::Locations | Shows::SshKeys)
+    }
+
+    /// What a list holds, for "No servers found.".
+    fn plural(self) -> &'static str {
+        match self {
+            Shows::Servers => "servers",
+            Shows::Plans => "plans",
+            Shows::Os => "OS images",
+            Shows::Locations => "locations",
+            _ => "SSH keys",
+        }
+    }
+}
+
+/// What `--wait` waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Until {
+    /// A steady status: this one (any other, also `error`, fails the command).
+    Settled(&'static str),
+    /// 404.
+    Gone,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+struct Wait {
+    /// The server's id (`None`: the created server's, from the answer).
+    id: Option<u64>,
+    until: Until,
+    timeout: Duration,
+}
+
+/// What one command does, decided from its flags alone.
+#[derive(Debug, Clone, PartialEq)]
+struct Plan {
+    request: Request,
+    shows: Shows,
+    /// Follow `next` to the last page.
+    all_pages: bool,
+    wait: Option<Wait>,
+}
+
+/// Statuses a server stays in by itself.
+const STEADY: [&str; 4] = ["active", "stopped", "suspended", "error"];
+
+fn server_path(id: u64) -> String {
+    format!("/api/v1/servers/{id}/")
+}
+
+/// The request of a command, how its answer is shown, and what follows it.
+fn plan(command: &ClientCommand) -> Result<Plan> {
+    let simple = |request: Request, shows: Shows| Plan { request, shows, all_pages: false, wait: None };
+    let listing = |path: &str, shows: Shows| Plan { all_pages: true, ..simple(Request::get(path), shows) };
+    let waiting =
+        |w: &WaitArgs, id: Option<u64>, until: Until| w.wait.then_some(Wait { id, until, timeout: w.wait_timeout });
+    Ok(match command {
+        ClientCommand::Servers(ServersCommand::List(l)) => {
+            let page_size = l.page_size.or(l.all.then_some(1000));
+            let pairs: Vec<(&str, String)> = [
+                ("status", l.status.clone()),
+                ("location", l.location.clone()),
+                ("page", l.page.map(|p| p.to_string())),
+                ("page_size", page_size.map(|p| p.to_string())),
+            ]
+            .into_iter()
+            .filter_map(|(k, v)| v.map(|v| (k, v)))
+            .collect();
+            Plan { all_pages: l.all, ..simple(Request::get("/api/v1/servers/").with_query(&pairs), Shows::Servers) }
+        }
+        ClientCommand::Servers(ServersCommand::Get { id }) => simple(Request::get(server_path(*id)), Shows::Server),
+        ClientCommand::Servers(ServersCommand::Create(c)) => {
+            let mut body = json!({"name": c.name, "plan_id": c.plan_id, "os_id": c.os_id, "location": c.location});
+            if let Some(h) = &c.hostname {
+                body["hostname"] = json!(h);
+            }
+            if let Some(k) = c.ssh_key_id {
+                body["ssh_key_id"] = json!(k);
+            }
+            if let Some(b) = c.backups {
+                body["backups_enabled"] = json!(b);
+            }
+            let mut request = Request::new(Method::POST, "/api/v1/servers/").with_body(body);
+            request.idempotency_key = Some(format!("vps-cli-{:032x}", rand::random::<u128>()));
+            Plan { wait: waiting(&c.wait, None, Until::Settled("active")), ..simple(request, Shows::Created) }
+        }
+        ClientCommand::Servers(ServersCommand::Update(u)) => {
+            let mut body = serde_json::Map::new();
+            if let Some(n) = &u.name {
+                body.insert("name".into(), json!(n));
+            }
+            if let Some(h) = &u.hostname {
+                body.insert("hostname".into(), json!(h));
+            }
+            if let Some(b) = u.backups {
+                body.insert("backups_enabled".into(), json!(b));
+            }
+            anyhow::ensure!(!body.is_empty(), "nothing to update: give --name, --hostname or --backups");
+            simple(Request::new(Method::PATCH, server_path(u.id)).with_body(Value::Object(body)), Shows::Server)
+        }
+        ClientCommand::Servers(ServersCommand::Delete(p)) => Plan {
+            wait: waiting(&p.wait, Some(p.id), Until::Gone),
+            ..simple(Request::new(Method::DELETE, server_path(p.id)), Shows::Deleted(p.id))
+        },
+        ClientCommand::Servers(
+            power @ (ServersCommand::Start(p) | ServersCommand::Stop(p) | ServersCommand::Reboot(p)),
+        ) => {
+            let (action, expect) = match power {
+                ServersCommand::Start(_) => ("start", "active"),
+                ServersCommand::Stop(_) => ("stop", "stopped"),
+                _ => ("reboot", "active"),
+            };
+            let request = Request::new(Method::POST, format!("/api/v1/servers/{}/{action}/", p.id));
+            Plan { wait: waiting(&p.wait, Some(p.id), Until::Settled(expect)), ..simple(request, Shows::Action) }
+        }
+        ClientCommand::Plans => listing("/api/v1/plans/", Shows::Plans),
+        ClientCommand::Os => listing("/api/v1/os/", Shows::Os),
+        ClientCommand::Locations => listing("/api/v1/locations/", Shows::Locations),
+        ClientCommand::SshKeys(SshKeysCommand::List) => listing("/api/v1/ssh-keys/", Shows::SshKeys),
+        ClientCommand::SshKeys(SshKeysCommand::Get { id }) => {
+            simple(Request::get(format!("/api/v1/ssh-keys/{id}/")), Shows::SshKey)
+        }
+        ClientCommand::SshKeys(SshKeysCommand::Create { name, public_key, public_key_file }) => {
+            let key = match (public_key, public_key_file) {
+                (Some(k), _) => k.trim().to_string(),
+                (None, Some(file)) => std::fs::read_to_string(file)
+                    .with_context(|| format!("reading {}", file.display()))?
+                    .trim()
+                    .to_string(),
+                (None, None) => anyhow::bail!("give --public-key or --public-key-file"),
+            };
+            let body = json!({"name": name, "public_key": key});
+            simple(Request::new(Method::POST, "/api/v1/ssh-keys/").with_body(body), Shows::SshKey)
+        }
+        ClientCommand::SshKeys(SshKeysCommand::Delete { id }) => {
+            simple(Request::new(Method::DELETE, format!("/api/v1/ssh-keys/{id}/")), Shows::SshKeyDeleted(*id))
+        }
+    })
+}
+
+/// Lines for standard error; the command fails.
+#[derive(Debug)]
+struct Failure(Vec<String>);
+
+impl From<anyhow::Error> for Failure {
+    fn from(e: anyhow::Error) -> Self {
+        Failure(vec![format!("error: {}", render::clean(&format!("{e:#}")))])
+    }
+}
+
+fn api_error(reply: &Reply) -> Failure {
+    Failure(render::error(reply.status, reply.header("retry-after"), &reply.body))
+}
+
+/// A successful answer, or the failure it is: an error answer, or one that is not the API's
+/// (JSON; for a list, a page of `results`), as from a URL that is not the gateway's root.
+fn accepted(reply: Reply, page: bool) -> Result<Reply, Failure> {
+    if !reply.ok() {
+        return Err(api_error(&reply));
+    }
+    let body = reply.body.trim();
+    let fits = if page {
+        json::is_json(body) && reply.json()["results"].is_array()
+    } else {
+        body.is_empty() || json::is_json(body)
+    };
+    if fits {
+        return Ok(reply);
+    }
+    let what = if page { "a page of results" } else { "JSON" };
+    Err(Failure(vec![format!(
+        "error: HTTP {} but the answer is not {what}: is the API URL the gateway's root?",
+        render::status_text(reply.status)
+    )]))
+}
+
+/// Runs `vps-operator client ...`; the process's exit code (errors are printed here).
+pub async fn run(args: ClientArgs) -> i32 {
+    match execute(&args).await {
+        Ok(()) => 0,
+        Err(Failure(lines)) => {
+            for line in lines {
+                eprintln!("{line}");
+            }
+            1
+        }
+    }
+}
+
+/// Writes to standard output; a closed pipe (`| head`) is not an error.
+fn out(text: &str) {
+    let mut stdout = std::io::stdout().lock();
+    let _ = stdout.write_all(text.as_bytes()).and_then(|()| stdout.flush());
+}
+
+fn json_out(raw: &str) {
+    if raw.trim().is_empty() {
+        return;
+    }
+    let text = if json::is_json(raw) { json::pretty(raw) } else { raw.to_string() };
+    out(&format!("{text}\n"));
+}
+
+async fn execute(args: &ClientArgs) -> Result<(), Failure> {
+    let plan = plan(&args.command)?;
+    let url = args.api_url.as_deref().filter(|u| !u.trim().is_empty());
+    let url = url.context("no API URL: set VPS_API_URL or pass --api-url (e.g. http://127.0.0.1:8080)")?;
+    let token = args.token.as_deref().context("no API token: set VPS_API_TOKEN or pass --token")?;
+    let api = Api::new(url, token)?;
+    let reply = accepted(api.send(&plan.request).await?, plan.shows.is_list())?;
+    let json = args.output == Output::Json;
+    if plan.shows.is_list() {
+        return show_pages(&api, &plan, reply, json).await;
+    }
+    let Some(wait) = &plan.wait else {
+        show_one(plan.shows, &reply, json);
+        return Ok(());
+    };
+    let answer = reply.json();
+    let id = match wait.id.or_else(|| answer["id"].as_u64()) {
+        Some(id) => id,
+        None => return Err(anyhow::anyhow!("the answer has no server id to wait for").into()),
+    };
+    if !json {
+        // What was asked, before the wait; the settled server is the output.
+        match plan.shows {
+            Shows::Created => eprintln!("Created server {id} ({}).", render::cell(&answer["name"])),
+            Shows::Action => eprint!("{}", render::action(&answer)),
+            _ => {}
+        }
+    }
+    match follow(&api, id, wait).await? {
+        None => {
+            if !json {
+                out(&format!("Server {id} deleted.\n"));
+            }
+            Ok(())
+        }
+        Some(settled) => {
+            show_one(Shows::Server, &settled, json);
+            let status = settled.json()["status"].as_str().unwrap_or_default().to_string();
+            match wait.until {
+                Until::Settled(expect) if status != expect => Err(Failure(vec![format!(
+                    "error: server {id} settled as {}, not {expect}",
+                    render::clean(&status)
+                )])),
+                _ => Ok(()),
+            }
+        }
+    }
+}
+
+/// Shows one answer that is not a list.
+fn show_one(shows: Shows, reply: &Reply, json: bool) {
+    if json {
+        json_out(&reply.body);
+        return;
+    }
+    let v = reply.json();
+    match shows {
+        Shows::Created => {
+            out(&render::server(&v));
+            if let Some(m) = v["message"].as_str() {
+                eprintln!("{}", render::clean(m));
+            }
+        }
+        Shows::Action => out(&render::action(&v)),
+        Shows::Deleted(id) => out(&format!("Server {id} deleted.\n")),
+        Shows::SshKey => out(&render::ssh_key(&v)),
+        Shows::SshKeyDeleted(id) => out(&format!("SSH key {id} deleted.\n")),
+        _ => out(&render::server(&v)),
+    }
+}
+
+/// Shows a list answer, first following `next` if every page is wanted.
+async fn show_pages(api: &Api, plan: &Plan, first: Reply, json: bool) -> Result<(), Failure> {
+    let mut pages = vec![first];
+    if plan.all_pages {
+        let mut asked = plan.request.query.clone();
+        // At most as many pages as the first promised, and never the same twice.
+        let count = pages[0].json()["count"].as_u64().unwrap_or(0);
+        let mut left = count.saturating_add(1);
+        while let Some(next) = pages.last().and_then(|p| p.json()["next"].as_str().map(str::to_string)) {
+            let query = self::http::query_of_link(&next);
+            if query == asked || left == 0 {
+                break;
+            }
+            left -= 1;
+            let request = Request { query: query.clone(), ..plan.request.clone() };
+            pages.push(accepted(api.send(&request).await?, true)?);
+            asked = query;
+        }
+    }
+    if json {
+        json_out(&join_pages(&pages));
+        return Ok(());
+    }
+    let first = pages[0].json();
+    let items: Vec<Value> = pages
+        .iter()
+        .flat_map(|p| match p.json()["results"].take() {
+            Value::Array(items) => items,
+            _ => vec![],
+        })
+        .collect();
+    if items.is_empty() {
+        eprintln!("No {} found.", plan.shows.plural());
+        return Ok(());
+    }
+    out(&match plan.shows {
+        Shows::Plans => render::plans(&items),
+        Shows::Os => render::os(&items),
+        Shows::Locations => render::locations(&items),
+        Shows::SshKeys => render::ssh_keys(&items),
+        _ => render::servers(&items),
+    });
+    if !plan.all_pages && first["next"].is_string() {
+        let count = render::cell(&first["count"]);
+        let page: u64 = plan
+            .request
+            .query
+            .as_deref()
+            .and_then(|q| serde_urlencoded::from_str::<Vec<(String, String)>>(q).ok())
+            .and_then(|pairs| pairs.into_iter().find(|(k, _)| k == "page").and_then(|(_, v)| v.parse().ok()))
+            .unwrap_or(1);
+        eprintln!(
+            "{} of {count} {} shown: --page {} for the next page, --all for every one.",
+            items.len(),
+            plan.shows.plural(),
+            page + 1
+        );
+    }
+    Ok(())
+}
+
+/// One page's text as it came; several joined into one page object holding every result.
+fn join_pages(pages: &[Reply]) -> String {
+    if let [one] = pages {
+        return one.body.clone();
+    }
+    let count = json::member(&pages[0].body, "count").unwrap_or("null");
+    let results: Vec<&str> =
+        pages.iter().flat_map(|p| json::member(&p.body, "results").map(json::elements).unwrap_or_default()).collect();
+    format!(r#"{{"count":{count},"next":null,"previous":null,"results":[{}]}}"#, results.join(","))
+}
+
+/// Follows a server with a GET every second until `wait.until`; the last answer (`None`:
+/// it is gone). Answers of an overloaded or restarting gateway (429, 5xx, none) are waited
+/// through; other errors end the wait.
+async fn follow(api: &Api, id: u64, wait: &Wait) -> Result<Option<Reply>, Failure> {
+    let started = tokio::time::Instant::now();
+    let mut progress = Progress::new(id);
+    let request = Request::get(server_path(id));
+    let mut last = String::from("?");
+    loop {
+        let seen = match api.send(&request).await {
+            Ok(reply) if reply.status == 404 && wait.until == Until::Gone => {
+                progress.done("deleted");
+                return Ok(None);
+            }
+            Ok(reply) if reply.ok() => {
+                let status = reply.json()["status"].as_str().unwrap_or("?").to_string();
+                if matches!(wait.until, Until::Settled(_)) && STEADY.contains(&status.as_str()) {
+                    progress.done(&status);
+                    return Ok(Some(reply));
+                }
+                last = status.clone();
+                status
+            }
+            Ok(reply) if reply.status == 429 || reply.status >= 500 => {
+                format!("{last} (the gateway answered {})", reply.status)
+            }
+            Ok(reply) => {
+                progress.done(&last);
+                return Err(api_error(&reply));
+            }
+            Err(e) => format!("{last} (no answer: {})", render::clean(&format!("{e:#}"))),
+        };
+        let elapsed = started.elapsed();
+        if elapsed >= wait.timeout {
+            progress.done(&last);
+            let what =
+                if wait.until == Until::Gone { format!("still there ({last})") } else { format!("still {last}") };
+            return Err(Failure(vec![format!("error: server {id} is {what} after {}", seconds(wait.timeout))]));
+        }
+        progress.show(&seen, elapsed);
+        tokio::time::sleep(Duration::from_secs(1).min(wait.timeout - elapsed)).await;
+    }
+}
+
+fn seconds(d: Duration) -> String {
+    match d.as_secs() {
+        s if s >= 60 && s % 60 == 0 => format!("{}m", s / 60),
+        0 => format!("{}ms", d.as_millis()),
+        s => format!("{s}s"),
+    }
+}
+
+/// The progress line of a wait on standard error: rewritten in place on a terminal, a new
+/// line per change of status otherwise.
+struct Progress {
+    id: u64,
+    tty: bool,
+    shown: Option<String>,
+}
+
+impl Progress {
+    fn new(id: u64) -> Progress {
+        Progress { id, tty: std::io::stderr().is_terminal(), shown: None }
+    }
+
+    fn show(&mut self, status: &str, elapsed: Duration) {
+        if self.tty {
+            eprint!("\r\x1b[2Kwaiting for server {}: {status} ({} s)", self.id, elapsed.as_secs());
+        } else if self.shown.as_deref() != Some(status) {
+            eprintln!("waiting for server {}: {status}", self.id);
+        }
+        self.shown = Some(status.to_string());
+    }
+
+    fn done(&mut self, status: &str) {
+        if self.tty {
+            if self.shown.is_some() {
+                eprint!("\r\x1b[2K");
+            }
+        } else if self.shown.is_none() {
+            return;
+        }
+        eprintln!("server {}: {status}", self.id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: ClientArgs,
+    }
+
+    fn parse(line: &str) -> ClientArgs {
+        let words = std::iter::once("client").chain(line.split_whitespace());
+        Cli::try_parse_from(words).unwrap_or_else(|e| panic!("{line}: {e}")).args
+    }
+
+    fn plan_of(line: &str) -> Plan {
+        plan(&parse(line).command).unwrap()
+    }
+
+    fn query(p: &Plan) -> &str {
+        p.request.query.as_deref().unwrap_or("")
+    }
+
+    #[test]
+    fn lists_map_to_their_query() {
+        let p = plan_of("servers list");
+        assert_eq!(
+            (p.request.method.clone(), p.request.path.as_str(), query(&p)),
+            (Method::GET, "/api/v1/servers/", "")
+        );
+        assert!(!p.all_pages && p.request.body.is_none() && p.wait.is_none());
+        let p = plan_of("servers list --status active --location us-west --page 2 --page-size 10");
+        assert_eq!(query(&p), "status=active&location=us-west&page=2&page_size=10");
+        let p = plan_of("servers list --all --status stopped");
+        assert_eq!((query(&p), p.all_pages), ("status=stopped&page_size=1000", true));
+        assert_eq!(query(&plan_of("servers list --all --page-size 5")), "page_size=5");
+        let odd = plan_of("servers list --location a&b=c");
+        assert_eq!(query(&odd), "location=a%26b%3Dc");
+        for (line, path) in [
+            ("plans", "/api/v1/plans/"),
+            ("os", "/api/v1/os/"),
+            ("locations", "/api/v1/locations/"),
+            ("ssh-keys list", "/api/v1/ssh-keys/"),
+        ] {
+            let p = plan_of(line);
+            assert_eq!((p.request.path.as_str(), p.all_pages, p.request.method.clone()), (path, true, Method::GET));
+        }
+        assert!(Cli::try_parse_from(["client", "servers", "list", "--all", "--page", "2"]).is_err());
+    }
+
+    #[test]
+    fn create_sends_only_what_was_given() {
+        let p = plan_of("servers create --name web-1 --plan-id 1 --os-id 5 --location us-west");
+        assert_eq!((p.request.method.clone(), p.request.path.as_str()), (Method::POST, "/api/v1/servers/"));
+        assert_eq!(p.request.body, Some(json!({"name": "web-1", "plan_id": 1, "os_id": 5, "location": "us-west"})));
+        assert!(p.request.idempotency_key.as_deref().is_some_and(|k| k.starts_with("vps-cli-") && k.len() == 40));
+        assert_eq!((p.shows, p.wait.clone()), (Shows::Created, None));
+        let p = plan_of(
+            "servers create --name web-1 --plan-id 2 --os-id 3 --location us-east --hostname web.example.com \
+             --ssh-key-id 4 --backups --wait --wait-timeout 90s",
+        );
+        assert_eq!(
+            p.request.body,
+            Some(json!({"name": "web-1", "plan_id": 2, "os_id": 3, "location": "us-east",
+                        "hostname": "web.example.com", "ssh_key_id": 4, "backups_enabled": true}))
+        );
+        assert_eq!(p.wait, Some(Wait { id: None, until: Until::Settled("active"), timeout: Duration::from_secs(90) }));
+        let p = plan_of("servers create --name w --plan-id 1 --os-id 5 --location us-west --backups=false");
+        assert_eq!(p.request.body.unwrap()["backups_enabled"], false);
+        // A bad name is the API's to refuse, not taken for a flag.
+        let p = plan_of("servers create --name -bad- --plan-id 1 --os-id 5 --location us-west");
+        assert_eq!(p.request.body.unwrap()["name"], "-bad-");
+        // Required flags are checked before anything is sent.
+        assert!(Cli::try_parse_from(["client", "servers", "create", "--name", "w"]).is_err());
+        assert!(Cli::try_parse_from(["client", "servers", "create", "--name", "w", "--plan-id", "x"]).is_err());
+    }
+
+    #[test]
+    fn update_is_a_patch_of_the_given_fields() {
+        let p = plan_of("servers update 12 --name new-name");
+        assert_eq!((p.request.method.clone(), p.request.path.as_str()), (Method::PATCH, "/api/v1/servers/12/"));
+        assert_eq!(p.request.body, Some(json!({"name": "new-name"})));
+        let p = plan_of("servers update 12 --hostname h.example.com --backups=false");
+        assert_eq!(p.request.body, Some(json!({"hostname": "h.example.com", "backups_enabled": false})));
+        assert_eq!(plan_of("servers update 12 --backups").request.body, Some(json!({"backups_enabled": true})));
+        let err = plan(&parse("servers update 12").command).unwrap_err();
+        assert!(err.to_string().contains("nothing to update"), "{err}");
+    }
+
+    #[test]
+    fn power_and_delete_map_to_their_paths_and_waits() {
+        for (verb, expect) in [("start", "active"), ("stop", "stopped"), ("reboot", "active")] {
+            let p = plan_of(&format!("servers {verb} 7"));
+            assert_eq!(
+                (p.request.method.clone(), p.request.path.clone()),
+                (Method::POST, format!("/api/v1/servers/7/{verb}/"))
+            );
+            assert_eq!((p.request.body.clone(), p.shows, p.wait.clone()), (None, Shows::Action, None));
+            let p = plan_of(&format!("servers {verb} 7 --wait"));
+            assert_eq!(
+                p.wait,
+                Some(Wait { id: Some(7), until: Until::Settled(expect), timeout: Duration::from_secs(600) })
+            );
+        }
+        let p = plan_of("servers delete 7 --wait --wait-timeout 5s");
+        assert_eq!((p.request.method.clone(), p.request.path.as_str()), (Method::DELETE, "/api/v1/servers/7/"));
+        assert_eq!(p.wait, Some(Wait { id: Some(7), until: Until::Gone, timeout: Duration::from_secs(5) }));
+        let p = plan_of("servers get 7");
+        assert_eq!(
+            (p.request.method.clone(), p.request.path.as_str(), p.shows),
+            (Method::GET, "/api/v1/servers/7/", Shows::Server)
+        );
+        // Ids are integers, durations durations.
+        assert!(Cli::try_parse_from(["client", "servers", "get", "-1"]).is_err());
+        assert!(Cli::try_parse_from(["client", "servers", "get", "abc"]).is_err());
+        assert!(Cli::try_parse_from(["client", "servers", "stop", "1", "--wait-timeout", "soon"]).is_err());
+    }
+
+    #[test]
+    fn ssh_keys_map_to_their_requests() {
+        let p = plan_of("ssh-keys get 3");
+        assert_eq!((p.request.path.as_str(), p.shows), ("/api/v1/ssh-keys/3/", Shows::SshKey));
+        let p = plan_of("ssh-keys delete 3");
+        assert_eq!((p.request.method.clone(), p.request.path.as_str()), (Method::DELETE, "/api/v1/ssh-keys/3/"));
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("id.pub");
+        std::fs::write(&file, "ssh-ed25519 AAAA me@host\n").unwrap();
+        let p = plan_of(&format!("ssh-keys create --name laptop --public-key-file {}", file.display()));
+        assert_eq!(p.request.method, Method::POST);
+        assert_eq!(p.request.body, Some(json!({"name": "laptop", "public_key": "ssh-ed25519 AAAA me@host"})));
+        let args =
+            Cli::try_parse_from(["client", "ssh-keys", "create", "--name", "k", "--public-key", "ssh-ed25519 AAAA x"]);
+        assert_eq!(
+            plan(&args.unwrap().args.command).unwrap().request.body.unwrap()["public_key"],
+            "ssh-ed25519 AAAA x"
+        );
+        assert!(Cli::try_parse_from(["client", "ssh-keys", "create", "--name", "k"]).is_err());
+        let missing = plan(&parse("ssh-keys create --name k --public-key-file /nonexistent/key.pub").command);
+        assert!(missing.unwrap_err().to_string().contains("/nonexistent/key.pub"));
+    }
+
+    #[test]
+    fn global_flags_go_anywhere_and_name_their_variables() {
+        let a = parse("servers list -o json --api-url http://gw:1 --token t");
+        assert_eq!(
+            (a.output, a.api_url.as_deref(), a.token.as_deref()),
+            (Output::Json, Some("http://gw:1"), Some("t"))
+        );
+        let a = parse("--output json plans");
+        assert_eq!(a.output, Output::Json);
+        let help = Cli::command_for_help();
+        assert!(help.contains("VPS_API_URL") && help.contains("VPS_API_TOKEN"), "{help}");
+    }
+
+    impl Cli {
+        fn command_for_help() -> String {
+            use clap::CommandFactory;
+            Cli::command().render_long_help().to_string()
+        }
+    }
+
+    fn reply(body: &str) -> Reply {
+        Reply { status: 200, headers: Default::default(), body: body.into() }
+    }
+
+    #[test]
+    fn pages_are_joined_as_they_came() {
+        let one =
+            reply(r#"{"count":3,"next":"http://h/x/?page=2","previous":null,"results":[{"id":2,"b":1},{"id":1}]}"#);
+        assert_eq!(join_pages(std::slice::from_ref(&one)), one.body);
+        let two = reply(r#"{"count":3,"next":null,"previous":"http://h/x/","results":[{"z":0,"id":3}]}"#);
+        assert_eq!(
+            join_pages(&[one, two]),
+            r#"{"count":3,"next":null,"previous":null,"results":[{"id":2,"b":1},{"id":1},{"z":0,"id":3}]}"#
+        );
+    }
+
+    #[test]
+    fn only_the_apis_answers_are_accepted() {
+        let page = r#"{"count":0,"next":null,"previous":null,"results":[]}"#;
+        assert!(accepted(reply(page), true).is_ok());
+        assert!(accepted(reply(r#"{"id":1}"#), false).is_ok());
+        assert!(accepted(reply(""), false).is_ok(), "a 204");
+        let Failure(lines) = accepted(reply("<html>hello</html>"), false).unwrap_err();
+        assert_eq!(lines, ["error: HTTP 200 OK but the answer is not JSON: is the API URL the gateway's root?"]);
+        assert!(accepted(reply(r#"{"id":1}"#), true).is_err());
+        let mut refused = reply(r#"{"detail":"Not found."}"#);
+        refused.status = 404;
+        assert_eq!(accepted(refused, false).unwrap_err().0, ["error: Not found. (HTTP 404 Not Found)"]);
+    }
+
+    #[test]
+    fn durations_read_as_written() {
+        assert_eq!(seconds(Duration::from_secs(600)), "10m");
+        assert_eq!(seconds(Duration::from_secs(90)), "90s");
+        assert_eq!(seconds(Duration::from_millis(300)), "300ms");
+    }
+}
