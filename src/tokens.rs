@@ -2,20 +2,23 @@
 //! token, the account it acts for and that account's UID (so an account deleted and made
 //! again under the same name is not served by the old one's tokens), and optionally when it
 //! expires. The Secret is owned by the account: it goes when the account goes. The token
-//! itself is printed once, at creation, and kept nowhere.
+//! itself is printed once, at creation, and kept nowhere, unless `token create
+//! --output-secret` is asked to write it into a Secret of its own (the Helm chart's
+//! onboarding Job does, like Argo CD's initial admin secret), which the account also owns.
 
 use std::collections::BTreeMap;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
 use k8s_openapi::ByteString;
-use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::core::v1::{Namespace, Secret};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, PostParams};
 use kube::{Client, ResourceExt};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use crate::api::{ACCOUNT_LABEL, VpsAccount};
+use crate::api::{ACCOUNT_LABEL, VpsAccount, VpsAccountSpec};
 
 /// Label marking a Secret as an API token.
 pub const TOKEN_LABEL: &str = "vps.org/api-token";
@@ -29,6 +32,8 @@ pub const ACCOUNT_UID_KEY: &str = "account-uid";
 pub const EXPIRES_KEY: &str = "expires-at";
 /// The default namespace of the gateway's own objects.
 pub const DEFAULT_SYSTEM_NAMESPACE: &str = "vps-system";
+/// Key of the plaintext token in a Secret written by `token create --output-secret`.
+pub const OUTPUT_TOKEN_KEY: &str = "token";
 
 /// The hex SHA-256 of a token.
 pub fn hash_token(token: &str) -> String {
@@ -95,14 +100,8 @@ pub fn record_for_token<'a>(token: &str, secrets: impl IntoIterator<Item = &'a S
     found
 }
 
-/// Creates a token for `account` (which must exist), valid for `lifetime` when given, and
-/// returns it; only its hash is stored.
-pub async fn create(
-    client: &Client,
-    system_namespace: &str,
-    account: &str,
-    lifetime: Option<std::time::Duration>,
-) -> Result<String> {
+/// The account `account`, which must exist and not be going.
+async fn live_account(client: &Client, account: &str) -> Result<VpsAccount> {
     let owner = Api::<VpsAccount>::all(client.clone())
         .get_opt(account)
         .await
@@ -111,13 +110,47 @@ pub async fn create(
     if owner.metadata.deletion_timestamp.is_some() {
         bail!("the VpsAccount {account:?} is being deleted");
     }
-    let uid = owner.uid().context("the account has no uid")?;
+    Ok(owner)
+}
+
+/// A reference to `account` as the owner of a Secret (without `blockOwnerDeletion`, which
+/// would need rights on the account's finalizers).
+fn owner_reference(account: &VpsAccount) -> Result<OwnerReference> {
+    Ok(OwnerReference {
+        api_version: "vps.org/v1alpha1".into(),
+        kind: "VpsAccount".into(),
+        name: account.name_any(),
+        uid: account.uid().context("the account has no uid")?,
+        ..Default::default()
+    })
+}
+
+/// Creates a token for `account` (which must exist), valid for `lifetime` when given, and
+/// returns it; only its hash is stored.
+pub async fn create(
+    client: &Client,
+    system_namespace: &str,
+    account: &str,
+    lifetime: Option<std::time::Duration>,
+) -> Result<String> {
+    create_for(client, system_namespace, &live_account(client, account).await?, lifetime).await
+}
+
+/// [`create`] for an account already looked up.
+async fn create_for(
+    client: &Client,
+    system_namespace: &str,
+    owner: &VpsAccount,
+    lifetime: Option<std::time::Duration>,
+) -> Result<String> {
+    let account = owner.name_any();
+    let owner = owner_reference(owner)?;
     let token = generate_token();
     let hash = hash_token(&token);
     let mut data = BTreeMap::from([
         (HASH_KEY.to_string(), ByteString(hash.clone().into_bytes())),
         (ACCOUNT_KEY.to_string(), ByteString(account.as_bytes().to_vec())),
-        (ACCOUNT_UID_KEY.to_string(), ByteString(uid.clone().into_bytes())),
+        (ACCOUNT_UID_KEY.to_string(), ByteString(owner.uid.clone().into_bytes())),
     ]);
     if let Some(lifetime) = lifetime {
         let expires = jiff::Timestamp::now() + jiff::SignedDuration::try_from(lifetime)?;
@@ -128,16 +161,10 @@ pub async fn create(
             name: Some(format!("api-token-{}", &hash[..16])),
             labels: Some(BTreeMap::from([
                 (TOKEN_LABEL.to_string(), "true".to_string()),
-                (ACCOUNT_LABEL.to_string(), account.to_string()),
+                (ACCOUNT_LABEL.to_string(), account.clone()),
             ])),
             // The token goes with its account (kube-controller-manager's garbage collector).
-            owner_references: Some(vec![k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference {
-                api_version: "vps.org/v1alpha1".into(),
-                kind: "VpsAccount".into(),
-                name: account.to_string(),
-                uid,
-                ..Default::default()
-            }]),
+            owner_references: Some(vec![owner]),
             ..Default::default()
         },
         type_: Some("vps.org/api-token".into()),
@@ -149,6 +176,99 @@ pub async fn create(
         .await
         .with_context(|| format!("create the token Secret in namespace {system_namespace}"))?;
     Ok(token)
+}
+
+/// Creates the account `name`, owning the namespace `name` (created too when missing), with
+/// `credit_cents` of monthly credit, unless an account of that name exists: that one is left
+/// as it is (its credit and namespace unchanged). Returns whether it was created. Needs only
+/// `get` (of these names) and `create` on namespaces and VpsAccounts.
+pub async fn create_account_if_absent(client: &Client, name: &str, credit_cents: i64) -> Result<bool> {
+    let accounts = Api::<VpsAccount>::all(client.clone());
+    if accounts.get_opt(name).await.context("look up the account")?.is_some() {
+        return Ok(false);
+    }
+    let namespaces = Api::<Namespace>::all(client.clone());
+    if namespaces.get_opt(name).await.context("look up the account's namespace")?.is_none() {
+        let namespace = Namespace {
+            metadata: ObjectMeta { name: Some(name.to_string()), ..Default::default() },
+            ..Default::default()
+        };
+        match namespaces.create(&PostParams::default(), &namespace).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(e)) if e.code == 409 => {}
+            Err(e) => return Err(e).with_context(|| format!("create the namespace {name}")),
+        }
+    }
+    let account = VpsAccount::new(name, VpsAccountSpec { namespace: name.to_string(), credit_cents });
+    match accounts.create(&PostParams::default(), &account).await {
+        Ok(_) => Ok(true),
+        Err(kube::Error::Api(e)) if e.code == 409 => Ok(false),
+        Err(e) => Err(e).with_context(|| format!("create the VpsAccount {name}")),
+    }
+}
+
+/// The Secret `name` of `namespace` holding `token` in plaintext (key [`OUTPUT_TOKEN_KEY`])
+/// and the account's name (key [`ACCOUNT_KEY`]), owned by the account. It carries no
+/// [`TOKEN_LABEL`] and no hash: the gateway never takes it for a token record.
+pub fn output_secret(namespace: &str, name: &str, owner: &VpsAccount, token: &str) -> Result<Secret> {
+    let account = owner.name_any();
+    Ok(Secret {
+        metadata: ObjectMeta {
+            name: Some(name.to_string()),
+            namespace: Some(namespace.to_string()),
+            labels: Some(BTreeMap::from([(ACCOUNT_LABEL.to_string(), account.clone())])),
+            owner_references: Some(vec![owner_reference(owner)?]),
+            ..Default::default()
+        },
+        type_: Some("Opaque".into()),
+        data: Some(BTreeMap::from([
+            (OUTPUT_TOKEN_KEY.to_string(), ByteString(token.as_bytes().to_vec())),
+            (ACCOUNT_KEY.to_string(), ByteString(account.into_bytes())),
+        ])),
+        ..Default::default()
+    })
+}
+
+/// What [`create_into_secret`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Written {
+    /// The Secret was there already: nothing was done.
+    Existed,
+    /// A new token was written into the Secret.
+    Created,
+}
+
+/// Whether the Secret `name` of `namespace` exists.
+pub async fn secret_exists(client: &Client, namespace: &str, name: &str) -> Result<bool> {
+    let secrets = Api::<Secret>::namespaced(client.clone(), namespace);
+    Ok(secrets.get_opt(name).await.with_context(|| format!("look up the Secret {namespace}/{name}"))?.is_some())
+}
+
+/// Creates a token for `account` (which must exist), valid for `lifetime` when given, and
+/// writes it into the Secret `name` of `namespace` ([`output_secret`]), unless that Secret
+/// exists: then nothing is done, so that a re-run is harmless. Needs `get` of that Secret and
+/// `create` of Secrets.
+pub async fn create_into_secret(
+    client: &Client,
+    system_namespace: &str,
+    account: &str,
+    lifetime: Option<std::time::Duration>,
+    (namespace, name): (&str, &str),
+) -> Result<Written> {
+    if secret_exists(client, namespace, name).await? {
+        return Ok(Written::Existed);
+    }
+    let owner = live_account(client, account).await?;
+    // The token first: should what follows fail, a token nobody knows is left (harmless; it
+    // goes with the account) rather than a Secret holding a token that does not work.
+    let token = create_for(client, system_namespace, &owner, lifetime).await?;
+    let secret = output_secret(namespace, name, &owner, &token)?;
+    match Api::<Secret>::namespaced(client.clone(), namespace).create(&PostParams::default(), &secret).await {
+        Ok(_) => Ok(Written::Created),
+        // Written meanwhile by another run: that one's token stands.
+        Err(kube::Error::Api(e)) if e.code == 409 => Ok(Written::Existed),
+        Err(e) => Err(e).with_context(|| format!("create the Secret {namespace}/{name}")),
+    }
 }
 
 /// Deletes the Secret of one token; returns whether it existed.
@@ -192,7 +312,8 @@ pub struct TokenArgs {
 /// `vps-operator token create|revoke`.
 #[derive(Subcommand, Debug, Clone)]
 pub enum TokenCommand {
-    /// Create an API token for an account and print it (it is shown only this once).
+    /// Create an API token for an account and print it (it is shown only this once), or
+    /// write it into a Secret (--output-secret).
     Create {
         /// The VpsAccount the token acts for.
         #[arg(long)]
@@ -201,6 +322,21 @@ pub enum TokenCommand {
         /// when unset.
         #[arg(long, value_parser = crate::flags::duration)]
         expires_in: Option<std::time::Duration>,
+        /// Create the account first when it does not exist, owning the namespace of the same
+        /// name (created too); an existing account is left as it is.
+        #[arg(long)]
+        create_account: bool,
+        /// With --create-account: the new account's monthly credit, in cents.
+        #[arg(long, requires = "create_account", default_value_t = 0, value_parser = clap::value_parser!(i64).range(0..))]
+        credit_cents: i64,
+        /// Write the token into this Secret (keys `token` and `account`, owned by the
+        /// account) instead of printing it. When the Secret exists nothing is done at all (no
+        /// account, no token) and the command succeeds: a re-run is harmless.
+        #[arg(long)]
+        output_secret: Option<String>,
+        /// The namespace of --output-secret (the system namespace when unset).
+        #[arg(long, requires = "output_secret")]
+        output_namespace: Option<String>,
     },
     /// Revoke one token (--token) or every token of an account (--account).
     Revoke {
@@ -217,9 +353,32 @@ pub enum TokenCommand {
 pub async fn run(args: TokenArgs) -> Result<()> {
     let client = Client::try_default().await.context("connect to the cluster")?;
     match args.command {
-        TokenCommand::Create { account, expires_in } => {
-            let token = create(&client, &args.system_namespace, &account, expires_in).await?;
-            println!("{token}");
+        TokenCommand::Create { account, expires_in, create_account, credit_cents, output_secret, output_namespace } => {
+            let output = output_secret
+                .as_deref()
+                .map(|name| (output_namespace.as_deref().unwrap_or(&args.system_namespace), name));
+            // An existing Secret: nothing at all to do (not even the account).
+            if let Some((namespace, name)) = output
+                && secret_exists(&client, namespace, name).await?
+            {
+                eprintln!("The Secret {namespace}/{name} exists already: nothing done.");
+                return Ok(());
+            }
+            if create_account && create_account_if_absent(&client, &account, credit_cents).await? {
+                eprintln!(
+                    "Created the account {account} (namespace {account}, {credit_cents} cents of credit a month)."
+                );
+            }
+            let Some((namespace, name)) = output else {
+                println!("{}", create(&client, &args.system_namespace, &account, expires_in).await?);
+                return Ok(());
+            };
+            match create_into_secret(&client, &args.system_namespace, &account, expires_in, (namespace, name)).await? {
+                Written::Existed => eprintln!("The Secret {namespace}/{name} exists already: nothing done."),
+                Written::Created => eprintln!(
+                    "Wrote a token of account {account} into the Secret {namespace}/{name} (key {OUTPUT_TOKEN_KEY})."
+                ),
+            }
         }
         TokenCommand::Revoke { token: Some(token), .. } => {
             if !revoke_token(&client, &args.system_namespace, &token).await? {
@@ -279,5 +438,79 @@ mod tests {
         assert!(!record.valid_for(Some("uid-1"), "2026-01-02T00:00:00Z".parse().unwrap()), "expired");
         let old = TokenRecord { account_uid: None, expires_at: None, ..record };
         assert!(!old.valid_for(Some("uid-1"), now), "a token without its account's uid acts for nobody");
+    }
+
+    #[test]
+    fn an_output_secret_holds_the_token_for_people_and_is_no_token_record() {
+        let mut account = VpsAccount::new("demo", VpsAccountSpec { namespace: "demo".into(), credit_cents: 10_000 });
+        assert!(output_secret("vps-system", "vps-initial-token", &account, "vps_x").is_err(), "an account without uid");
+        account.metadata.uid = Some("uid-demo".into());
+        let secret = output_secret("vps-system", "vps-initial-token", &account, "vps_x").unwrap();
+        assert_eq!(
+            (secret.metadata.name.as_deref(), secret.metadata.namespace.as_deref()),
+            (Some("vps-initial-token"), Some("vps-system"))
+        );
+        let data = secret.data.as_ref().unwrap();
+        assert_eq!(data[OUTPUT_TOKEN_KEY].0, b"vps_x");
+        assert_eq!(data[ACCOUNT_KEY].0, b"demo");
+        let owner = &secret.metadata.owner_references.as_ref().unwrap()[0];
+        assert_eq!((owner.kind.as_str(), owner.name.as_str(), owner.uid.as_str()), ("VpsAccount", "demo", "uid-demo"));
+        assert_eq!(owner.block_owner_deletion, None, "that would need rights on the account's finalizers");
+        // The gateway never takes it for a token: no label, no hash.
+        assert!(!secret.metadata.labels.as_ref().unwrap().contains_key(TOKEN_LABEL));
+        assert_eq!(read_token_secret(&secret), None);
+        assert_eq!(record_for_token("vps_x", [&secret]), None);
+    }
+
+    #[derive(clap::Parser, Debug)]
+    struct Cli {
+        #[command(flatten)]
+        token: TokenArgs,
+    }
+
+    fn parse(args: &[&str]) -> Result<TokenCommand, clap::Error> {
+        use clap::Parser as _;
+        Cli::try_parse_from(["token"].iter().chain(args)).map(|c| c.token.command)
+    }
+
+    #[test]
+    fn create_flags_for_the_charts_onboarding_job() {
+        let args = [
+            "create",
+            "--account=demo",
+            "--create-account",
+            "--credit-cents=10000",
+            "--output-secret=vps-initial-token",
+            "--expires-in=30d",
+        ];
+        match parse(&args).unwrap() {
+            TokenCommand::Create {
+                account,
+                expires_in,
+                create_account,
+                credit_cents,
+                output_secret,
+                output_namespace,
+            } => {
+                assert_eq!((account.as_str(), create_account, credit_cents), ("demo", true, 10_000));
+                assert_eq!(expires_in, Some(std::time::Duration::from_secs(30 * 86_400)));
+                assert_eq!((output_secret.as_deref(), output_namespace), (Some("vps-initial-token"), None));
+            }
+            other => panic!("{other:?}"),
+        }
+        // As before: print the token of an existing account.
+        assert!(matches!(
+            parse(&["create", "--account", "acme"]).unwrap(),
+            TokenCommand::Create { create_account: false, credit_cents: 0, output_secret: None, .. }
+        ));
+        assert!(
+            parse(&["create", "--account", "acme", "--credit-cents", "5"]).is_err(),
+            "credit without --create-account"
+        );
+        assert!(parse(&["create", "--account", "acme", "--create-account", "--credit-cents=-5"]).is_err());
+        assert!(
+            parse(&["create", "--account", "acme", "--output-namespace", "x"]).is_err(),
+            "a namespace without a Secret"
+        );
     }
 }

@@ -2,7 +2,9 @@
 //! server, `helm lint` is clean, and the operator and the gateway work with nothing but
 //! the rights their ServiceAccounts get from `deploy/` (tokens from the TokenRequest API),
 //! while the gateway cannot read Secrets elsewhere nor touch VirtualMachines, and the
-//! operator cannot read Secrets at all.
+//! operator cannot read Secrets at all. The chart's values land where they should (pod
+//! annotations, extra env and args, the Ingress, the PodDisruptionBudgets), its schema refuses
+//! what it does not know, and its onboarding Job's command works with its own roles only.
 
 mod support;
 
@@ -81,6 +83,7 @@ async fn deploy_manifests_are_accepted_by_the_api_server() {
         "deployment.apps/vps-gateway",
         "service/vps-gateway",
         "poddisruptionbudget.policy/vps-operator",
+        "poddisruptionbudget.policy/vps-gateway",
         "validatingadmissionpolicy.admissionregistration.k8s.io/vps-platform-fields",
         "validatingadmissionpolicybinding.admissionregistration.k8s.io/vps-platform-fields",
     ] {
@@ -112,16 +115,232 @@ fn helm_lint_is_clean() {
         "global.imageRegistry=example.com,metrics.serviceMonitor.enabled=true,logFormat=json",
     ]);
     assert!(ok, "helm lint with global values and a ServiceMonitor failed:\n{out}\n{err}");
+    // The Ingress with TLS, pod annotations, extra env and args, no onboarding.
+    let (ok, out, err) = helm(&[
+        "lint",
+        "--strict",
+        chart().to_str().unwrap(),
+        "--set",
+        "gateway.ingress.enabled=true,gateway.ingress.className=nginx,gateway.ingress.tls[0].secretName=vps-tls",
+        "--set",
+        "gateway.ingress.tls[0].hosts[0]=vps.example.com,podAnnotations.a=b,operator.podAnnotations.c=d",
+        "--set",
+        "gateway.extraEnv[0].name=X,gateway.extraEnv[0].value=y,gateway.extraArgs[0]=--rate-limit=50",
+        "--set",
+        "onboarding.enabled=false,gateway.pdb.minAvailable=50%",
+    ]);
+    assert!(ok, "helm lint with the Ingress and extra values failed:\n{out}\n{err}");
     // The schema refuses what the chart does not know.
-    let (ok, out, err) = helm(&["lint", "--strict", chart().to_str().unwrap(), "--set", "operator.replicas=-1"]);
-    assert!(!ok && format!("{out}{err}").contains("/operator/replicas"), "{out}{err}");
+    for (set, complaint) in [
+        ("operator.replicas=-1", "/operator/replicas"),
+        ("gateway.ingres.enabled=true", "ingres"),
+        ("gateway.ingress.hosts[0].paths[0].path=/,gateway.ingress.hosts[0].paths[0].backend=x", "backend"),
+        ("podAnotations.a=b", "podAnotations"),
+        ("operator.extraEnv[0].name=X,operator.extraEnv[0].valu=y", "valu"),
+        ("gateway.extraArgs.x=y", "/gateway/extraArgs"),
+        ("gateway.pdb.minAvailable=half", "/gateway/pdb/minAvailable"),
+        ("onboarding.acount=demo", "acount"),
+        ("onboarding.account=Not_A_Name", "/onboarding/account"),
+        ("onboarding.creditCents=-1", "/onboarding/creditCents"),
+        ("onboarding.expiresIn=soon", "/onboarding/expiresIn"),
+    ] {
+        let (ok, out, err) = helm(&["lint", "--strict", chart().to_str().unwrap(), "--set", set]);
+        assert!(!ok && format!("{out}{err}").contains(complaint), "--set {set}:\n{out}{err}");
+    }
+}
+
+/// The documents `helm template` renders (release `vps` in the system namespace) with `extra`
+/// arguments, hooks included.
+fn render(extra: &[&str]) -> Vec<Value> {
+    render_release("vps", extra)
+}
+
+/// [`render`] for a release of another name.
+fn render_release(release: &str, extra: &[&str]) -> Vec<Value> {
+    let chart = chart();
+    let mut args = vec!["template", release, chart.to_str().unwrap(), "--namespace", SYSTEM_NAMESPACE];
+    args.extend_from_slice(extra);
+    let (ok, rendered, err) = helm(&args);
+    assert!(ok, "helm template {extra:?} failed: {err}");
+    serde_yaml::Deserializer::from_str(&rendered)
+        .map(|d| serde::Deserialize::deserialize(d).unwrap())
+        .filter(|v: &Value| !v.is_null())
+        .collect()
+}
+
+/// The rendered object of `kind` named `name`, if there is one.
+fn object<'a>(objects: &'a [Value], kind: &str, name: &str) -> Option<&'a Value> {
+    objects.iter().find(|o| o["kind"] == kind && o["metadata"]["name"] == name)
+}
+
+/// The first container of a Deployment's, a Job's or a Pod's pod, and that pod's annotations.
+fn container_of(o: &Value) -> (&Value, &Value) {
+    let pod = if o["kind"] == "Pod" { o } else { &o["spec"]["template"] };
+    (&pod["spec"]["containers"][0], &pod["metadata"]["annotations"])
+}
+
+fn strings(v: &Value) -> Vec<&str> {
+    v.as_array().unwrap().iter().map(|s| s.as_str().unwrap()).collect()
+}
+
+#[test]
+fn chart_values_land_in_the_pods() {
+    let _ = support::system();
+    // Off by default: no Ingress, no annotations, only the chart's own env and args.
+    let plain = render(&[]);
+    assert!(!plain.iter().any(|o| o["kind"] == "Ingress"));
+    let gateway = object(&plain, "Deployment", "vps-gateway").unwrap();
+    let (container, annotations) = container_of(gateway);
+    assert!(annotations.is_null(), "{annotations}");
+    assert_eq!(strings(&container["args"]), ["gateway", "--listen=0.0.0.0:8080", "--metrics-listen=0.0.0.0:9090"]);
+    // Two replicas: a PodDisruptionBudget for each Deployment.
+    let pdb = object(&plain, "PodDisruptionBudget", "vps-gateway").expect("the gateway's PDB");
+    assert_eq!(pdb["spec"]["minAvailable"], 1);
+    assert_eq!(pdb["spec"]["selector"]["matchLabels"], gateway["spec"]["selector"]["matchLabels"]);
+    assert!(object(&plain, "PodDisruptionBudget", "vps-operator").is_some());
+    let one = render(&["--set", "gateway.replicas=1"]);
+    assert!(object(&one, "PodDisruptionBudget", "vps-gateway").is_none(), "one replica: no PDB");
+    let off = render(&["--set", "gateway.pdb.enabled=false"]);
+    assert!(object(&off, "PodDisruptionBudget", "vps-gateway").is_none());
+
+    let objects = render(&[
+        "--set",
+        "podAnnotations.team=vps,podAnnotations.shared=global,gateway.podAnnotations.shared=gateway",
+        "--set",
+        "operator.podAnnotations.only=operator,simulator.enabled=true",
+        "--set",
+        "operator.extraEnv[0].name=EXTRA,operator.extraEnv[0].value=yes,operator.extraArgs[0]=--concurrency=4",
+        "--set",
+        "gateway.extraEnv[0].name=FROM,gateway.extraEnv[0].valueFrom.fieldRef.fieldPath=spec.nodeName",
+        "--set",
+        "gateway.extraArgs[0]=--rate-limit=50,gateway.extraArgs[1]=--access-log=false",
+    ]);
+    let (operator, annotations) = container_of(object(&objects, "Deployment", "vps-operator").unwrap());
+    assert_eq!(annotations, &json!({"team": "vps", "shared": "global", "only": "operator"}));
+    let args = strings(&operator["args"]);
+    assert_eq!((args[0], *args.last().unwrap()), ("operator", "--concurrency=4"), "{args:?}");
+    let env = operator["env"].as_array().unwrap();
+    assert!(env.iter().any(|e| e["name"] == "POD_NAME"), "the chart's own stay: {env:?}");
+    assert_eq!(env.last().unwrap(), &json!({"name": "EXTRA", "value": "yes"}));
+
+    let (gateway, annotations) = container_of(object(&objects, "Deployment", "vps-gateway").unwrap());
+    assert_eq!(annotations, &json!({"team": "vps", "shared": "gateway"}), "a component's own win");
+    assert_eq!(
+        strings(&gateway["args"]),
+        ["gateway", "--listen=0.0.0.0:8080", "--metrics-listen=0.0.0.0:9090", "--rate-limit=50", "--access-log=false"]
+    );
+    assert_eq!(
+        gateway["env"].as_array().unwrap().last().unwrap(),
+        &json!({"name": "FROM", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}})
+    );
+    // The global annotations reach every pod of the chart; the test keeps its hook's own.
+    for (kind, name) in [("Deployment", "vps-simulator"), ("Job", "vps-onboarding"), ("Pod", "vps-gateway-test")] {
+        let (_, annotations) = container_of(object(&objects, kind, name).unwrap_or_else(|| panic!("{kind} {name}")));
+        assert_eq!((&annotations["team"], &annotations["shared"]), (&json!("vps"), &json!("global")), "{kind} {name}");
+    }
+    let (_, test) = container_of(object(&objects, "Pod", "vps-gateway-test").unwrap());
+    assert_eq!(test["helm.sh/hook"], "test");
+
+    // The Ingress: its class, TLS and hosts, every path to the gateway's Service.
+    let objects = render(&[
+        "--set",
+        "gateway.ingress.enabled=true,gateway.ingress.className=nginx,gateway.ingress.annotations.a=b",
+        "--set",
+        "gateway.ingress.hosts[0].host=api.example.com,gateway.ingress.hosts[0].paths[0].path=/",
+        "--set",
+        "gateway.ingress.hosts[1].paths[0].path=/api,gateway.ingress.hosts[1].paths[0].pathType=Exact",
+        "--set",
+        "gateway.ingress.tls[0].secretName=api-tls,gateway.ingress.tls[0].hosts[0]=api.example.com",
+    ]);
+    let ingress = object(&objects, "Ingress", "vps-gateway").expect("the Ingress");
+    assert_eq!(ingress["apiVersion"], "networking.k8s.io/v1");
+    assert_eq!(ingress["metadata"]["annotations"], json!({"a": "b"}));
+    let spec = &ingress["spec"];
+    assert_eq!(spec["ingressClassName"], "nginx");
+    assert_eq!(spec["tls"], json!([{"secretName": "api-tls", "hosts": ["api.example.com"]}]));
+    let backend = json!({"service": {"name": "vps-gateway", "port": {"name": "http"}}});
+    assert_eq!(
+        spec["rules"],
+        json!([
+            {"host": "api.example.com", "http": {"paths": [{"path": "/", "pathType": "Prefix", "backend": backend}]}},
+            {"http": {"paths": [{"path": "/api", "pathType": "Exact", "backend": backend}]}},
+        ])
+    );
+    let service = object(&objects, "Service", "vps-gateway").unwrap();
+    assert_eq!(service["spec"]["ports"][0]["name"], "http", "the port the Ingress names");
+}
+
+#[test]
+fn the_onboarding_job_runs_token_create_under_roles_of_its_own() {
+    let _ = support::system();
+    let objects = render(&["--set", "onboarding.account=first,onboarding.creditCents=2500000"]);
+    let hook = |o: &Value| {
+        let a = &o["metadata"]["annotations"];
+        assert_eq!(a["helm.sh/hook"], "post-install", "{o}");
+        assert_eq!(a["helm.sh/hook-delete-policy"], "before-hook-creation,hook-succeeded", "{o}");
+        a["helm.sh/hook-weight"].as_str().unwrap().parse::<i32>().unwrap()
+    };
+    let job = object(&objects, "Job", "vps-onboarding").expect("the onboarding Job");
+    let job_weight = hook(job);
+    let pod = &job["spec"]["template"]["spec"];
+    assert_eq!(pod["serviceAccountName"], "vps-onboarding");
+    assert_eq!(pod["restartPolicy"], "Never");
+    assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+    let container = &pod["containers"][0];
+    assert_eq!(
+        strings(&container["args"]),
+        [
+            "token",
+            "create",
+            "--account=first",
+            "--create-account",
+            "--credit-cents=2500000",
+            "--output-secret=vps-initial-token"
+        ]
+    );
+    assert!(
+        container["env"]
+            .as_array()
+            .unwrap()
+            .contains(&json!({"name": "VPS_SYSTEM_NAMESPACE", "value": SYSTEM_NAMESPACE}))
+    );
+    // Its ServiceAccount and roles are hooks too, made before it.
+    for kind in ["ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"] {
+        let o = object(&objects, kind, "vps-onboarding").unwrap_or_else(|| panic!("{kind} vps-onboarding"));
+        assert!(hook(o) < job_weight, "{kind} comes before the Job");
+    }
+    let rules = |kind: &str| object(&objects, kind, "vps-onboarding").unwrap()["rules"].clone();
+    assert_eq!(
+        rules("ClusterRole"),
+        json!([
+            {"apiGroups": ["vps.org"], "resources": ["vpsaccounts"], "resourceNames": ["first"], "verbs": ["get"]},
+            {"apiGroups": ["vps.org"], "resources": ["vpsaccounts"], "verbs": ["create"]},
+            {"apiGroups": [""], "resources": ["namespaces"], "resourceNames": ["first"], "verbs": ["get"]},
+            {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["create"]},
+        ])
+    );
+    assert_eq!(
+        rules("Role"),
+        json!([
+            {"apiGroups": [""], "resources": ["secrets"], "verbs": ["create"]},
+            {"apiGroups": [""], "resources": ["secrets"], "resourceNames": ["vps-initial-token"], "verbs": ["get"]},
+        ])
+    );
+    let off = render(&["--set", "onboarding.enabled=false"]);
+    assert!(!off.iter().any(|o| o["metadata"]["name"] == "vps-onboarding"), "onboarding off: none of it");
 }
 
 #[tokio::test]
 async fn helm_template_output_is_accepted_by_the_api_server() {
     let _ = support::system();
     let chart = chart();
-    for extra in [&[][..], &["--set", "simulator.enabled=true", "--set", "catalog.enabled=true"][..]] {
+    let ingress = "gateway.ingress.enabled=true,gateway.ingress.tls[0].secretName=t,gateway.ingress.tls[0].hosts[0]=vps.example.com";
+    let extras = "podAnnotations.a=b,gateway.extraEnv[0].name=X,gateway.extraEnv[0].value=y,operator.extraArgs[0]=--concurrency=4";
+    for extra in [
+        &[][..],
+        &["--set", "simulator.enabled=true", "--set", "catalog.enabled=true"][..],
+        &["--set", ingress, "--set", extras, "--set", "onboarding.enabled=false,gateway.replicas=1"][..],
+    ] {
         let mut args =
             vec!["template", "vps", chart.to_str().unwrap(), "--namespace", SYSTEM_NAMESPACE, "--include-crds"];
         args.extend_from_slice(extra);
@@ -134,10 +353,24 @@ async fn helm_template_output_is_accepted_by_the_api_server() {
         assert!(out.contains("service/vps-gateway-metrics"), "{out}");
         assert!(out.contains("service/vps-operator-metrics"), "{out}");
         assert!(out.contains("validatingadmissionpolicy.admissionregistration.k8s.io/vps-platform-fields"), "{out}");
+        let with_ingress = extra.contains(&ingress);
+        assert_eq!(out.contains("ingress.networking.k8s.io/vps-gateway"), with_ingress, "{out}");
+        // The onboarding Job and its roles (hooks: `helm template` renders them too).
+        for object in [
+            "job.batch/vps-onboarding",
+            "serviceaccount/vps-onboarding",
+            "clusterrole.rbac.authorization.k8s.io/vps-onboarding",
+            "clusterrolebinding.rbac.authorization.k8s.io/vps-onboarding",
+            "role.rbac.authorization.k8s.io/vps-onboarding",
+            "rolebinding.rbac.authorization.k8s.io/vps-onboarding",
+            "poddisruptionbudget.policy/vps-gateway",
+        ] {
+            assert_eq!(out.contains(object), !with_ingress, "{object}:\n{out}");
+        }
         if extra.is_empty() {
             assert!(!out.contains("vpsimage.vps.org/"), "the demo catalog is off by default:\n{out}");
             assert!(!out.contains("vps-simulator"), "the simulator is off by default:\n{out}");
-        } else {
+        } else if !with_ingress {
             assert!(out.contains("vpsimage.vps.org/ubuntu-22-04"), "{out}");
             assert!(out.contains("deployment.apps/vps-simulator"), "{out}");
         }
@@ -149,6 +382,105 @@ async fn helm_template_output_is_accepted_by_the_api_server() {
 fn chart_and_deploy_agree() {
     let read = |p: &str| std::fs::read_to_string(root().join(p)).unwrap();
     assert_eq!(read("charts/vps-operator/files/catalog.yaml"), read("deploy/samples/catalog.yaml"));
+}
+
+/// What the onboarding Job runs, `vps-operator token create --create-account --output-secret`,
+/// run here with nothing but the rights the chart gives the Job's ServiceAccount (applied to
+/// the API server for real): it makes the account, its namespace and a token that the gateway
+/// takes; a second run does nothing; the ServiceAccount can do nothing else.
+#[tokio::test]
+async fn onboarding_works_with_its_own_roles_only() {
+    let _ = support::system();
+    let admin = support::client().await;
+    support::gateway::ensure_system_namespace(&admin).await;
+    let account = format!("onboarding-{}", std::process::id());
+    let objects =
+        render_release("onb", &["--set", &format!("onboarding.account={account},onboarding.creditCents=2500")]);
+    let job = object(&objects, "Job", "onb-onboarding").unwrap();
+    let rbac_yaml: String = objects
+        .iter()
+        .filter(|o| o["metadata"]["name"] == "onb-onboarding" && o["kind"] != "Job")
+        .map(|o| format!("---\n{}", serde_yaml::to_string(o).unwrap()))
+        .collect();
+    vps_operator::controlplane::apply_yaml(&admin, &rbac_yaml, SYSTEM_NAMESPACE).await.unwrap();
+    let token = rbac::service_account_token(&admin, "onb-onboarding").await;
+    let kubeconfig = rbac::kubeconfig_with_token(&support::current().kubeconfig, "onb-onboarding", &token);
+
+    // The Job's own command line, as the ServiceAccount.
+    let args: Vec<String> = job["spec"]["template"]["spec"]["containers"][0]["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap().to_string())
+        .collect();
+    let run = || {
+        let out = Command::new(env!("CARGO_BIN_EXE_vps-operator"))
+            .args(&args)
+            .env("KUBECONFIG", &kubeconfig)
+            .env("VPS_SYSTEM_NAMESPACE", SYSTEM_NAMESPACE)
+            .output()
+            .unwrap();
+        let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        (out.status.success(), stdout.into_owned(), stderr.into_owned())
+    };
+    // The API server's authorizer knows the new roles once its informers have them.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (stdout, stderr) = loop {
+        let (ok, stdout, stderr) = run();
+        if ok {
+            break (stdout, stderr);
+        }
+        assert!(Instant::now() < deadline && stderr.contains("forbidden"), "token create failed:\n{stderr}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    assert!(stdout.is_empty(), "the token is written, not printed: {stdout}");
+    assert!(stderr.contains(&format!("Created the account {account}")), "{stderr}");
+    assert!(stderr.contains("into the Secret vps-system/onb-initial-token"), "{stderr}");
+
+    let created = Api::<vps_operator::api::VpsAccount>::all(admin.clone()).get(&account).await.unwrap();
+    assert_eq!((created.spec.namespace.as_str(), created.spec.credit_cents), (account.as_str(), 2500));
+    Api::<k8s_openapi::api::core::v1::Namespace>::all(admin.clone()).get(&account).await.expect("its namespace");
+    let secrets: Api<Secret> = Api::namespaced(admin.clone(), SYSTEM_NAMESPACE);
+    let written = secrets.get("onb-initial-token").await.unwrap();
+    let data = written.data.clone().unwrap();
+    assert_eq!(data["account"].0, account.as_bytes());
+    let plaintext = String::from_utf8(data["token"].0.clone()).unwrap();
+    assert!(plaintext.starts_with("vps_"), "{plaintext}");
+    assert_eq!(written.metadata.owner_references.as_ref().unwrap()[0].uid, created.uid().unwrap());
+    let tokens = secrets.list(&ListParams::default().labels("vps.org/api-token=true")).await.unwrap();
+    let record = vps_operator::tokens::record_for_token(&plaintext, &tokens.items).expect("its token Secret");
+    assert!(record.valid_for(created.uid().as_deref(), jiff::Timestamp::now()));
+
+    // The gateway takes it.
+    let gw = rbac::start_gateway(admin.clone()).await;
+    let (status, body) = gw.call("GET", "/api/v1/servers/", &plaintext, None).await;
+    assert_eq!((status, &body["count"]), (200, &json!(0)), "{body}");
+
+    // A second run (the hook again, a reinstall) leaves everything as it is.
+    let (ok, stdout, stderr) = run();
+    assert!(ok && stdout.is_empty() && stderr.contains("exists already"), "{stdout}{stderr}");
+    let again = secrets.get("onb-initial-token").await.unwrap();
+    assert_eq!(again.data.unwrap()["token"].0, plaintext.as_bytes());
+    let count = secrets.list(&ListParams::default().labels("vps.org/api-token=true")).await.unwrap().items.len();
+    assert_eq!(count, tokens.items.len(), "no second token");
+
+    // Nothing else: other Secrets, other accounts and namespaces, servers, changes.
+    let sa = client_of(&kubeconfig).await;
+    let sa_secrets: Api<Secret> = Api::namespaced(sa.clone(), SYSTEM_NAMESPACE);
+    assert!(forbidden(sa_secrets.list(&ListParams::default()).await));
+    let token_secret = tokens.items.iter().find(|s| vps_operator::tokens::read_token_secret(s) == Some(record.clone()));
+    assert!(forbidden(sa_secrets.get(&token_secret.unwrap().name_any()).await), "read a token's Secret");
+    assert!(forbidden(sa_secrets.delete("onb-initial-token", &Default::default()).await));
+    assert!(forbidden(Api::<Secret>::namespaced(sa.clone(), &account).list(&ListParams::default()).await));
+    let sa_accounts = Api::<vps_operator::api::VpsAccount>::all(sa.clone());
+    assert!(forbidden(sa_accounts.list(&ListParams::default()).await));
+    assert!(forbidden(sa_accounts.get("someone-else").await));
+    assert!(forbidden(
+        sa_accounts.patch(&account, &PatchParams::default(), &Patch::Merge(json!({"spec": {"creditCents": 1}}))).await
+    ));
+    assert!(forbidden(sa_accounts.delete(&account, &Default::default()).await));
+    assert!(forbidden(Api::<k8s_openapi::api::core::v1::Namespace>::all(sa.clone()).get("default").await));
+    assert!(forbidden(Api::<VpsServer>::namespaced(sa.clone(), &account).list(&ListParams::default()).await));
 }
 
 /// Kubeconfigs of the two ServiceAccounts; the admin operator of `support::system()` is

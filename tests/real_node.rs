@@ -1,7 +1,8 @@
 //! The project installed as users install it, on a real node: its own OCI image (built
 //! without Docker) imported into the node's containerd, the Helm chart and `deploy/`
 //! (`kubectl apply -k`) installed, the operator and the gateway running as pods under the
-//! real runtime, with the ServiceAccount tokens kubelet mounts. KubeVirt's controllers run on
+//! real runtime, with the ServiceAccount tokens kubelet mounts; the customer is the one the
+//! chart's onboarding Job made, with the token it left in a Secret. KubeVirt's controllers run on
 //! the host and its hosts are simulated (in this process), as in the other suites.
 //!
 //! Needs root and containerd, runc and iptables (Debian's packages: scripts/test.sh installs
@@ -111,6 +112,18 @@ impl Rest {
         }
     }
 
+    /// The list of servers, once the gateway knows the token (its cache follows a watch).
+    async fn list(&self) -> (u16, Value) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let (code, body) = self.call("GET", "/api/v1/servers/", None).await;
+            if (code != 401 && code != 0) || Instant::now() > deadline {
+                return (code, body);
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
     async fn create(&self, name: &str) -> i64 {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
@@ -124,6 +137,20 @@ impl Rest {
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
     }
+}
+
+/// Base64 (what `kubectl get secret -o jsonpath={.data.KEY}` prints), decoded.
+fn decode(text: &str) -> String {
+    use base64::Engine as _;
+    String::from_utf8(base64::engine::general_purpose::STANDARD.decode(text.trim()).expect("base64")).unwrap()
+}
+
+/// The token the onboarding Job wrote, read with kubectl as the chart's NOTES show.
+fn initial_token() -> String {
+    let token =
+        decode(&kubectl(&["get", "secret", "vps-initial-token", "-n", NAMESPACE, "-o", "jsonpath={.data.token}"]));
+    assert!(token.starts_with("vps_") && token.len() == 68, "{token}");
+    token
 }
 
 /// The user ids the node's containers run as (from the host's /proc).
@@ -182,6 +209,9 @@ async fn installed_with_the_chart_and_deploy_on_a_real_node() {
         "createImageNamespaces=false",
         "--set-string",
         "nodeSelector.vps\\.org/node=real",
+        // The customer of this test, made by the chart's onboarding Job.
+        "--set",
+        "onboarding.account=realnode,onboarding.creditCents=1000000",
         "--wait",
         "--timeout",
         "5m",
@@ -197,10 +227,24 @@ async fn installed_with_the_chart_and_deploy_on_a_real_node() {
     let uids = container_uids();
     assert!(!uids.is_empty() && uids.iter().all(|u| *u != 0), "containers run as {uids:?}");
 
-    // A customer, through the gateway's Service.
-    vps_operator::testbed::ensure_account(&client, "realnode", 1_000_000).await.unwrap();
-    let token = vps_operator::tokens::create(&client, NAMESPACE, "realnode", None).await.unwrap();
+    // The customer the onboarding Job made, with the token it left in a Secret (read as the
+    // chart's NOTES say), through the gateway's Service.
+    let token = initial_token();
+    let account = kubectl(&["get", "secret", "vps-initial-token", "-n", NAMESPACE, "-o", "jsonpath={.data.account}"]);
+    assert_eq!(decode(&account), "realnode");
+    let accounts: Api<vps_operator::api::VpsAccount> = Api::all(client.clone());
+    let created = accounts.get("realnode").await.expect("the onboarding Job made the account");
+    assert_eq!((created.spec.namespace.as_str(), created.spec.credit_cents), ("realnode", 1_000_000));
+    // Its hooks are gone once it succeeded: the Job and its ServiceAccount and roles.
+    for object in ["job/vps-onboarding", "serviceaccount/vps-onboarding", "role/vps-onboarding"] {
+        let (ok, _, err) = support::kubectl(&["get", object, "-n", NAMESPACE]);
+        assert!(!ok && err.contains("NotFound"), "{object}: {err}");
+    }
+    let (ok, _, err) = support::kubectl(&["get", "clusterrole/vps-onboarding"]);
+    assert!(!ok && err.contains("NotFound"), "clusterrole: {err}");
     let rest = Arc::new(Rest { http: reqwest::Client::new(), url: gateway_url(), token });
+    let (code, list) = rest.list().await;
+    assert_eq!((code, list["count"].as_i64()), (200, Some(0)), "the initial token at the gateway: {list}");
     let first = rest.create("first").await;
     rest.wait_status(first, "active").await;
     helm(&["test", "vps", "--namespace", NAMESPACE, "--timeout", "2m"]);

@@ -54,3 +54,19 @@ affinity:
   {{- toYaml . | nindent 2 }}
 {{- end }}
 {{- end -}}
+
+{{/* A pod template's annotations: the global podAnnotations and a component's own, which win
+on the same key: include "vps.podAnnotations" (list . .Values.gateway.podAnnotations). Nothing
+when there are none. */}}
+{{- define "vps.podAnnotations" -}}
+{{- $annotations := merge (dict) ((index . 1) | default dict) ((index . 0).Values.podAnnotations | default dict) -}}
+{{- with $annotations -}}
+annotations:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end -}}
+
+{{/* The name of the onboarding Job's Secret, which holds the first account's token. */}}
+{{- define "vps.initialTokenSecret" -}}
+{{ .Release.Name }}-initial-token
+{{- end -}}
