@@ -144,6 +144,33 @@ impl Ledger {
         .await
     }
 
+    /// Changes the commitment of `server` of `account` to `cents` (a resize) when the
+    /// account's other commitments leave room under `limit`; a price no higher than the
+    /// one committed always fits.
+    pub async fn recommit(
+        &self,
+        account: &str,
+        server: &str,
+        cents: i64,
+        limit: i64,
+    ) -> Result<Reservation, LedgerError> {
+        let now = jiff::Timestamp::now();
+        self.update(account, |data| {
+            let all = entries(data);
+            let current = all.get(server).map(|e| e.cents);
+            if current == Some(cents) {
+                return (Reservation::Reserved, false);
+            }
+            let others: i64 = all.iter().filter(|(k, _)| k.as_str() != server).map(|(_, e)| e.cents).sum();
+            if current.is_none_or(|c| cents > c) && others + cents > limit {
+                return (Reservation::Insufficient { used: others }, false);
+            }
+            data.insert(server.to_string(), Entry { cents, since: now }.render());
+            (Reservation::Reserved, true)
+        })
+        .await
+    }
+
     /// Whether `server` of `account` holds a commitment.
     pub async fn holds(&self, account: &str, server: &str) -> Result<bool, LedgerError> {
         let ledger = self.api.get_opt(&ledger_name(account)).await?;

@@ -125,3 +125,109 @@ async fn a_server_applied_with_kubectl_appears_in_the_api() {
     let one = gw.call("GET", &format!("/api/v1/servers/{id}"), Some(&t.token), None).await;
     assert_eq!((one.status, one.body["hostname"].as_str()), (200, Some("db01.example.com")));
 }
+
+/// A resize as a customer does it: refused while running, over the credit and to a smaller
+/// disk; then the VM's CPU and memory and the root disk's claim follow the new plan, and the
+/// server starts on it. kubectl cannot change a running server's plan.
+#[tokio::test]
+async fn a_stopped_server_is_resized_and_its_disk_grows() {
+    let _ = support::system();
+    let client = support::client().await;
+    // Plan 1 (1000 cents) now, plan 2 (2000) fits the credit, a plan of 5000 does not.
+    let t = support::gateway::tenant(&client, "api-resize", 2500).await;
+    let gw = support::gateway::start(&client).await;
+    gw.wait_token(&t.token).await;
+    let pricey: vps_operator::api::VpsPlan = serde_json::from_value(json!({
+        "apiVersion": "vps.org/v1alpha1", "kind": "VpsPlan", "metadata": {"name": "resize-pricey"},
+        "spec": {"id": 9301, "displayName": "Pricey", "vcpus": 8, "memory": 16384, "storage": 320, "bandwidth": 8192,
+                 "monthlyPriceCents": 5000},
+    }))
+    .unwrap();
+    let plans: Api<vps_operator::api::VpsPlan> = Api::all(client.clone());
+    let pp = kube::api::PatchParams::apply("api-lifecycle-test").force();
+    plans.patch("resize-pricey", &pp, &kube::api::Patch::Apply(&pricey)).await.unwrap();
+    let created = gw
+        .call(
+            "POST",
+            "/api/v1/servers/",
+            Some(&t.token),
+            Some(json!({"name": "grows", "plan_id": 1, "os_id": 5, "location": "us-west"})),
+        )
+        .await;
+    assert_eq!(created.status, 201, "{created:?}");
+    let id = created.body["id"].as_i64().unwrap();
+    let name = format!("srv-{id}");
+    wait_status(&gw, &t.token, id, "active").await;
+    let resize = |plan: i64| {
+        let (gw, token) = (&gw, &t.token);
+        async move {
+            gw.call("POST", &format!("/api/v1/servers/{id}/resize/"), Some(token), Some(json!({"plan_id": plan}))).await
+        }
+    };
+    let running = resize(2).await;
+    assert_eq!(running.status, 400, "{running:?}");
+    assert!(running.body["detail"].as_str().unwrap().contains("only while it is stopped"), "{running:?}");
+    let servers: Api<VpsServer> = Api::namespaced(client.clone(), &t.namespace);
+    let by_kubectl = json!({"spec": {"plan": "performance"}});
+    match servers.patch(&name, &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&by_kubectl)).await {
+        Err(kube::Error::Api(s)) => assert!(s.code == 422 && s.message.contains("only while the server is stopped")),
+        other => panic!("a running server's plan changed: {other:?}"),
+    }
+
+    assert_eq!(action(&gw, &t.token, id, "stop").await.status, 200);
+    wait_status(&gw, &t.token, id, "stopped").await;
+    let over = resize(9301).await;
+    assert_eq!(over.status, 402, "{over:?}");
+    assert_eq!(resize(1).await.body["plan_id"][0], "The server already has this plan.");
+    assert!(resize(424242).await.body["plan_id"][0].as_str().unwrap().contains("does not exist"));
+    let done = resize(2).await;
+    assert_eq!((done.status, &done.body["server"]["status"]), (200, &json!("stopped")), "{done:?}");
+
+    // The operator: the VM's CPU and memory, the claim grown by the simulated resizer.
+    let vms: Api<VirtualMachine> = Api::namespaced(client.clone(), &t.namespace);
+    let pvcs: Api<k8s_openapi::api::core::v1::PersistentVolumeClaim> = Api::namespaced(client.clone(), &t.namespace);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let vm = serde_json::to_value(vms.get(&name).await.unwrap()).unwrap();
+        let domain = &vm["spec"]["template"]["spec"]["domain"];
+        let pvc = serde_json::to_value(pvcs.get(&format!("{name}-root")).await.unwrap()).unwrap();
+        let (cores, memory) = (&domain["cpu"]["cores"], &domain["memory"]["guest"]);
+        let (request, capacity) =
+            (&pvc["spec"]["resources"]["requests"]["storage"], &pvc["status"]["capacity"]["storage"]);
+        if cores == 4 && (memory == "8192Mi" || memory == "8Gi") && request == "160Gi" && capacity == "160Gi" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not resized after 60 s: {domain} {request} {capacity}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let detail = gw.call("GET", &format!("/api/v1/servers/{id}/"), Some(&t.token), None).await;
+    assert_eq!((&detail.body["plan"]["id"], &detail.body["plan"]["storage"]), (&json!(2), &json!(160)), "{detail:?}");
+    let smaller = resize(1).await;
+    assert!(smaller.body["plan_id"][0].as_str().unwrap().contains("disks only grow"), "{smaller:?}");
+    // The same with kubectl (the CRD cannot see plans): the operator keeps the plan and says why.
+    let shrink = json!({"spec": {"plan": "standard"}});
+    servers.patch(&name, &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&shrink)).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let s = servers.get(&name).await.unwrap();
+        let status = s.status.unwrap_or_default();
+        let refused =
+            status.conditions.iter().any(|c| c.type_ == "ReferencesResolved" && c.reason == "DiskWouldShrink");
+        if refused {
+            assert_eq!(status.resolved.map(|r| r.plan.name).as_deref(), Some("performance"));
+            break;
+        }
+        assert!(Instant::now() < deadline, "a smaller disk was not refused: {:?}", status.conditions);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let pvc = pvcs.get(&format!("{name}-root")).await.unwrap();
+    let request = pvc.spec.and_then(|s| s.resources).and_then(|r| r.requests).and_then(|r| r.get("storage").cloned());
+    assert_eq!(request.map(|q| q.0).as_deref(), Some("160Gi"), "disks only grow");
+    let back = json!({"spec": {"plan": "performance"}});
+    servers.patch(&name, &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&back)).await.unwrap();
+    assert_eq!(action(&gw, &t.token, id, "start").await.status, 200);
+    wait_status(&gw, &t.token, id, "active").await;
+    let (ok, out, err) = support::kubectl(&["get", "vps", &name, "-n", &t.namespace, "--no-headers"]);
+    assert!(ok && out.split_whitespace().nth(5) == Some("performance"), "{out} {err}");
+    plans.delete("resize-pricey", &Default::default()).await.unwrap();
+}

@@ -94,11 +94,12 @@ async fn api_server_enforces_the_schema() {
         other => panic!("bad power state accepted: {other:?}"),
     }
 
-    // Plan, OS and location are immutable (CEL transition rules); the name is not.
+    // OS and location are immutable (CEL transition rules); the plan changes only while the
+    // server is stopped (a resize); the name changes at any time.
     api.create(&pp, &VpsServer::new("h", spec("ok"))).await.unwrap();
     let ssa = PatchParams::default();
     for (field, value, message) in [
-        ("plan", "performance", "plan is immutable"),
+        ("plan", "performance", "plan can change only while the server is stopped"),
         ("os", "debian-12", "os is immutable"),
         ("location", "us-east", "location is immutable"),
     ] {
@@ -107,6 +108,9 @@ async fn api_server_enforces_the_schema() {
     }
     let renamed = api.patch("h", &ssa, &Patch::Merge(&json!({"spec": {"name": "renamed"}}))).await.unwrap();
     assert_eq!(renamed.spec.name, "renamed");
+    let resize = json!({"spec": {"plan": "performance", "powerState": "Stopped"}});
+    let resized = api.patch("h", &ssa, &Patch::Merge(&resize)).await.unwrap();
+    assert_eq!(resized.spec.plan, "performance", "stopped: a resize");
 }
 
 #[tokio::test]

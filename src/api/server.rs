@@ -28,13 +28,18 @@ use super::conditions::{Condition, conditions_schema};
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [{
+    "rule": "self.plan == oldSelf.plan || (has(self.powerState) && self.powerState == 'Stopped')",
+    "message": "plan can change only while the server is stopped (powerState: Stopped): a resize"
+}]))]
 pub struct VpsServerSpec {
     /// Display name: 1–63 letters, digits and hyphens, not starting or ending with a hyphen.
     #[schemars(length(min = 1, max = 63), regex(pattern = super::SERVER_NAME_PATTERN))]
     pub name: String,
-    /// Name of the `VpsPlan`. Cannot be changed.
+    /// Name of the `VpsPlan`. Changes only while the server is stopped (a resize): CPU and
+    /// memory follow the new plan, the root disk grows to its size (a plan with a smaller
+    /// disk is refused: disks only grow).
     #[schemars(length(min = 1, max = 63), regex(pattern = super::DNS_LABEL_PATTERN))]
-    #[schemars(extend("x-kubernetes-validations" = [{"rule": "self == oldSelf", "message": "plan is immutable"}]))]
     pub plan: String,
     /// Name of the `VpsImage` the root disk is cloned from. Cannot be changed.
     #[schemars(length(min = 1, max = 63), regex(pattern = super::DNS_LABEL_PATTERN))]

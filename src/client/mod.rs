@@ -55,7 +55,7 @@ pub enum Output {
 
 #[derive(clap::Subcommand, Debug)]
 pub enum ClientCommand {
-    /// The account's servers: list, show, create, update, delete, start, stop, reboot.
+    /// The account's servers: list, show, create, update, delete, start, stop, reboot, resize.
     #[command(subcommand)]
     Servers(ServersCommand),
     /// The plans a server can be made with (every page).
@@ -90,6 +90,17 @@ pub enum ServersCommand {
     Stop(PowerArgs),
     /// Restart a running server gracefully.
     Reboot(PowerArgs),
+    /// Give a stopped server another plan (disks only grow); CPU and memory follow at the next start.
+    Resize(ResizeArgs),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct ResizeArgs {
+    #[arg(value_name = "ID")]
+    pub id: u64,
+    /// The new plan's id (`client plans`).
+    #[arg(long)]
+    pub plan_id: i64,
 }
 
 #[derive(clap::Args, Debug)]
@@ -336,6 +347,11 @@ fn plan(command: &ClientCommand) -> Result<Plan> {
             };
             let request = Request::new(Method::POST, format!("/api/v1/servers/{}/{action}/", p.id));
             Plan { wait: waiting(&p.wait, Some(p.id), Until::Settled(expect)), ..simple(request, Shows::Action) }
+        }
+        ClientCommand::Servers(ServersCommand::Resize(r)) => {
+            let request = Request::new(Method::POST, format!("/api/v1/servers/{}/resize/", r.id))
+                .with_body(json!({"plan_id": r.plan_id}));
+            simple(request, Shows::Action)
         }
         ClientCommand::Plans => listing("/api/v1/plans/", Shows::Plans),
         ClientCommand::Os => listing("/api/v1/os/", Shows::Os),
@@ -759,6 +775,11 @@ mod tests {
                 Some(Wait { id: Some(7), until: Until::Settled(expect), timeout: Duration::from_secs(600) })
             );
         }
+        let p = plan_of("servers resize 7 --plan-id 2");
+        assert_eq!(
+            (p.request.method.clone(), p.request.path.as_str(), p.request.body.clone()),
+            (Method::POST, "/api/v1/servers/7/resize/", Some(json!({"plan_id": 2})))
+        );
         let p = plan_of("servers delete 7 --wait --wait-timeout 5s");
         assert_eq!((p.request.method.clone(), p.request.path.as_str()), (Method::DELETE, "/api/v1/servers/7/"));
         assert_eq!(p.wait, Some(Wait { id: Some(7), until: Until::Gone, timeout: Duration::from_secs(5) }));

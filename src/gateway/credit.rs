@@ -21,6 +21,11 @@ impl Credit {
         Credit { ledger, turns: Mutex::default() }
     }
 
+    /// The turn of `account`'s writes at the ledger.
+    fn turn(&self, account: &str) -> Arc<tokio::sync::Mutex<()>> {
+        self.turns.lock().expect("credit lock").entry(account.to_string()).or_default().clone()
+    }
+
     /// Commits `cents` for `server` of `account` within `limit`.
     pub async fn reserve(
         &self,
@@ -29,9 +34,20 @@ impl Credit {
         cents: i64,
         limit: i64,
     ) -> Result<Reservation, LedgerError> {
-        let turn = self.turns.lock().expect("credit lock").entry(account.to_string()).or_default().clone();
-        let _turn = turn.lock().await;
+        let _turn = self.turn(account).lock_owned().await;
         self.ledger.reserve(account, server, cents, limit).await
+    }
+
+    /// Changes the commitment of `server` of `account` to `cents` within `limit` (a resize).
+    pub async fn recommit(
+        &self,
+        account: &str,
+        server: &str,
+        cents: i64,
+        limit: i64,
+    ) -> Result<Reservation, LedgerError> {
+        let _turn = self.turn(account).lock_owned().await;
+        self.ledger.recommit(account, server, cents, limit).await
     }
 
     /// Gives back what a create that failed had committed.

@@ -5,7 +5,8 @@
 //!   fixture in the handlers' unit tests).
 //! - [`credit`]: the credit check of creates.
 //! - [`auth`]: the Bearer-token extractor (tenancy).
-//! - [`servers`], [`catalog`], [`ssh_keys`]: one router per resource.
+//! - [`servers`], [`lifecycle`], [`catalog`], [`ssh_keys`]: one router per resource (the
+//!   server actions beyond power in `lifecycle`).
 //! - [`view`]: the JSON representation, [`validate`]: hand validation with DRF's messages.
 //! - [`idempotency`]: `Idempotency-Key` replay kept in the cluster.
 //! - [`metrics`], [`openapi`], [`docs`]: `/metrics` (its own listener), `/api/v1/openapi.json`
@@ -22,6 +23,7 @@ pub mod docs;
 pub mod error;
 pub mod idempotency;
 pub mod index;
+pub mod lifecycle;
 pub mod listen;
 pub mod metrics;
 pub mod openapi;
@@ -197,6 +199,7 @@ pub(crate) fn base_url(headers: &HeaderMap) -> String {
 pub fn app(state: AppState) -> Router {
     let api = Router::new()
         .merge(servers::router())
+        .merge(lifecycle::router())
         .merge(catalog::router())
         .merge(ssh_keys::router())
         .merge(docs::router())

@@ -51,13 +51,13 @@ pub fn router() -> Router<AppState> {
     route_both(r, "/api/v1/servers/{server_id}/reboot/", with_405(post(reboot_server), "POST"))
 }
 
-fn now_stamp() -> String {
+pub(super) fn now_stamp() -> String {
     view::rfc3339(jiff::Timestamp::now())
 }
 
 /// The caller's server with this id, or 404 (also for another tenant's servers and for
 /// ids that are not integers).
-fn find(state: &AppState, tenant: &Tenant, server_id: &str) -> Result<Arc<VpsServer>, ApiError> {
+pub(super) fn find(state: &AppState, tenant: &Tenant, server_id: &str) -> Result<Arc<VpsServer>, ApiError> {
     state.caches.server(&tenant.namespace, parse_id(server_id)?).ok_or(ApiError::NotFound)
 }
 
@@ -463,7 +463,7 @@ async fn update(
     Ok(Json(detail(state, &updated)?))
 }
 
-async fn patch_server_object(
+pub(super) async fn patch_server_object(
     state: &AppState,
     server: &VpsServer,
     patch: &serde_json::Value,

@@ -25,6 +25,7 @@ pub mod phase;
 pub mod queue;
 pub mod reconcile;
 pub mod references;
+pub mod resize;
 pub mod status;
 pub mod vm;
 pub mod watches;

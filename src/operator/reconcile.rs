@@ -15,7 +15,7 @@ use super::phase;
 use super::queue::Next;
 use super::status::{self, Reboot};
 use super::vm::{self, VmInputs};
-use super::{Context, Error, Result, backups, references};
+use super::{Context, Error, Result, backups, references, resize};
 use crate::api::{OPERATOR_MANAGER, Resolved, SERVER_ID_LABEL, SERVER_LABEL, VpsServer, VpsServerStatus};
 use crate::credit_ledger::Reservation;
 use crate::ids::IdKind;
@@ -40,7 +40,8 @@ pub async fn apply(server: Arc<VpsServer>, ctx: Arc<Context>) -> Result<Next> {
         None => server.status.clone().unwrap_or_default(),
     };
     let id = ensure_id(&server, &ctx, &old, &ns, &name).await?;
-    let resolution = references::resolve(&server, &ctx, &ns, old.resolved.as_ref()).await?;
+    let mut resolution = references::resolve(&server, &ctx, &ns, old.resolved.as_ref()).await?;
+    resize::commit_price(&ctx, &ns, &name, old.resolved.as_ref(), &mut resolution).await?;
     let credit = match &resolution.resolved {
         Some(resolved) => check_credit(&server, &ctx, &ns, &name, resolved, &old).await?,
         None => None,
@@ -54,6 +55,9 @@ pub async fn apply(server: Arc<VpsServer>, ctx: Arc<Context>) -> Result<Next> {
             lost: None,
         },
     };
+    if let (Some(resolved), None) = (&resolution.resolved, built.lost) {
+        resize::grow_root_disk(&server, &ctx, old.resolved.as_ref(), resolved).await?;
+    }
     let vmi = ctx.vmis.get(&ns, &name);
     let reboot = handle_reboot(&server, &ctx, vmi.as_ref(), &old).await?;
     let fault = resolution.fault().or(credit).or(built.lost);

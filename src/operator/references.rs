@@ -69,6 +69,19 @@ pub async fn resolve(server: &VpsServer, ctx: &Context, ns: &str, old: Option<&R
         },
         &mut problem,
     );
+    // Disks only grow: a resize to a plan with a smaller disk keeps the plan the server has.
+    let plan = match (plan, old.map(|r| &r.plan)) {
+        (Some(new), Some(had)) if new.name != had.name && new.spec.storage < had.spec.storage => {
+            let message = format!(
+                "VpsPlan {:?} has a {} GiB disk, smaller than the server's {} GiB: disks only grow; the server keeps \
+                 plan {:?}",
+                new.name, new.spec.storage, had.spec.storage, had.name
+            );
+            problem.get_or_insert(("DiskWouldShrink".to_string(), message));
+            Some(had.clone())
+        }
+        (plan, _) => plan,
+    };
     let image = pick(
         &spec.os,
         old.map(|r| &r.image),

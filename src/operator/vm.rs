@@ -68,7 +68,7 @@ pub fn build_vm(inputs: &VmInputs<'_>) -> Value {
         SERVER_ID_LABEL: inputs.id.to_string(),
         ACCOUNT_LABEL: server.labels().get(ACCOUNT_LABEL).cloned().unwrap_or_else(|| server.namespace().unwrap_or_default()),
     });
-    let mut storage = json!({"resources": {"requests": {"storage": format!("{}Gi", plan.storage)}}});
+    let mut storage = json!({"resources": {"requests": {"storage": super::resize::claim_size(plan.storage)}}});
     if let Some(class) = &location.storage_class {
         storage["storageClassName"] = json!(class);
     }

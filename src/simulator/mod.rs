@@ -154,6 +154,7 @@ pub async fn run(client: Client, config: SimulatorConfig) -> anyhow::Result<()> 
         r = vmis::run(sim.clone()) => r?,
         r = volumes::run_data_volumes(sim.clone()) => r?,
         r = volumes::run_volumes(sim.clone()) => r?,
+        r = volumes::run_expansion(sim.clone()) => r?,
         r = volumes::run_snapshots(sim.clone()) => r?,
     }
     Ok(())

@@ -1,5 +1,7 @@
-//! CDI's importer and a CSI driver and snapshotter, simulated: a DataVolume gets a PVC bound
-//! to a simulated PV and then `Succeeded`; a VolumeSnapshot becomes ready; released PVs go.
+//! CDI's importer and a CSI driver, resizer and snapshotter, simulated: a DataVolume gets a
+//! PVC bound to a simulated PV and then `Succeeded`; a claim asking for more than it has
+//! grows (the PV, then the claim's capacity, as the external resizer and the kubelet do); a
+//! VolumeSnapshot becomes ready; released PVs go.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -160,6 +162,58 @@ pub async fn run_volumes(sim: Arc<Sim>) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Bytes of a quantity as the operator and the API server write sizes (`80Gi`, `1Ti`, `512Mi`,
+/// plain bytes); `None` for any other form.
+pub fn quantity_bytes(q: &str) -> Option<u128> {
+    let units = [("Ki", 1u128 << 10), ("Mi", 1 << 20), ("Gi", 1 << 30), ("Ti", 1 << 40), ("Pi", 1 << 50)];
+    let (digits, factor) =
+        units.iter().find_map(|(suffix, f)| q.strip_suffix(suffix).map(|d| (d, *f))).unwrap_or((q, 1));
+    digits.parse::<u128>().ok().map(|n| n * factor)
+}
+
+/// The CSI resizer (and the kubelet's filesystem growth): a bound simulated claim whose
+/// request is larger than its capacity gets a PV and a capacity of the requested size.
+pub async fn run_expansion(sim: Arc<Sim>) -> anyhow::Result<()> {
+    let api: Api<PersistentVolumeClaim> = Api::all(sim.client.clone());
+    Controller::new(api, watcher::Config::default().labels("simulator.vps.org/volume"))
+        .run(reconcile_expansion, requeue_on_error, sim)
+        .for_each(|_| async {})
+        .await;
+    Ok(())
+}
+
+async fn reconcile_expansion(pvc: Arc<PersistentVolumeClaim>, sim: Arc<Sim>) -> Result<Action, kube::Error> {
+    let status = pvc.status.as_ref();
+    let quantity = |q: Option<&k8s_openapi::apimachinery::pkg::api::resource::Quantity>| q.map(|q| q.0.clone());
+    let requested = quantity(
+        pvc.spec
+            .as_ref()
+            .and_then(|s| s.resources.as_ref())
+            .and_then(|r| r.requests.as_ref())
+            .and_then(|r| r.get("storage")),
+    );
+    let capacity = quantity(status.and_then(|s| s.capacity.as_ref()).and_then(|c| c.get("storage")));
+    let volume = pvc.spec.as_ref().and_then(|s| s.volume_name.clone());
+    let (Some(requested), Some(capacity), Some(volume)) = (requested, capacity, volume) else {
+        return Ok(Action::await_change());
+    };
+    if status.and_then(|s| s.phase.as_deref()) != Some("Bound")
+        || quantity_bytes(&requested) <= quantity_bytes(&capacity)
+        || pvc.metadata.deletion_timestamp.is_some()
+    {
+        return Ok(Action::await_change());
+    }
+    let size = json!({"storage": requested});
+    Api::<PersistentVolume>::all(sim.client.clone())
+        .patch(&volume, &PatchParams::default(), &Patch::Merge(&json!({"spec": {"capacity": size}})))
+        .await?;
+    Api::<PersistentVolumeClaim>::namespaced(sim.client.clone(), &pvc.namespace().unwrap_or_default())
+        .patch_status(&pvc.name_any(), &PatchParams::default(), &Patch::Merge(&json!({"status": {"capacity": size}})))
+        .await?;
+    tracing::info!(claim = %pvc.name_any(), size = %requested, "Simulated volume expansion");
+    Ok(Action::await_change())
+}
+
 /// The CSI snapshotter: VolumeSnapshots become ready.
 pub async fn run_snapshots(sim: Arc<Sim>) -> anyhow::Result<()> {
     let api: Api<VolumeSnapshot> = Api::all(sim.client.clone());
@@ -206,4 +260,18 @@ async fn reconcile_snapshot(snapshot: Arc<VolumeSnapshot>, sim: Arc<Sim>) -> Res
         .patch_status(&snapshot.name_any(), &PatchParams::default(), &Patch::Merge(&status))
         .await?;
     Ok(Action::await_change())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::quantity_bytes;
+
+    #[test]
+    fn sizes_compare_across_units() {
+        assert_eq!(quantity_bytes("80Gi"), Some(80 << 30));
+        assert!(quantity_bytes("160Gi") > quantity_bytes("80Gi"));
+        assert_eq!(quantity_bytes("1Ti"), quantity_bytes("1024Gi"));
+        assert_eq!(quantity_bytes("512"), Some(512));
+        assert_eq!(quantity_bytes("1.5Gi"), None);
+    }
 }
