@@ -27,6 +27,7 @@ pub const COUNTER_CONFIGMAP: &str = "vps-ids";
 pub enum IdKind {
     Server,
     SshKey,
+    Action,
 }
 
 impl IdKind {
@@ -34,6 +35,7 @@ impl IdKind {
         match self {
             IdKind::Server => "next-server-id",
             IdKind::SshKey => "next-ssh-key-id",
+            IdKind::Action => "next-action-id",
         }
     }
 }

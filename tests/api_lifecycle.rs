@@ -231,3 +231,163 @@ async fn a_stopped_server_is_resized_and_its_disk_grows() {
     assert!(ok && out.split_whitespace().nth(5) == Some("performance"), "{out} {err}");
     plans.delete("resize-pricey", &Default::default()).await.unwrap();
 }
+
+/// The UID and source (the spec, as JSON: virt-controller resolves the DataSource) of a
+/// server's root disk.
+async fn root_disk(client: &Client, ns: &str, server: &str) -> Option<(String, String)> {
+    let dvs: Api<vps_operator::kubevirt::DataVolume> = Api::namespaced(client.clone(), ns);
+    let dv = serde_json::to_value(dvs.get_opt(&format!("{server}-root")).await.unwrap()?).unwrap();
+    let uid = dv["metadata"]["uid"].as_str()?.to_string();
+    Some((uid, dv["spec"].to_string()))
+}
+
+/// A rebuild as a customer does it: a running server gets a fresh disk of another image and a
+/// new key, keeping its id and VM, and runs again; a stopped one is rebuilt and stays stopped.
+#[tokio::test]
+async fn a_server_is_rebuilt_on_a_fresh_disk_of_another_image() {
+    let (client, gw, t) = setup("api-rebuild").await;
+    let key_line = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAICfEbCCBLd+8e/DUJQKQk/3Fmn6NKFyS1ApydWGPcN0m rebuild@laptop";
+    let key =
+        gw.call("POST", "/api/v1/ssh-keys/", Some(&t.token), Some(json!({"name": "k", "public_key": key_line}))).await;
+    assert_eq!(key.status, 201, "{key:?}");
+    let created = gw
+        .call(
+            "POST",
+            "/api/v1/servers/",
+            Some(&t.token),
+            Some(json!({"name": "phoenix", "plan_id": 1, "os_id": 5, "location": "us-west"})),
+        )
+        .await;
+    let id = created.body["id"].as_i64().unwrap();
+    let name = format!("srv-{id}");
+    wait_status(&gw, &t.token, id, "active").await;
+    let vms: Api<VirtualMachine> = Api::namespaced(client.clone(), &t.namespace);
+    let vm_uid = vms.get(&name).await.unwrap().metadata.uid;
+    let (first_disk, first_image) = root_disk(&client, &t.namespace, &name).await.expect("a root disk");
+    assert!(first_image.contains("ubuntu-22-04") && !first_image.contains("debian-12"), "{first_image}");
+
+    let rebuild = |body: Value| {
+        let (gw, token) = (&gw, &t.token);
+        async move { gw.call("POST", &format!("/api/v1/servers/{id}/rebuild/"), Some(token), Some(body)).await }
+    };
+    let bad = rebuild(json!({"os_id": 4242, "ssh_key_id": 4242})).await;
+    assert_eq!((bad.status, super_keys(&bad.body)), (400, vec!["os_id".to_string(), "ssh_key_id".to_string()]));
+    let started = rebuild(json!({"os_id": 3, "ssh_key_id": key.body["id"]})).await;
+    assert_eq!((started.status, &started.body["server"]["status"]), (200, &json!("rebuilding")), "{started:?}");
+    assert_eq!(rebuild(json!({"os_id": 3})).await.status, 400, "already rebuilding");
+    assert_eq!(action(&gw, &t.token, id, "stop").await.status, 400, "not while rebuilding");
+    let active = wait_status(&gw, &t.token, id, "active").await;
+    assert_eq!((&active["id"], &active["name"], &active["os"]["id"]), (&json!(id), &json!("phoenix"), &json!(3)));
+    let (second_disk, second_image) = root_disk(&client, &t.namespace, &name).await.expect("a new root disk");
+    assert_ne!(second_disk, first_disk, "a fresh disk");
+    assert!(second_image.contains("debian-12") && !second_image.contains("ubuntu-22-04"), "{second_image}");
+    let vm = vms.get(&name).await.unwrap();
+    assert_eq!(vm.metadata.uid, vm_uid, "the same VM");
+    let vm = serde_json::to_value(vm).unwrap();
+    let volumes = vm["spec"]["template"]["spec"]["volumes"].to_string();
+    assert!(volumes.contains("rebuild@laptop"), "the new key in cloud-init: {volumes}");
+    let server = Api::<VpsServer>::namespaced(client.clone(), &t.namespace).get(&name).await.unwrap();
+    let status = server.status.unwrap();
+    assert_eq!(status.root_volume_uid.as_deref(), Some(second_disk.as_str()));
+    assert_eq!(status.rebuild_from_volume, None);
+
+    // Stopped: rebuilt (to the image it has) and still stopped.
+    assert_eq!(action(&gw, &t.token, id, "stop").await.status, 200);
+    wait_status(&gw, &t.token, id, "stopped").await;
+    assert_eq!(rebuild(json!({"os_id": 3})).await.status, 200);
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let disk = root_disk(&client, &t.namespace, &name).await;
+        let shown = gw.call("GET", &format!("/api/v1/servers/{id}/"), Some(&t.token), None).await;
+        if shown.body["status"] == "stopped" && disk.as_ref().is_some_and(|(uid, _)| *uid != second_disk) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not rebuilt while stopped: {} {disk:?}", shown.body);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(vms.get(&name).await.unwrap().spec.run_strategy.as_deref(), Some("Halted"));
+}
+
+fn super_keys(v: &Value) -> Vec<String> {
+    v.as_object().map(|o| o.keys().cloned().collect()).unwrap_or_default()
+}
+
+/// Waits until action `id` is no longer in progress; returns it.
+async fn settled_action(gw: &Gateway, token: &str, id: i64) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let a = gw.call("GET", &format!("/api/v1/actions/{id}/"), Some(token), None).await;
+        assert_eq!(a.status, 200, "{a:?}");
+        if a.body["status"] != "in-progress" {
+            return a.body;
+        }
+        assert!(Instant::now() < deadline, "action {id} still in progress after 90 s");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Every mutating call records an action the operator completes once the server converged;
+/// they are listed newest first, survive in the cluster (kubectl), and a delete's outlives
+/// its server.
+#[tokio::test]
+async fn every_mutating_call_is_a_tracked_action() {
+    let (client, gw, t) = setup("api-actions").await;
+    let created = gw
+        .call(
+            "POST",
+            "/api/v1/servers/",
+            Some(&t.token),
+            Some(json!({"name": "tracked", "plan_id": 1, "os_id": 5, "location": "us-west"})),
+        )
+        .await;
+    assert_eq!(created.status, 201, "{created:?}");
+    let id = created.body["id"].as_i64().unwrap();
+    let create = &created.body["action"];
+    assert_eq!(
+        (&create["type"], &create["status"], &create["server_id"]),
+        (&json!("create"), &json!("in-progress"), &json!(id))
+    );
+    let done = settled_action(&gw, &t.token, create["id"].as_i64().unwrap()).await;
+    assert_eq!(done["status"], "completed", "{done}");
+    assert!(done["completed_at"].is_string());
+    wait_status(&gw, &t.token, id, "active").await;
+
+    let mut ids = vec![create["id"].as_i64().unwrap()];
+    for (verb, settles) in [("stop", "stopped"), ("start", "active"), ("reboot", "active")] {
+        let a = action(&gw, &t.token, id, verb).await;
+        assert_eq!((a.status, &a.body["action"]["type"]), (200, &json!(verb)), "{a:?}");
+        let action_id = a.body["action"]["id"].as_i64().unwrap();
+        let done = settled_action(&gw, &t.token, action_id).await;
+        assert_eq!(done["status"], "completed", "{verb}: {done}");
+        let shown = gw.call("GET", &format!("/api/v1/servers/{id}/"), Some(&t.token), None).await;
+        assert_eq!(shown.body["status"], settles, "{verb} completed only once the server converged");
+        ids.push(action_id);
+    }
+    let list = gw.call("GET", &format!("/api/v1/servers/{id}/actions/"), Some(&t.token), None).await;
+    let listed: Vec<i64> = list.body["results"].as_array().unwrap().iter().map(|a| a["id"].as_i64().unwrap()).collect();
+    ids.reverse();
+    assert_eq!(listed, ids, "newest first");
+    let (ok, out, err) = support::kubectl(&["get", "vpsactions", "-n", &t.namespace, "--no-headers"]);
+    assert!(ok && out.lines().count() == 4 && out.contains("completed"), "{out} {err}");
+
+    assert_eq!(gw.call("DELETE", &format!("/api/v1/servers/{id}/"), Some(&t.token), None).await.status, 204);
+    let actions: Api<vps_operator::api::VpsAction> = Api::namespaced(client.clone(), &t.namespace);
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let all = actions.list(&Default::default()).await.unwrap().items;
+        let delete = all.iter().find(|a| a.spec.type_ == vps_operator::api::ActionType::Delete);
+        let finished = delete.and_then(|a| a.status.as_ref()).map(|s| s.status);
+        if finished == Some(vps_operator::api::ActionState::Completed) {
+            let delete_id = delete.unwrap().spec.id;
+            let shown = gw.call("GET", &format!("/api/v1/actions/{delete_id}/"), Some(&t.token), None).await;
+            assert_eq!((shown.status, &shown.body["status"]), (200, &json!("completed")), "outlives its server");
+            // The others went with their server (owned by it).
+            assert!(all.iter().all(|a| a.spec.type_ == vps_operator::api::ActionType::Delete
+                || a.metadata.deletion_timestamp.is_some()
+                || !kube::ResourceExt::owner_references(a).is_empty()));
+            break;
+        }
+        assert!(Instant::now() < deadline, "the delete action never completed: {all:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

@@ -23,6 +23,7 @@ fn spec(name: &str) -> VpsServerSpec {
         backups_enabled: false,
         power_state: PowerState::Running,
         reboot_requested_at: None,
+        rebuild_requested_at: None,
         suspended: false,
         delete_protection: false,
     }
@@ -100,7 +101,7 @@ async fn api_server_enforces_the_schema() {
     let ssa = PatchParams::default();
     for (field, value, message) in [
         ("plan", "performance", "plan can change only while the server is stopped"),
-        ("os", "debian-12", "os is immutable"),
+        ("os", "debian-12", "os can change only with a new rebuildRequestedAt"),
         ("location", "us-east", "location is immutable"),
     ] {
         let patch = json!({"spec": {field: value}});
@@ -111,6 +112,11 @@ async fn api_server_enforces_the_schema() {
     let resize = json!({"spec": {"plan": "performance", "powerState": "Stopped"}});
     let resized = api.patch("h", &ssa, &Patch::Merge(&resize)).await.unwrap();
     assert_eq!(resized.spec.plan, "performance", "stopped: a resize");
+    let rebuild = json!({"spec": {"os": "debian-12", "rebuildRequestedAt": "2026-12-01T12:00:00Z"}});
+    let rebuilt = api.patch("h", &ssa, &Patch::Merge(&rebuild)).await.unwrap();
+    assert_eq!(rebuilt.spec.os, "debian-12", "with a new rebuild request: a rebuild");
+    let same_request = json!({"spec": {"os": "ubuntu-22-04"}});
+    expect_invalid(api.patch("h", &ssa, &Patch::Merge(&same_request)).await, "os can change only with a new");
 }
 
 #[tokio::test]

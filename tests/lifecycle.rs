@@ -308,7 +308,8 @@ async fn webhooks_accept_every_catalog_vm_and_refuse_a_broken_one() {
             for location in &locations {
                 let key = ResolvedKey { name: "k".into(), public_key: KEY.into() };
                 let resolved = Resolved::of(plan, image, location, Some(key));
-                let inputs = VmInputs { server: &owner, id: 1, resolved: &resolved, simulator_annotations: true };
+                let inputs =
+                    VmInputs { server: &owner, id: 1, resolved: &resolved, halted: false, simulator_annotations: true };
                 let mut vm = build_vm(&inputs);
                 vm["metadata"]["name"] =
                     json!(format!("dry-{}-{}-{}", plan.name_any(), image.name_any(), location.name_any()));
@@ -326,7 +327,8 @@ async fn webhooks_accept_every_catalog_vm_and_refuse_a_broken_one() {
     }
     // A disk that names no volume: KubeVirt's own validation refuses it.
     let resolved = Resolved::of(&plans[0], &images[0], &locations[0], None);
-    let mut broken = build_vm(&VmInputs { server: &owner, id: 1, resolved: &resolved, simulator_annotations: true });
+    let mut broken =
+        build_vm(&VmInputs { server: &owner, id: 1, resolved: &resolved, halted: false, simulator_annotations: true });
     broken["metadata"]["name"] = json!("dry-broken");
     broken["spec"]["template"]["spec"]["domain"]["devices"]["disks"]
         .as_array_mut()

@@ -762,7 +762,7 @@ async fn stage_vms(c: &Cluster, template_id: i64, ids: &[i64], clients: usize) -
             async move {
                 let name = format!("srv-{id}");
                 let server = servers.get(&name).await?;
-                let inputs = VmInputs { server: &server, id, resolved, simulator_annotations: false };
+                let inputs = VmInputs { server: &server, id, resolved, halted: false, simulator_annotations: false };
                 let apply = PatchParams::apply(vps_operator::api::OPERATOR_MANAGER).force();
                 let vm = vms.patch(&name, &apply, &Patch::Apply(&build_vm(&inputs))).await?;
                 vms.patch_status(&name, &PatchParams::default(), &Patch::Merge(&json!({"status": vm_status}))).await?;

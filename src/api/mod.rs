@@ -1,6 +1,7 @@
 //! The `vps.org/v1alpha1` API: the custom resources that the operator, the gateway and
 //! `kubectl` users share. Pure types with no client code, so every layer can depend on them.
 
+mod action;
 mod catalog;
 mod conditions;
 pub mod contract;
@@ -8,6 +9,7 @@ mod server;
 pub mod ssh;
 mod tenancy;
 
+pub use action::{ActionState, ActionType, Expectation, VpsAction, VpsActionSpec, VpsActionStatus};
 pub use catalog::{ImageSource, VpsImage, VpsImageSpec, VpsLocation, VpsLocationSpec, VpsPlan, VpsPlanSpec};
 pub use conditions::{Condition, ConditionStatus};
 pub use contract::*;
@@ -31,7 +33,15 @@ pub const DNS_LABEL_PATTERN: &str = "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$";
 /// Every CustomResourceDefinition of this API, in a stable order.
 pub fn crds() -> Vec<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> {
     use kube::CustomResourceExt;
-    vec![VpsServer::crd(), VpsPlan::crd(), VpsImage::crd(), VpsLocation::crd(), VpsAccount::crd(), VpsSshKey::crd()]
+    vec![
+        VpsServer::crd(),
+        VpsPlan::crd(),
+        VpsImage::crd(),
+        VpsLocation::crd(),
+        VpsAccount::crd(),
+        VpsSshKey::crd(),
+        VpsAction::crd(),
+    ]
 }
 
 /// The CRDs as one YAML stream, exactly as checked in under `crds/`.

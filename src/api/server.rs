@@ -31,6 +31,9 @@ use super::conditions::{Condition, conditions_schema};
 #[schemars(extend("x-kubernetes-validations" = [{
     "rule": "self.plan == oldSelf.plan || (has(self.powerState) && self.powerState == 'Stopped')",
     "message": "plan can change only while the server is stopped (powerState: Stopped): a resize"
+}, {
+    "rule": "self.os == oldSelf.os || (has(self.rebuildRequestedAt) && (!has(oldSelf.rebuildRequestedAt) || self.rebuildRequestedAt != oldSelf.rebuildRequestedAt))",
+    "message": "os can change only with a new rebuildRequestedAt: a rebuild"
 }]))]
 pub struct VpsServerSpec {
     /// Display name: 1–63 letters, digits and hyphens, not starting or ending with a hyphen.
@@ -41,9 +44,9 @@ pub struct VpsServerSpec {
     /// disk is refused: disks only grow).
     #[schemars(length(min = 1, max = 63), regex(pattern = super::DNS_LABEL_PATTERN))]
     pub plan: String,
-    /// Name of the `VpsImage` the root disk is cloned from. Cannot be changed.
+    /// Name of the `VpsImage` the root disk is cloned from. Changes only with a new
+    /// `rebuildRequestedAt` (a rebuild).
     #[schemars(length(min = 1, max = 63), regex(pattern = super::DNS_LABEL_PATTERN))]
-    #[schemars(extend("x-kubernetes-validations" = [{"rule": "self == oldSelf", "message": "os is immutable"}]))]
     pub os: String,
     /// Name (code) of the `VpsLocation`. Cannot be changed.
     #[schemars(length(min = 1, max = 63), regex(pattern = super::DNS_LABEL_PATTERN))]
@@ -70,6 +73,12 @@ pub struct VpsServerSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 64))]
     pub reboot_requested_at: Option<String>,
+    /// Set to a new value (a timestamp, by convention) to rebuild the server once from `os`:
+    /// its root disk replaced by a fresh copy of the image, cloud-init run again on it; the
+    /// server keeps its id, name and backups.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64))]
+    pub rebuild_requested_at: Option<String>,
     /// An administrator's hold (e.g. an unpaid account): the server is halted while set.
     #[serde(default)]
     pub suspended: bool,
@@ -129,6 +138,13 @@ pub struct VpsServerStatus {
     /// UID of the VM instance a reboot replaced; `Rebooting` lasts until another one is ready.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reboot_from_instance: Option<String>,
+    /// The `spec.rebuildRequestedAt` that was last acted on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_rebuild_request: Option<String>,
+    /// UID of the root disk a rebuild replaces (empty when the server had none yet);
+    /// `Rebuilding` lasts until the server is active (or stopped) on a new one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rebuild_from_volume: Option<String>,
     /// The `metadata.generation` the status was computed from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
@@ -205,19 +221,21 @@ pub enum Phase {
     Stopping,
     Stopped,
     Rebooting,
+    Rebuilding,
     Suspended,
     Error,
 }
 
 impl Phase {
     /// Every phase, in the order the REST API documents them.
-    pub const ALL: [Phase; 8] = [
+    pub const ALL: [Phase; 9] = [
         Phase::Provisioning,
         Phase::Active,
         Phase::Starting,
         Phase::Stopping,
         Phase::Stopped,
         Phase::Rebooting,
+        Phase::Rebuilding,
         Phase::Suspended,
         Phase::Error,
     ];
@@ -231,6 +249,7 @@ impl Phase {
             Phase::Stopping => "stopping",
             Phase::Stopped => "stopped",
             Phase::Rebooting => "rebooting",
+            Phase::Rebuilding => "rebuilding",
             Phase::Suspended => "suspended",
             Phase::Error => "error",
         }

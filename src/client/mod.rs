@@ -55,7 +55,8 @@ pub enum Output {
 
 #[derive(clap::Subcommand, Debug)]
 pub enum ClientCommand {
-    /// The account's servers: list, show, create, update, delete, start, stop, reboot, resize.
+    /// The account's servers: list, show, create, update, delete, start, stop, reboot, resize,
+    /// rebuild.
     #[command(subcommand)]
     Servers(ServersCommand),
     /// The plans a server can be made with (every page).
@@ -67,6 +68,11 @@ pub enum ClientCommand {
     /// The account's SSH keys: list, show, create, delete.
     #[command(subcommand)]
     SshKeys(SshKeysCommand),
+    /// One tracked action (`servers actions ID` lists a server's).
+    Action {
+        #[arg(value_name = "ID")]
+        id: u64,
+    },
 }
 
 #[derive(clap::Subcommand, Debug)]
@@ -92,6 +98,30 @@ pub enum ServersCommand {
     Reboot(PowerArgs),
     /// Give a stopped server another plan (disks only grow); CPU and memory follow at the next start.
     Resize(ResizeArgs),
+    /// A server's tracked actions, newest first (every page).
+    Actions {
+        #[arg(value_name = "ID")]
+        id: u64,
+    },
+    /// Replace a server's disk by a fresh copy of an image (cloud-init runs again); id, name,
+    /// plan and backups are kept.
+    Rebuild(RebuildArgs),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct RebuildArgs {
+    #[arg(value_name = "ID")]
+    pub id: u64,
+    /// The image's id (`client os`).
+    #[arg(long)]
+    pub os_id: i64,
+    /// An SSH key of the account for the new disk (`client ssh-keys list`); without it the
+    /// server keeps its key.
+    #[arg(long, conflicts_with = "no_ssh_key")]
+    pub ssh_key_id: Option<i64>,
+    /// No SSH key on the new disk.
+    #[arg(long)]
+    pub no_ssh_key: bool,
 }
 
 #[derive(clap::Args, Debug)]
@@ -106,7 +136,7 @@ pub struct ResizeArgs {
 #[derive(clap::Args, Debug)]
 pub struct ListArgs {
     /// Only servers with this status (provisioning, active, starting, stopping, stopped,
-    /// rebooting, suspended, error).
+    /// rebooting, rebuilding, suspended, error).
     #[arg(long)]
     pub status: Option<String>,
     /// Only servers in this location (a code such as us-west).
@@ -229,12 +259,14 @@ enum Shows {
     SshKey,
     /// A key deleted: its id.
     SshKeyDeleted(u64),
+    Actions,
+    TrackedAction,
 }
 
 impl Shows {
     /// Whether the answer is a page of a list.
     fn is_list(self) -> bool {
-        matches!(self, Shows::Servers | Shows::Plans | Shows::Os | Shows::Locations | Shows::SshKeys)
+        matches!(self, Shows::Servers | Shows::Plans | Shows::Os | Shows::Locations | Shows::SshKeys | Shows::Actions)
     }
 
     /// What a list holds, for "No servers found.".
@@ -244,6 +276,7 @@ impl Shows {
             Shows::Plans => "plans",
             Shows::Os => "OS images",
             Shows::Locations => "locations",
+            Shows::Actions => "actions",
             _ => "SSH keys",
         }
     }
@@ -353,6 +386,20 @@ fn plan(command: &ClientCommand) -> Result<Plan> {
                 .with_body(json!({"plan_id": r.plan_id}));
             simple(request, Shows::Action)
         }
+        ClientCommand::Servers(ServersCommand::Rebuild(r)) => {
+            let mut body = json!({"os_id": r.os_id});
+            if let Some(k) = r.ssh_key_id {
+                body["ssh_key_id"] = json!(k);
+            } else if r.no_ssh_key {
+                body["ssh_key_id"] = Value::Null;
+            }
+            let request = Request::new(Method::POST, format!("/api/v1/servers/{}/rebuild/", r.id)).with_body(body);
+            simple(request, Shows::Action)
+        }
+        ClientCommand::Servers(ServersCommand::Actions { id }) => {
+            listing(&format!("/api/v1/servers/{id}/actions/"), Shows::Actions)
+        }
+        ClientCommand::Action { id } => simple(Request::get(format!("/api/v1/actions/{id}/")), Shows::TrackedAction),
         ClientCommand::Plans => listing("/api/v1/plans/", Shows::Plans),
         ClientCommand::Os => listing("/api/v1/os/", Shows::Os),
         ClientCommand::Locations => listing("/api/v1/locations/", Shows::Locations),
@@ -508,6 +555,7 @@ fn show_one(shows: Shows, reply: &Reply, json: bool) {
         Shows::Deleted(id) => out(&format!("Server {id} deleted.\n")),
         Shows::SshKey => out(&render::ssh_key(&v)),
         Shows::SshKeyDeleted(id) => out(&format!("SSH key {id} deleted.\n")),
+        Shows::TrackedAction => out(&render::tracked_action(&v)),
         _ => out(&render::server(&v)),
     }
 }
@@ -552,6 +600,7 @@ async fn show_pages(api: &Api, plan: &Plan, first: Reply, json: bool) -> Result<
         Shows::Os => render::os(&items),
         Shows::Locations => render::locations(&items),
         Shows::SshKeys => render::ssh_keys(&items),
+        Shows::Actions => render::tracked_actions(&items),
         _ => render::servers(&items),
     });
     if !plan.all_pages && first["next"].is_string() {
@@ -780,6 +829,21 @@ mod tests {
             (p.request.method.clone(), p.request.path.as_str(), p.request.body.clone()),
             (Method::POST, "/api/v1/servers/7/resize/", Some(json!({"plan_id": 2})))
         );
+        for (args, body) in [
+            ("", json!({"os_id": 3})),
+            (" --ssh-key-id 4", json!({"os_id": 3, "ssh_key_id": 4})),
+            (" --no-ssh-key", json!({"os_id": 3, "ssh_key_id": null})),
+        ] {
+            let p = plan_of(&format!("servers rebuild 7 --os-id 3{args}"));
+            assert_eq!((p.request.path.as_str(), p.request.body.clone()), ("/api/v1/servers/7/rebuild/", Some(body)));
+        }
+        let p = plan_of("servers actions 7");
+        assert_eq!(
+            (p.request.path.as_str(), p.shows, p.all_pages),
+            ("/api/v1/servers/7/actions/", Shows::Actions, true)
+        );
+        let p = plan_of("action 12");
+        assert_eq!((p.request.path.as_str(), p.shows), ("/api/v1/actions/12/", Shows::TrackedAction));
         let p = plan_of("servers delete 7 --wait --wait-timeout 5s");
         assert_eq!((p.request.method.clone(), p.request.path.as_str()), (Method::DELETE, "/api/v1/servers/7/"));
         assert_eq!(p.wait, Some(Wait { id: Some(7), until: Until::Gone, timeout: Duration::from_secs(5) }));

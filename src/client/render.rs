@@ -133,10 +133,44 @@ fn fields(lines: &[(&str, String)]) -> String {
     lines.iter().map(|(k, v)| format!("{:<width$}  {v}\n", format!("{k}:"))).collect()
 }
 
-/// The answer of start, stop or reboot: `Server is stopping: 12 web-1 (stopping)`.
+/// The answer of start, stop or reboot: `Server is stopping: 12 web-1 (stopping), action 40`.
 pub fn action(a: &Value) -> String {
     let s = &a["server"];
-    format!("{}: {} {} ({})\n", cell(&a["message"]), cell(&s["id"]), cell(&s["name"]), cell(&s["status"]))
+    let tracked = a["action"]["id"].as_i64().map(|id| format!(", action {id}")).unwrap_or_default();
+    format!("{}: {} {} ({}){tracked}\n", cell(&a["message"]), cell(&s["id"]), cell(&s["name"]), cell(&s["status"]))
+}
+
+/// Tracked actions: ID, TYPE, STATUS, STARTED, COMPLETED, ERROR.
+pub fn tracked_actions(items: &[Value]) -> String {
+    let rows: Vec<Vec<String>> = items
+        .iter()
+        .map(|a| {
+            let or_dash = |k: &str| if a[k].is_null() { "-".to_string() } else { cell(&a[k]) };
+            vec![
+                cell(&a["id"]),
+                cell(&a["type"]),
+                cell(&a["status"]),
+                cell(&a["started_at"]),
+                or_dash("completed_at"),
+                or_dash("error"),
+            ]
+        })
+        .collect();
+    table(&["ID", "TYPE", "STATUS", "STARTED", "COMPLETED", "ERROR"], &rows)
+}
+
+/// One tracked action.
+pub fn tracked_action(a: &Value) -> String {
+    let or_dash = |k: &str| if a[k].is_null() { "-".to_string() } else { cell(&a[k]) };
+    fields(&[
+        ("ID", cell(&a["id"])),
+        ("Type", cell(&a["type"])),
+        ("Status", cell(&a["status"])),
+        ("Server", cell(&a["server_id"])),
+        ("Started", cell(&a["started_at"])),
+        ("Completed", or_dash("completed_at")),
+        ("Error", or_dash("error")),
+    ])
 }
 
 pub fn plans(items: &[Value]) -> String {
@@ -278,6 +312,19 @@ mod tests {
                "location": "us-west", "plan": {"id": 1, "name": "Standard VPS", "vcpus": 2, "memory": 4096,
                "storage": 80}, "os": {"id": 5, "name": "Ubuntu 22.04 LTS"},
                "created_at": "2025-01-10T14:30:00Z", "updated_at": "2025-01-15T10:20:00Z"})
+    }
+
+    #[test]
+    fn tracked_actions_show_their_state() {
+        let open = json!({"id": 40, "type": "stop", "status": "in-progress", "server_id": 7,
+                          "started_at": "2026-12-01T10:00:00.5Z", "completed_at": null, "error": null});
+        let table = tracked_actions(std::slice::from_ref(&open));
+        let row: Vec<&str> = table.lines().nth(1).unwrap().split_whitespace().collect();
+        assert_eq!(row, ["40", "stop", "in-progress", "2026-12-01T10:00:00.5Z", "-", "-"]);
+        assert!(tracked_action(&open).contains("Completed:  -"), "{}", tracked_action(&open));
+        let answer = json!({"status": "success", "message": "Server is stopping",
+                            "server": {"id": 7, "name": "web", "status": "stopping"}, "action": open});
+        assert_eq!(action(&answer), "Server is stopping: 7 web (stopping), action 40\n");
     }
 
     #[test]

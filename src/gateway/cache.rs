@@ -23,7 +23,7 @@ use serde::de::DeserializeOwned;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::api::{VpsAccount, VpsImage, VpsLocation, VpsPlan, VpsServer, VpsSshKey};
+use crate::api::{VpsAccount, VpsAction, VpsImage, VpsLocation, VpsPlan, VpsServer, VpsSshKey};
 use crate::tokens::{TOKEN_LABEL, TokenRecord, read_token_secret};
 use crate::watch_cache::{self, Feed, Index, Ready};
 
@@ -42,6 +42,8 @@ pub struct Caches {
     pub locations: Store<VpsLocation>,
     pub accounts: Store<VpsAccount>,
     pub ssh_keys: Store<VpsSshKey>,
+    /// The servers' tracked actions (managed fields pruned).
+    pub actions: Store<VpsAction>,
     pub tokens: Arc<TokenIndex>,
     /// Moves on with every change of a plan or image: rendered servers show both.
     catalog_version: Arc<AtomicU64>,
@@ -58,6 +60,7 @@ pub struct Feeds {
     pub locations: Writer<VpsLocation>,
     pub accounts: Writer<VpsAccount>,
     pub ssh_keys: Writer<VpsSshKey>,
+    pub actions: Writer<VpsAction>,
     catalog_version: Arc<AtomicU64>,
 }
 
@@ -214,19 +217,22 @@ impl Caches {
         let (locations, location_writer) = reflector::store();
         let (accounts, account_writer) = reflector::store();
         let (ssh_keys, key_writer) = reflector::store();
+        let (actions, action_writer) = reflector::store();
         let (ready_tx, ready) = watch::channel(false);
-        let stores = (plans.clone(), images.clone(), locations.clone(), accounts.clone(), ssh_keys.clone());
+        let stores =
+            (plans.clone(), images.clone(), locations.clone(), accounts.clone(), ssh_keys.clone(), actions.clone());
         let readiness = tokio::spawn(async move {
-            let (p, i, l, a, k) = stores;
+            let (p, i, l, a, k, x) = stores;
             let synced = futures::join!(
                 p.wait_until_ready(),
                 i.wait_until_ready(),
                 l.wait_until_ready(),
                 a.wait_until_ready(),
                 k.wait_until_ready(),
+                x.wait_until_ready(),
                 Ready::all([servers_ready, tokens_ready]),
             );
-            if [synced.0, synced.1, synced.2, synced.3, synced.4].iter().all(Result::is_ok) {
+            if [synced.0, synced.1, synced.2, synced.3, synced.4, synced.5].iter().all(Result::is_ok) {
                 tracing::info!("Caches synced");
                 ready_tx.send_replace(true);
             }
@@ -239,6 +245,7 @@ impl Caches {
             locations,
             accounts,
             ssh_keys,
+            actions,
             tokens,
             catalog_version: catalog_version.clone(),
             ready,
@@ -252,6 +259,7 @@ impl Caches {
             locations: location_writer,
             accounts: account_writer,
             ssh_keys: key_writer,
+            actions: action_writer,
             catalog_version,
         };
         (caches, feeds)
@@ -317,7 +325,8 @@ impl Feeds {
     /// Follows the cluster's watches into the caches (one task per watch).
     pub fn watch(self, client: Client, system_namespace: &str) -> Vec<JoinHandle<()>> {
         let all = watcher::Config::default;
-        let Feeds { mut servers, mut tokens, plans, images, locations, accounts, ssh_keys, catalog_version } = self;
+        let Feeds { mut servers, mut tokens, plans, images, locations, accounts, ssh_keys, actions, catalog_version } =
+            self;
         let catalog = Some(catalog_version);
         vec![
             spawn_watch(Api::<VpsServer>::all(client.clone()), all(), prune_server, move |e| servers.apply(e)),
@@ -326,6 +335,7 @@ impl Feeds {
             spawn_watch(Api::<VpsLocation>::all(client.clone()), all(), |_| {}, into_sink(locations, None)),
             spawn_watch(Api::<VpsAccount>::all(client.clone()), all(), |_| {}, into_sink(accounts, None)),
             spawn_watch(Api::<VpsSshKey>::all(client.clone()), all(), |_| {}, into_sink(ssh_keys, None)),
+            spawn_watch(Api::<VpsAction>::all(client.clone()), all(), |_| {}, into_sink(actions, None)),
             spawn_watch(
                 Api::<Secret>::namespaced(client, system_namespace),
                 all().labels(&format!("{TOKEN_LABEL}=true")),
@@ -349,7 +359,7 @@ impl Feeds {
             }
             writer.apply_watcher_event(&watcher::Event::InitDone);
         }
-        let Feeds { mut servers, mut tokens, plans, images, locations, accounts, ssh_keys, .. } = self;
+        let Feeds { mut servers, mut tokens, plans, images, locations, accounts, ssh_keys, actions, .. } = self;
         servers.load(fixture.servers.into_iter().map(|mut s| {
             prune_server(&mut s);
             s
@@ -360,6 +370,7 @@ impl Feeds {
         load_store(locations, fixture.locations);
         load_store(accounts, fixture.accounts);
         load_store(ssh_keys, fixture.ssh_keys);
+        load_store(actions, fixture.actions);
     }
 }
 
@@ -373,6 +384,7 @@ pub struct Fixture {
     pub locations: Vec<VpsLocation>,
     pub accounts: Vec<VpsAccount>,
     pub ssh_keys: Vec<VpsSshKey>,
+    pub actions: Vec<VpsAction>,
 }
 
 /// Whether `have` is the same as or newer than `want`. resourceVersions are opaque in

@@ -1,6 +1,8 @@
-//! Lifecycle actions beyond power: resize. A resize changes the server's plan (the CRD allows
-//! it only while the server is stopped); the operator grows the root disk and the VM's CPU
-//! and memory follow at the next start (`operator::resize`).
+//! Lifecycle actions beyond power: resize and rebuild. A resize changes the server's plan
+//! (the CRD allows it only while the server is stopped); the operator grows the root disk and
+//! the VM's CPU and memory follow at the next start (`operator::resize`). A rebuild sets a new
+//! `rebuildRequestedAt` with the image (the CRD lets `os` change only with one); the operator
+//! replaces the root disk (`operator::rebuild`).
 
 use axum::extract::{Path, State};
 use axum::routing::post;
@@ -8,17 +10,19 @@ use axum::{Json, Router};
 use kube::ResourceExt;
 use serde_json::json;
 
+use super::actions;
 use super::auth::Tenant;
 use super::error::{ApiError, FieldErrors, RawBody};
-use super::servers::{find, now_stamp, patch_server_object};
-use super::validate::{Fields, Presence};
-use super::view::{ActionResponse, ActionServer, ApiStatus, UPDATED_AT_ANNOTATION, api_status};
+use super::servers::{account_key, action_response, find, now_stamp, patch_server_object};
+use super::validate::{Fields, Presence, does_not_exist};
+use super::view::{ActionResponse, UPDATED_AT_ANNOTATION, api_status};
 use super::{AppState, route_both, with_405};
-use crate::api::Phase;
+use crate::api::{ActionType, Expectation, Phase, PowerState};
 use crate::credit_ledger::Reservation;
 
 pub fn router() -> Router<AppState> {
-    route_both(Router::new(), "/api/v1/servers/{server_id}/resize/", with_405(post(resize_server), "POST"))
+    let r = route_both(Router::new(), "/api/v1/servers/{server_id}/resize/", with_405(post(resize_server), "POST"));
+    route_both(r, "/api/v1/servers/{server_id}/rebuild/", with_405(post(rebuild_server), "POST"))
 }
 
 /// The resize body.
@@ -62,7 +66,7 @@ pub async fn resize_server(
         .caches
         .plans
         .find(|p| p.spec.id == plan_id)
-        .ok_or_else(|| field_error("plan_id", format!("Invalid pk \"{plan_id}\" - object does not exist.")))?;
+        .ok_or_else(|| field_error("plan_id", does_not_exist(plan_id)))?;
     let status = api_status(&server);
     if status != Phase::Stopped {
         return Err(ApiError::BadRequest(format!(
@@ -106,10 +110,72 @@ pub async fn resize_server(
             return Err(e);
         }
     };
-    let id = updated.id().ok_or_else(|| ApiError::Internal(anyhow::anyhow!("server {name} lost its id")))?;
-    Ok(Json(ActionResponse {
-        status: "success",
-        message: "Server is resized",
-        server: ActionServer { id, name: updated.spec.name.clone(), status: ApiStatus(api_status(&updated)) },
-    }))
+    let expect = Expectation { phase: Some(Phase::Stopped), plan: Some(plan.name_any()), ..Default::default() };
+    let tracked = actions::record(&state, &updated, ActionType::Resize, expect).await;
+    action_response(&updated, "Server is resized", tracked)
+}
+
+/// The rebuild body.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct Rebuild {
+    /// The OS image to rebuild from (it may be the one the server has).
+    os_id: i64,
+    /// An SSH key of the account for the new disk; `null` for none; absent: the server's own.
+    ssh_key_id: Option<i64>,
+}
+
+#[utoipa::path(post, path = "/api/v1/servers/{server_id}/rebuild/", tag = "servers",
+    params(("server_id" = i64, Path, description = "The server's id")),
+    request_body = Rebuild,
+    responses(
+        (status = 200, description = "Rebuilding: a fresh root disk from the image, cloud-init run again; id, name and backups kept", body = ActionResponse),
+        (status = 400, description = "Not active, stopped or in error; or an unknown image or key"),
+        (status = 401, description = "Missing or unknown token"),
+        (status = 404, description = "No such server in this account"),
+    ),
+    security(("bearer" = [])))]
+pub async fn rebuild_server(
+    tenant: Tenant,
+    State(state): State<AppState>,
+    Path(server_id): Path<String>,
+    body: RawBody,
+) -> Result<Json<ActionResponse>, ApiError> {
+    let server = find(&state, &tenant, &server_id)?;
+    let map = body.json_object()?;
+    let mut f = Fields::new(&map);
+    let os_id = f.integer("os_id", Presence::Required);
+    let key_given = map.contains_key("ssh_key_id");
+    let ssh_key_id = f.integer("ssh_key_id", Presence::OptionalNullable);
+    let image = os_id.and_then(|id| {
+        let image = state.caches.images.find(|i| i.spec.id == id);
+        if image.is_none() {
+            f.errors.add("os_id", does_not_exist(id));
+        }
+        image
+    });
+    let key = ssh_key_id.and_then(|id| {
+        let key = account_key(&state.caches, &tenant.namespace, id);
+        if key.is_none() {
+            f.errors.add("ssh_key_id", does_not_exist(id));
+        }
+        key
+    });
+    f.errors.into_result()?;
+    let image = image.ok_or_else(|| ApiError::Internal(anyhow::anyhow!("validation passed without os_id")))?;
+    let status = api_status(&server);
+    if !matches!(status, Phase::Active | Phase::Stopped | Phase::Error) {
+        return Err(ApiError::BadRequest(format!("Server cannot be rebuilt while it is {}.", status.as_api_str())));
+    }
+    let stamp = jiff::Timestamp::now().to_string();
+    let mut spec = json!({"os": image.name_any(), "rebuildRequestedAt": stamp});
+    if key_given {
+        spec["sshKey"] = json!(key.map(|k| k.name_any()));
+    }
+    let patch = json!({"metadata": {"annotations": {UPDATED_AT_ANNOTATION: now_stamp()}}, "spec": spec});
+    let updated = patch_server_object(&state, &server, &patch).await?;
+    let settles = if updated.spec.power_state == PowerState::Stopped { Phase::Stopped } else { Phase::Active };
+    let expect = Expectation { phase: Some(settles), rebuild_request: Some(stamp), ..Default::default() };
+    let tracked = actions::record(&state, &updated, ActionType::Rebuild, expect).await;
+    action_response(&updated, "Server is rebuilding", tracked)
 }

@@ -5,8 +5,8 @@
 //!   fixture in the handlers' unit tests).
 //! - [`credit`]: the credit check of creates.
 //! - [`auth`]: the Bearer-token extractor (tenancy).
-//! - [`servers`], [`lifecycle`], [`catalog`], [`ssh_keys`]: one router per resource (the
-//!   server actions beyond power in `lifecycle`).
+//! - [`servers`], [`lifecycle`], [`actions`], [`catalog`], [`ssh_keys`]: one router per
+//!   resource (the server actions beyond power in `lifecycle`, tracked actions in `actions`).
 //! - [`view`]: the JSON representation, [`validate`]: hand validation with DRF's messages.
 //! - [`idempotency`]: `Idempotency-Key` replay kept in the cluster.
 //! - [`metrics`], [`openapi`], [`docs`]: `/metrics` (its own listener), `/api/v1/openapi.json`
@@ -15,6 +15,7 @@
 //! - [`listen`]: the connections (timeouts, a cap), [`rate_limit`]: requests per token.
 
 pub mod access;
+pub mod actions;
 pub mod auth;
 pub mod cache;
 pub mod catalog;
@@ -200,6 +201,7 @@ pub fn app(state: AppState) -> Router {
     let api = Router::new()
         .merge(servers::router())
         .merge(lifecycle::router())
+        .merge(actions::router())
         .merge(catalog::router())
         .merge(ssh_keys::router())
         .merge(docs::router())
@@ -464,6 +466,6 @@ mod tests {
         let schemas = &doc.body["components"]["schemas"];
         assert!(doc.body["components"]["securitySchemes"]["bearer"].is_object());
         assert!(schemas["ServerDetail"].is_object());
-        assert_eq!(schemas["ServerStatus"]["enum"].as_array().map(Vec::len), Some(8), "{}", schemas["ServerStatus"]);
+        assert_eq!(schemas["ServerStatus"]["enum"].as_array().map(Vec::len), Some(9), "{}", schemas["ServerStatus"]);
     }
 }

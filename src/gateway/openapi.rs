@@ -13,7 +13,7 @@ use serde_json::{Map, Value, json};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{catalog, lifecycle, servers, ssh_keys, view};
+use super::{actions, catalog, lifecycle, servers, ssh_keys, view};
 
 struct BearerAuth;
 
@@ -44,6 +44,9 @@ impl Modify for BearerAuth {
         servers::reboot_server,
         servers::protect_server,
         lifecycle::resize_server,
+        lifecycle::rebuild_server,
+        actions::get_action,
+        actions::list_server_actions,
         catalog::list_plans,
         catalog::list_os,
         catalog::list_locations,
@@ -55,10 +58,10 @@ impl Modify for BearerAuth {
     components(schemas(
         view::ServerListItem, view::ServerDetail, view::CreatedServer, view::ActionResponse, view::ActionServer, view::ApiStatus,
         view::PlanSummary, view::PlanDetail, view::OsRef, view::ResourceUsage, view::PlanView, view::LocationView,
-        view::SshKeyView, servers::CreateServer, servers::UpdateServer, servers::PatchServer, servers::SetProtection, lifecycle::Resize, view::Protection, ssh_keys::CreateSshKey,
+        view::SshKeyView, view::ActionView, servers::CreateServer, servers::UpdateServer, servers::PatchServer, servers::SetProtection, lifecycle::Resize, lifecycle::Rebuild, view::Protection, ssh_keys::CreateSshKey,
     )),
     modifiers(&BearerAuth),
-    tags((name = "servers"), (name = "catalog"), (name = "ssh-keys"))
+    tags((name = "servers"), (name = "actions"), (name = "catalog"), (name = "ssh-keys"))
 )]
 pub struct ApiDoc;
 
@@ -92,6 +95,8 @@ const LINKS: [(&str, &str, &[&str]); 2] = [
             "reboot_server",
             "protect_server",
             "resize_server",
+            "rebuild_server",
+            "list_server_actions",
         ],
     ),
     ("create_key", "key_id", &["get_key", "delete_key"]),
@@ -106,6 +111,7 @@ fn request_example(operation: &str) -> Option<Value> {
         "patch_server" => json!({"name": "web-server-02"}),
         "protect_server" => json!({"delete": true}),
         "resize_server" => json!({"plan_id": 2}),
+        "rebuild_server" => json!({"os_id": 3}),
         "create_key" => json!({"name": "laptop", "public_key": "ssh-ed25519 \
             AAAAC3NzaC1lZDI1NTE5AAAAICfEbCCBLd+8e/DUJQKQk/3Fmn6NKFyS1ApydWGPcN0m user@laptop"}),
         _ => return None,
@@ -284,7 +290,7 @@ mod tests {
         }
         let created = &doc["paths"]["/api/v1/servers/"]["post"]["responses"]["201"];
         let links = created["links"].as_object().unwrap();
-        assert_eq!(links.len(), 9);
+        assert_eq!(links.len(), 11);
         assert_eq!(links["reboot_server"]["parameters"]["server_id"], "$response.body#/id");
         let ids: BTreeSet<&str> = operations(&doc).iter().filter_map(|(_, _, op)| op["operationId"].as_str()).collect();
         assert!(links.keys().all(|k| ids.contains(k.as_str())));

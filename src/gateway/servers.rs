@@ -14,20 +14,22 @@ use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use serde_json::json;
 
+use super::actions;
 use super::auth::Tenant;
 use super::cache::{Caches, wait_for_delete, wait_for_write};
 use super::error::{ApiError, FieldErrors, RawBody};
 use super::idempotency::{self, Claim, IDEMPOTENCY_LABEL, Stored};
 use super::index::Filter;
 use super::pagination::{self, Query};
-use super::validate::{Fields, IMMUTABLE, Presence};
+use super::validate::{Fields, IMMUTABLE, Presence, does_not_exist};
 use super::view::{
     self, ActionResponse, ActionServer, ApiStatus, CreatedServer, Page, ServerDetail, ServerListItem,
     UPDATED_AT_ANNOTATION, api_status,
 };
 use super::{AppState, FIELD_MANAGER, base_url, route_both, with_405};
 use crate::api::{
-    ACCOUNT_LABEL, Phase, PowerState, SERVER_ID_LABEL, TEARDOWN_FINALIZER, VpsImage, VpsPlan, VpsServer, VpsServerSpec,
+    ACCOUNT_LABEL, ActionType, Expectation, Phase, PowerState, SERVER_ID_LABEL, TEARDOWN_FINALIZER, VpsImage, VpsPlan,
+    VpsServer, VpsServerSpec,
 };
 use crate::credit_ledger::Reservation;
 use crate::ids::IdKind;
@@ -63,7 +65,7 @@ pub(super) fn find(state: &AppState, tenant: &Tenant, server_id: &str) -> Result
 
 /// The id of a server path: digits only, as the documented integer path parameter (no sign,
 /// no spaces); anything else names no server.
-fn parse_id(server_id: &str) -> Result<i64, ApiError> {
+pub(super) fn parse_id(server_id: &str) -> Result<i64, ApiError> {
     if server_id.is_empty() || !server_id.bytes().all(|b| b.is_ascii_digit()) {
         return Err(ApiError::NotFound);
     }
@@ -221,7 +223,6 @@ fn parse_create(body: &RawBody, caches: &Caches, namespace: &str) -> Result<NewS
     let hostname = f.hostname("hostname", Presence::OptionalNullable);
     let ssh_key_id = f.integer("ssh_key_id", Presence::OptionalNullable);
     let backups_enabled = f.boolean("backups_enabled", Presence::Optional).unwrap_or(false);
-    let does_not_exist = |id: i64| format!("Invalid pk \"{id}\" - object does not exist.");
     let plan = plan_id.and_then(|id| {
         let plan = caches.plans.find(|p| p.spec.id == id);
         if plan.is_none() {
@@ -242,11 +243,7 @@ fn parse_create(body: &RawBody, caches: &Caches, namespace: &str) -> Result<NewS
         f.errors.add("location", format!("\"{l}\" is not a valid choice."));
     }
     let ssh_key = ssh_key_id.and_then(|id| {
-        let key = caches.ssh_keys.find(|k| {
-            k.namespace().as_deref() == Some(namespace)
-                && k.metadata.deletion_timestamp.is_none()
-                && view::ssh_key_id(k) == Some(id)
-        });
+        let key = account_key(caches, namespace, id);
         if key.is_none() {
             f.errors.add("ssh_key_id", does_not_exist(id));
         }
@@ -257,6 +254,15 @@ fn parse_create(body: &RawBody, caches: &Caches, namespace: &str) -> Result<NewS
         return Err(ApiError::Internal(anyhow::anyhow!("validation passed with a field missing")));
     };
     Ok(NewServer { name, plan, image, location, hostname, ssh_key: ssh_key.map(|k| k.name_any()), backups_enabled })
+}
+
+/// The SSH key `id` of the account whose namespace is `namespace`.
+pub(super) fn account_key(caches: &Caches, namespace: &str, id: i64) -> Option<Arc<crate::api::VpsSshKey>> {
+    caches.ssh_keys.find(|k| {
+        k.namespace().as_deref() == Some(namespace)
+            && k.metadata.deletion_timestamp.is_none()
+            && view::ssh_key_id(k) == Some(id)
+    })
 }
 
 /// The `VpsServer` object of a new server with id `id` (pure).
@@ -280,6 +286,7 @@ fn server_object(new: NewServer, id: i64, account: &str, idempotency_key: Option
             backups_enabled: new.backups_enabled,
             power_state: PowerState::Running,
             reboot_requested_at: None,
+            rebuild_requested_at: None,
             suspended: false,
             delete_protection: false,
         },
@@ -313,7 +320,14 @@ async fn create(
             .find(|s| s.labels().get(IDEMPOTENCY_LABEL).map(String::as_str) == Some(key))
     {
         let id = earlier.id().unwrap_or_default();
-        return Ok((CreatedServer { server: detail(state, &earlier)?, message: CREATED_MESSAGE }, location_of(id)));
+        let action = caches
+            .actions
+            .find(|a| a.spec.server == earlier.name_any() && a.spec.type_ == ActionType::Create)
+            .map(|a| view::action_view(&a));
+        return Ok((
+            CreatedServer { server: detail(state, &earlier)?, message: CREATED_MESSAGE, action },
+            location_of(id),
+        ));
     }
     // The server's price is committed on the account's ledger before its object exists.
     let price = new.plan.spec.monthly_price_cents;
@@ -349,7 +363,9 @@ async fn create(
     };
     tracing::info!(id, namespace = tenant.namespace, "Server created");
     wait_for_write(caches.servers.as_ref(), &created).await;
-    Ok((CreatedServer { server: detail(state, &created)?, message: CREATED_MESSAGE }, location_of(id)))
+    let expect = Expectation { phase: Some(Phase::Active), ..Default::default() };
+    let action = actions::record(state, &created, ActionType::Create, expect).await;
+    Ok((CreatedServer { server: detail(state, &created)?, message: CREATED_MESSAGE, action }, location_of(id)))
 }
 
 #[utoipa::path(get, path = "/api/v1/servers/{server_id}/", tag = "servers",
@@ -540,6 +556,7 @@ pub async fn delete_server(
     };
     api.delete(&server.name_any(), &dp).await?;
     tracing::info!(id = server_id, namespace = tenant.namespace, "Server deleted");
+    actions::record(&state, &server, ActionType::Delete, Expectation::default()).await;
     wait_for_delete(state.caches.servers.as_ref(), &server).await;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -569,13 +586,18 @@ impl Action {
         }
     }
 
-    /// The spec change that asks for it.
-    fn spec_patch(self) -> serde_json::Value {
+    /// The spec change that asks for it, and what the server shows once it is done.
+    fn spec_patch(self) -> (serde_json::Value, ActionType, Expectation) {
+        let phase = |p| Expectation { phase: Some(p), ..Default::default() };
         match self {
-            Action::Start => json!({"powerState": "Running"}),
-            Action::Stop => json!({"powerState": "Stopped"}),
+            Action::Start => (json!({"powerState": "Running"}), ActionType::Start, phase(Phase::Active)),
+            Action::Stop => (json!({"powerState": "Stopped"}), ActionType::Stop, phase(Phase::Stopped)),
             // Sub-second precision: two reboots in one second are two requests.
-            Action::Reboot => json!({"rebootRequestedAt": jiff::Timestamp::now().to_string()}),
+            Action::Reboot => {
+                let stamp = jiff::Timestamp::now().to_string();
+                let expect = Expectation { reboot_request: Some(stamp.clone()), ..phase(Phase::Active) };
+                (json!({"rebootRequestedAt": stamp}), ActionType::Reboot, expect)
+            }
         }
     }
 
@@ -596,14 +618,26 @@ async fn action(
 ) -> Result<Json<ActionResponse>, ApiError> {
     let server = find(state, tenant, server_id)?;
     action.check(api_status(&server)).map_err(ApiError::BadRequest)?;
-    let patch = json!({"metadata": {"annotations": {UPDATED_AT_ANNOTATION: now_stamp()}}, "spec": action.spec_patch()});
+    let (spec, type_, expect) = action.spec_patch();
+    let patch = json!({"metadata": {"annotations": {UPDATED_AT_ANNOTATION: now_stamp()}}, "spec": spec});
     let updated = patch_server_object(state, &server, &patch).await?;
+    let tracked = actions::record(state, &updated, type_, expect).await;
+    action_response(&updated, action.message(), tracked)
+}
+
+/// The answer to an action on `updated`: the contract's shape, and the tracked action.
+pub(super) fn action_response(
+    updated: &VpsServer,
+    message: &'static str,
+    action: Option<view::ActionView>,
+) -> Result<Json<ActionResponse>, ApiError> {
     let id =
         updated.id().ok_or_else(|| ApiError::Internal(anyhow::anyhow!("server {} lost its id", updated.name_any())))?;
     Ok(Json(ActionResponse {
         status: "success",
-        message: action.message(),
-        server: ActionServer { id, name: updated.spec.name.clone(), status: ApiStatus(api_status(&updated)) },
+        message,
+        server: ActionServer { id, name: updated.spec.name.clone(), status: ApiStatus(api_status(updated)) },
+        action,
     }))
 }
 

@@ -99,7 +99,25 @@ pub fn fixture(servers: Vec<VpsServer>, keys: Vec<VpsSshKey>) -> Fixture {
         locations,
         accounts: vec![account("acme"), account("other")],
         ssh_keys: keys,
+        actions: Vec::new(),
     }
+}
+
+/// Action `id` on server `server_id` (object `srv-ID`) in namespace `namespace`.
+pub fn action(namespace: &str, id: i64, server_id: i64, type_: crate::api::ActionType) -> crate::api::VpsAction {
+    let mut a = crate::api::VpsAction::new(
+        &format!("act-{id}"),
+        crate::api::VpsActionSpec {
+            id,
+            type_,
+            server: format!("srv-{server_id}"),
+            server_id,
+            started_at: format!("2026-12-01T10:00:{:02}.5Z", id % 60),
+            expect: Default::default(),
+        },
+    );
+    a.metadata.namespace = Some(namespace.to_string());
+    a
 }
 
 /// The settings of the tests' gateways: no rate limit (a test makes more requests at once

@@ -14,6 +14,11 @@ pub const NOT_BOOLEAN: &str = "Must be a valid boolean.";
 pub const IMMUTABLE: &str = "This field cannot be changed.";
 pub const CONTROL: &str = "This field may not contain control characters or line breaks.";
 
+/// DRF's message for an id that names no object (of the catalog or the account).
+pub fn does_not_exist(id: i64) -> String {
+    format!("Invalid pk \"{id}\" - object does not exist.")
+}
+
 /// Reads fields of a body, collecting every failure.
 pub struct Fields<'a> {
     body: &'a Map<String, Value>,

@@ -9,7 +9,10 @@ use serde::{Serialize, Serializer};
 use utoipa::ToSchema;
 
 use crate::api::SSH_KEY_ID_LABEL;
-use crate::api::{Phase, PowerState, VpsImage, VpsImageSpec, VpsLocation, VpsPlan, VpsPlanSpec, VpsServer, VpsSshKey};
+use crate::api::{
+    ActionState, Phase, PowerState, VpsAction, VpsImage, VpsImageSpec, VpsLocation, VpsPlan, VpsPlanSpec, VpsServer,
+    VpsSshKey,
+};
 
 /// Annotation the gateway sets on every write it makes to a server.
 pub const UPDATED_AT_ANNOTATION: &str = "vps.org/updated-at";
@@ -26,6 +29,12 @@ pub fn api_status(s: &VpsServer) -> Phase {
     let Some(phase) = s.status.as_ref().and_then(|st| st.phase) else { return Phase::Provisioning };
     if s.spec.suspended {
         return Phase::Suspended;
+    }
+    // A rebuild asked for and not yet taken up shows at once, as a reboot does.
+    if let Some(requested) = s.spec.rebuild_requested_at.as_deref()
+        && s.status.as_ref().and_then(|st| st.observed_rebuild_request.as_deref()) != Some(requested)
+    {
+        return Phase::Rebuilding;
     }
     match (s.spec.power_state, phase) {
         (PowerState::Running, Phase::Stopped) => return Phase::Starting,
@@ -196,6 +205,9 @@ pub struct CreatedServer {
     #[serde(flatten)]
     pub server: ServerDetail,
     pub message: &'static str,
+    /// The create's tracked action.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub action: Option<ActionView>,
 }
 
 /// The server in an action's answer.
@@ -213,6 +225,43 @@ pub struct ActionResponse {
     pub status: &'static str,
     pub message: &'static str,
     pub server: ActionServer,
+    /// The call's tracked action.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub action: Option<ActionView>,
+}
+
+/// A tracked action (`GET /api/v1/actions/{id}/`).
+#[derive(Serialize, ToSchema, Debug, Clone, PartialEq)]
+pub struct ActionView {
+    pub id: i64,
+    /// create, start, stop, reboot, resize, rebuild or delete.
+    #[serde(rename = "type")]
+    pub type_: &'static str,
+    /// in-progress, completed or errored.
+    pub status: &'static str,
+    /// The server's id.
+    pub server_id: i64,
+    pub started_at: String,
+    pub completed_at: Option<String>,
+    pub error: Option<String>,
+}
+
+/// The REST view of an action.
+pub fn action_view(a: &VpsAction) -> ActionView {
+    let status = a.status.clone().unwrap_or_default();
+    ActionView {
+        id: a.spec.id,
+        type_: a.spec.type_.as_str(),
+        status: match status.status {
+            ActionState::InProgress => "in-progress",
+            ActionState::Completed => "completed",
+            ActionState::Errored => "errored",
+        },
+        server_id: a.spec.server_id,
+        started_at: a.spec.started_at.clone(),
+        completed_at: status.completed_at,
+        error: status.error,
+    }
 }
 
 /// A page of results, as Django REST Framework's page-number pagination.
@@ -381,6 +430,7 @@ mod tests {
                 backups_enabled: false,
                 power_state: power,
                 reboot_requested_at: None,
+                rebuild_requested_at: None,
                 suspended: false,
                 delete_protection: false,
             },
@@ -410,7 +460,13 @@ mod tests {
         assert_eq!(api_status(&reboot), Rebooting);
         reboot.status.as_mut().unwrap().observed_reboot_request = Some("2025-01-01T00:00:00.1Z".into());
         assert_eq!(api_status(&reboot), Active);
+        let mut rebuild = mk(PowerState::Running, Some(Active));
+        rebuild.spec.rebuild_requested_at = Some("2025-01-01T00:00:00.2Z".into());
+        assert_eq!(api_status(&rebuild), Rebuilding, "asked for, not yet taken up");
+        rebuild.status.as_mut().unwrap().observed_rebuild_request = Some("2025-01-01T00:00:00.2Z".into());
+        assert_eq!(api_status(&rebuild), Active);
         assert_eq!(serde_json::to_value(ApiStatus(Stopping)).unwrap(), "stopping");
+        assert_eq!(serde_json::to_value(ApiStatus(Rebuilding)).unwrap(), "rebuilding");
     }
 
     #[test]

@@ -15,6 +15,7 @@
 //! - [`metrics`]: Prometheus metrics and health endpoints.
 
 pub mod accounts;
+pub mod actions;
 pub mod backups;
 pub mod cache;
 pub mod held;
@@ -23,6 +24,7 @@ pub mod metrics;
 pub mod observed;
 pub mod phase;
 pub mod queue;
+pub mod rebuild;
 pub mod reconcile;
 pub mod references;
 pub mod resize;
@@ -99,6 +101,9 @@ pub struct OperatorConfig {
     /// Servers reconciled at once.
     #[arg(long, default_value_t = 16)]
     pub concurrency: u16,
+    /// How long finished actions (`VpsAction`) are kept.
+    #[arg(long, value_parser = crate::flags::duration, default_value = "7d")]
+    pub action_retention: Duration,
     /// Timeout of every API call the reconciler makes.
     #[arg(long, value_parser = crate::flags::duration, default_value = "15s")]
     pub api_timeout: Duration,
@@ -192,8 +197,12 @@ fn clients(kube_config: kube::Config, timeout: Duration) -> anyhow::Result<(Clie
 }
 
 /// Runs the operator until `shutdown` resolves; then it starts no new reconcile and returns
-/// once the running ones have finished. Serves `/metrics`, `/healthz` and `/readyz` on
+/// once the running ones have finished.
+///
+/// Finished actions older than `config.action_retention` are pruned every ten minutes. Serves `/metrics`, `/healthz` and `/readyz` on
 /// `metrics_addr` when given.
+const ACTION_PRUNE_EVERY: Duration = Duration::from_secs(600);
+
 pub async fn run(
     kube_config: kube::Config,
     config: OperatorConfig,
@@ -257,8 +266,16 @@ pub async fn run(
             reconcile_key(key, ctx.clone())
         });
     // Everything runs inside this future (nothing is spawned): dropping it stops it all.
-    let forever = futures::future::join4(
+    let pruning = {
+        let (ctx, mut leader) = (ctx.clone(), leader.clone());
+        async move {
+            let _ = leader.wait_for(|l| *l).await;
+            actions::prune(ctx, config.action_retention, ACTION_PRUNE_EVERY).await;
+        }
+    };
+    let forever = futures::future::join5(
         watches.wake(requests, caches.servers.clone()),
+        pruning,
         async {
             if let Some(addr) = metrics_addr {
                 metrics::serve(addr, ctx.metrics.clone()).await;

@@ -26,6 +26,7 @@ impl Observation {
 /// Derives the phase. `fault` is what keeps the server from being built at all (reason,
 /// message): a plan, image, location or key that never resolved, a lost VM;
 /// `rebooting_from` is the UID of the instance a reboot replaced, while that reboot lasts;
+/// `rebuild` says, while a rebuild lasts, whether the root disk is replaced yet;
 /// `previous` is the phase the server's status shows. Addresses are reported while the
 /// instance runs.
 pub fn observe(
@@ -34,9 +35,18 @@ pub fn observe(
     vm: Option<&VmState>,
     vmi: Option<&VmiState>,
     rebooting_from: Option<&str>,
+    rebuild: Option<bool>,
     previous: Option<Phase>,
 ) -> Observation {
     let mut obs = phase_only(spec, fault, vm, vmi, rebooting_from, previous);
+    // A rebuild lasts until the server is where it should be on its new disk; a fault or a
+    // suspension shows through, but not the disk being missing while it is replaced.
+    let replacing = ["ErrorDataVolumeNotFound", "ErrorPvcNotFound"].contains(&obs.reason.as_str());
+    let settled = matches!(obs.phase, Phase::Active | Phase::Stopped | Phase::Suspended)
+        || (obs.phase == Phase::Error && !replacing);
+    if rebuild.is_some_and(|replaced| !replaced || !settled) {
+        obs = Observation::new(Phase::Rebuilding, "Rebuilding", "The server's disk is being rebuilt from its image");
+    }
     if let Some(vmi) = vmi.filter(|v| v.running) {
         (obs.ipv4, obs.ipv6) = (vmi.ipv4.map(|a| a.to_string()), vmi.ipv6.map(|a| a.to_string()));
     }
@@ -175,7 +185,7 @@ mod tests {
     }
 
     fn phase(spec: &VpsServerSpec, vm: Option<&VmState>, vmi: Option<&VmiState>) -> Phase {
-        observe(spec, None, vm, vmi, None, None).phase
+        observe(spec, None, vm, vmi, None, None, None).phase
     }
 
     #[test]
@@ -183,12 +193,12 @@ mod tests {
         let spec = mk_spec();
         assert_eq!(phase(&spec, None, None), Phase::Provisioning);
         assert_eq!(
-            observe(&spec, None, Some(&mk_vm("Stopped", false)), None, None, Some(Phase::Provisioning)).phase,
+            observe(&spec, None, Some(&mk_vm("Stopped", false)), None, None, None, Some(Phase::Provisioning)).phase,
             Phase::Provisioning,
             "a new VM's first status"
         );
         assert_eq!(
-            observe(&spec, None, Some(&mk_vm("Stopped", false)), None, None, Some(Phase::Stopped)).phase,
+            observe(&spec, None, Some(&mk_vm("Stopped", false)), None, None, None, Some(Phase::Stopped)).phase,
             Phase::Starting,
             "a stopped server started"
         );
@@ -199,10 +209,35 @@ mod tests {
     }
 
     #[test]
+    fn a_rebuild_lasts_until_the_server_is_where_it_should_be_on_its_new_disk() {
+        let spec = mk_spec();
+        let (running, vmi) = (mk_vm("Running", true), mk_vmi("a", "Running", true));
+        let with = |vm: &VmState, vmi: Option<&VmiState>, rebuild| {
+            observe(&spec, None, Some(vm), vmi, None, rebuild, None).phase
+        };
+        assert_eq!(with(&running, Some(&vmi), Some(false)), Phase::Rebuilding, "the old disk still there");
+        assert_eq!(with(&mk_vm("Stopped", false), None, Some(false)), Phase::Rebuilding);
+        assert_eq!(with(&mk_vm("Provisioning", false), None, Some(true)), Phase::Rebuilding, "the new disk importing");
+        assert_eq!(with(&mk_vm("Starting", false), None, Some(true)), Phase::Rebuilding);
+        assert_eq!(with(&running, Some(&vmi), Some(true)), Phase::Active, "active on the new disk: done");
+        assert_eq!(with(&mk_vm("DataVolumeError", false), None, Some(true)), Phase::Error, "faults show");
+        assert_eq!(
+            with(&mk_vm("ErrorDataVolumeNotFound", false), None, Some(true)),
+            Phase::Rebuilding,
+            "being replaced"
+        );
+        let mut stopped = mk_spec();
+        stopped.power_state = PowerState::Stopped;
+        let obs = observe(&stopped, None, Some(&mk_vm("Stopped", false)), None, None, Some(true), None);
+        assert_eq!(obs.phase, Phase::Stopped, "a stopped server rebuilt stays stopped");
+        assert_eq!(with(&running, Some(&vmi), None), Phase::Active);
+    }
+
+    #[test]
     fn running_and_ready_is_active_with_addresses() {
         let spec = mk_spec();
         let vmi = mk_vmi("a", "Running", true);
-        let obs = observe(&spec, None, Some(&mk_vm("Running", true)), Some(&vmi), None, None);
+        let obs = observe(&spec, None, Some(&mk_vm("Running", true)), Some(&vmi), None, None, None);
         assert_eq!(obs.phase, Phase::Active);
         assert_eq!(obs.ipv4.as_deref(), Some("192.0.2.5"));
         assert_eq!(obs.ipv6.as_deref(), Some("2001:db8::5"), "link-local addresses are skipped");
@@ -215,7 +250,7 @@ mod tests {
         let vmi = mk_vmi("a", "Running", false);
         assert_eq!(phase(&spec, Some(&mk_vm("Running", false)), Some(&vmi)), Phase::Starting);
         let stopped = mk_vm("Stopped", false);
-        let started = observe(&spec, None, Some(&stopped), None, None, Some(Phase::Stopped));
+        let started = observe(&spec, None, Some(&stopped), None, None, None, Some(Phase::Stopped));
         assert_eq!(started.phase, Phase::Starting, "wanted running");
     }
 
@@ -234,7 +269,7 @@ mod tests {
     fn kubevirt_errors_keep_their_reason() {
         let spec = mk_spec();
         for status in ERROR_STATUSES {
-            let obs = observe(&spec, None, Some(&mk_vm(status, false)), None, None, None);
+            let obs = observe(&spec, None, Some(&mk_vm(status, false)), None, None, None, None);
             assert_eq!((obs.phase, obs.reason.as_str()), (Phase::Error, status));
         }
     }
@@ -249,7 +284,7 @@ mod tests {
             message: Some("DataSource missing".into()),
         };
         let vm = VmState::of(&mk_vm_view("Stopped", false, vec![failure]));
-        let obs = observe(&spec, None, Some(&vm), None, None, None);
+        let obs = observe(&spec, None, Some(&vm), None, None, None, None);
         assert_eq!(
             (obs.phase, obs.reason.as_str(), obs.message.as_str()),
             (Phase::Error, "FailedCreate", "DataSource missing")
@@ -266,7 +301,7 @@ mod tests {
         };
         let ready = KvCondition { type_: "Ready".into(), status: "False".into(), ..Default::default() };
         let vm = VmState::of(&mk_vm_view("ErrorUnschedulable", false, vec![ready, unschedulable]));
-        let obs = observe(&mk_spec(), None, Some(&vm), None, None, None);
+        let obs = observe(&mk_spec(), None, Some(&vm), None, None, None, None);
         assert_eq!(
             (obs.phase, obs.reason.as_str(), obs.message.as_str()),
             (Phase::Error, "ErrorUnschedulable", "0/3 nodes are available")
@@ -275,7 +310,7 @@ mod tests {
 
     #[test]
     fn bad_reference_is_an_error_without_vm() {
-        let obs = observe(&mk_spec(), Some(("PlanNotFound", "no plan p")), None, None, None, None);
+        let obs = observe(&mk_spec(), Some(("PlanNotFound", "no plan p")), None, None, None, None, None);
         assert_eq!((obs.phase, obs.reason.as_str()), (Phase::Error, "PlanNotFound"));
     }
 
@@ -291,15 +326,18 @@ mod tests {
         let spec = mk_spec();
         let vm = mk_vm("Running", true);
         let old = mk_vmi("old", "Running", true);
-        assert_eq!(observe(&spec, None, Some(&vm), Some(&old), Some("old"), None).phase, Phase::Rebooting);
+        assert_eq!(observe(&spec, None, Some(&vm), Some(&old), Some("old"), None, None).phase, Phase::Rebooting);
         assert_eq!(
-            observe(&spec, None, Some(&mk_vm("Starting", false)), None, Some("old"), None).phase,
+            observe(&spec, None, Some(&mk_vm("Starting", false)), None, Some("old"), None, None).phase,
             Phase::Rebooting
         );
         let new_not_ready = mk_vmi("new", "Scheduled", false);
-        assert_eq!(observe(&spec, None, Some(&vm), Some(&new_not_ready), Some("old"), None).phase, Phase::Rebooting);
+        assert_eq!(
+            observe(&spec, None, Some(&vm), Some(&new_not_ready), Some("old"), None, None).phase,
+            Phase::Rebooting
+        );
         let new = mk_vmi("new", "Running", true);
-        assert_eq!(observe(&spec, None, Some(&vm), Some(&new), Some("old"), None).phase, Phase::Active);
+        assert_eq!(observe(&spec, None, Some(&vm), Some(&new), Some("old"), None, None).phase, Phase::Active);
     }
 
     #[test]
@@ -308,11 +346,11 @@ mod tests {
         spec.power_state = PowerState::Stopped;
         let halted = mk_vm("Stopped", false);
         assert_eq!(
-            observe(&spec, None, Some(&halted), None, Some("old"), Some(Phase::Rebooting)).phase,
+            observe(&spec, None, Some(&halted), None, Some("old"), None, Some(Phase::Rebooting)).phase,
             Phase::Stopped
         );
         let stopping = mk_vm("Stopping", false);
-        assert_eq!(observe(&spec, None, Some(&stopping), None, Some("old"), None).phase, Phase::Stopping);
+        assert_eq!(observe(&spec, None, Some(&stopping), None, Some("old"), None, None).phase, Phase::Stopping);
     }
 
     #[test]

@@ -13,9 +13,10 @@ use std::sync::Arc;
 use super::observed::{VmState, VmiState, decode_hash};
 use super::phase;
 use super::queue::Next;
+use super::rebuild::{self, Rebuild};
 use super::status::{self, Reboot};
 use super::vm::{self, VmInputs};
-use super::{Context, Error, Result, backups, references, resize};
+use super::{Context, Error, Result, actions, backups, references, resize};
 use crate::api::{OPERATOR_MANAGER, Resolved, SERVER_ID_LABEL, SERVER_LABEL, VpsServer, VpsServerStatus};
 use crate::credit_ledger::Reservation;
 use crate::ids::IdKind;
@@ -46,8 +47,10 @@ pub async fn apply(server: Arc<VpsServer>, ctx: Arc<Context>) -> Result<Next> {
         Some(resolved) => check_credit(&server, &ctx, &ns, &name, resolved, &old).await?,
         None => None,
     };
+    let vmi = ctx.vmis.get(&ns, &name);
+    let rebuild = rebuild::step(&server, &ctx, &old, vmi.is_some()).await?;
     let built = match (&resolution.resolved, credit) {
-        (Some(resolved), None) => ensure_vm(&server, &ctx, id, resolved, &old).await?,
+        (Some(resolved), None) => ensure_vm(&server, &ctx, id, resolved, &old, &rebuild).await?,
         _ => Built {
             vm: ctx.vms.get(&ns, &name),
             vm_uid: old.vm_uid.clone(),
@@ -58,7 +61,6 @@ pub async fn apply(server: Arc<VpsServer>, ctx: Arc<Context>) -> Result<Next> {
     if let (Some(resolved), None) = (&resolution.resolved, built.lost) {
         resize::grow_root_disk(&server, &ctx, old.resolved.as_ref(), resolved).await?;
     }
-    let vmi = ctx.vmis.get(&ns, &name);
     let reboot = handle_reboot(&server, &ctx, vmi.as_ref(), &old).await?;
     let fault = resolution.fault().or(credit).or(built.lost);
     let obs = phase::observe(
@@ -67,6 +69,7 @@ pub async fn apply(server: Arc<VpsServer>, ctx: Arc<Context>) -> Result<Next> {
         built.vm.as_ref(),
         vmi.as_ref(),
         reboot.from_instance.as_deref(),
+        rebuild.progress(),
         old.phase,
     );
     // A failing backup must not hide the server's state: the status is written first.
@@ -83,6 +86,7 @@ pub async fn apply(server: Arc<VpsServer>, ctx: Arc<Context>) -> Result<Next> {
         root_volume_uid: built.root_volume_uid.as_deref(),
         reference_problem: resolution.problem.as_ref(),
         reboot: &reboot,
+        rebuild: &rebuild,
         backup: backup.as_ref().ok().and_then(Option::as_ref),
         generation: server.metadata.generation,
         now: &now,
@@ -94,6 +98,7 @@ pub async fn apply(server: Arc<VpsServer>, ctx: Arc<Context>) -> Result<Next> {
             publish(&ctx, &server, notice.type_, &notice.reason, &notice.message).await;
         }
     }
+    actions::settle(&ctx, &ns, &name, &new, &obs).await?;
     if server.annotations().contains_key(RECREATE_ANNOTATION) && built.lost.is_none() {
         let patch = json!({"metadata": {"annotations": {RECREATE_ANNOTATION: null}}});
         Api::<VpsServer>::namespaced(ctx.client.clone(), &ns)
@@ -102,6 +107,8 @@ pub async fn apply(server: Arc<VpsServer>, ctx: Arc<Context>) -> Result<Next> {
     }
     Ok(match (resolution.problem.is_some() || credit.is_some(), backup?) {
         (true, _) => Next::After(ctx.config.reference_retry),
+        // The root disk's DataVolume is not watched: a rebuild looks again shortly.
+        _ if new.rebuild_from_volume.is_some() => Next::After(std::time::Duration::from_secs(1)),
         (false, Some(report)) => Next::After(report.next),
         (false, None) => Next::OnChange,
     })
@@ -197,12 +204,16 @@ async fn ensure_vm(
     id: i64,
     resolved: &Resolved,
     old: &VpsServerStatus,
+    rebuild: &Rebuild,
 ) -> Result<Built> {
     let ns = server.namespace().unwrap_or_default();
     let name = server.name_any();
     let recreate = server.annotations().contains_key(RECREATE_ANNOTATION);
     let (mut vm_uid, mut root_volume_uid) =
         if recreate { (None, None) } else { (old.vm_uid.clone(), old.root_volume_uid.clone()) };
+    if rebuild.from_volume.is_some() {
+        root_volume_uid = None; // being replaced: the disk there is (once made) is the server's
+    }
     let vms: Api<VirtualMachineView> = Api::namespaced(ctx.client.clone(), &ns);
     let mut current = ctx.vms.get(&ns, &name);
     if let Some(uid) = &vm_uid {
@@ -234,8 +245,13 @@ async fn ensure_vm(
         }
     }
     ensure_clone_permission(ctx, &ns, &resolved.image.spec.source.data_source_namespace).await?;
-    let desired =
-        vm::build_vm(&VmInputs { server, id, resolved, simulator_annotations: ctx.config.simulator_annotations });
+    let desired = vm::build_vm(&VmInputs {
+        server,
+        id,
+        resolved,
+        halted: rebuild.halts(),
+        simulator_annotations: ctx.config.simulator_annotations,
+    });
     let unchanged = current
         .as_ref()
         .is_some_and(|vm| vm.spec_hash.is_some() && vm.spec_hash == vm::spec_hash(&desired).and_then(decode_hash));
@@ -294,6 +310,7 @@ pub async fn cleanup(server: Arc<VpsServer>, ctx: Arc<Context>) -> Result<()> {
         // An error keeps the finalizer (it is removed once cleanup succeeds).
         return Err(Error::TeardownPending(remaining));
     }
+    actions::settle_teardown(&ctx, &ns, &name).await?;
     publish(&ctx, &server, EventType::Normal, "Deleted", "The virtual machine, its disks and snapshots are gone").await;
     Ok(())
 }

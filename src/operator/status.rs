@@ -37,6 +37,7 @@ pub struct Inputs<'a> {
     /// server's phase says so when it was never built, only `ReferencesResolved` otherwise.
     pub reference_problem: Option<&'a (String, String)>,
     pub reboot: &'a Reboot,
+    pub rebuild: &'a super::rebuild::Rebuild,
     /// The backup schedule's report (`None`: backups are off, or not looked at).
     pub backup: Option<&'a Report>,
     pub generation: Option<i64>,
@@ -55,6 +56,7 @@ pub fn next(inputs: &Inputs<'_>) -> VpsServerStatus {
         root_volume_uid,
         reference_problem,
         reboot,
+        rebuild,
         backup,
         generation,
         now,
@@ -70,6 +72,8 @@ pub fn next(inputs: &Inputs<'_>) -> VpsServerStatus {
     status.root_volume_uid = root_volume_uid.map(String::from);
     status.observed_reboot_request = reboot.observed_request.clone();
     status.reboot_from_instance = reboot.from_instance.clone().filter(|_| obs.phase == Phase::Rebooting);
+    status.observed_rebuild_request = rebuild.observed_request.clone();
+    status.rebuild_from_volume = rebuild.from_volume.clone().filter(|_| obs.phase == Phase::Rebuilding);
     status.phase = Some(obs.phase);
     status.ip_address = obs.ipv4.clone();
     status.ipv6_address = obs.ipv6.clone();
@@ -233,6 +237,9 @@ mod tests {
         assert_eq!(refs.last_transition_time, "t1");
     }
 
+    static NO_REBUILD: super::super::rebuild::Rebuild =
+        super::super::rebuild::Rebuild { observed_request: None, from_volume: None, disk_replaced: false };
+
     fn inputs<'a>(old: &'a VpsServerStatus, obs: &'a Observation, reboot: &'a Reboot) -> Inputs<'a> {
         Inputs {
             id: 7,
@@ -244,6 +251,7 @@ mod tests {
             root_volume_uid: None,
             reference_problem: None,
             reboot,
+            rebuild: &NO_REBUILD,
             backup: None,
             generation: Some(3),
             now: "t1",

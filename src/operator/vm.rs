@@ -19,6 +19,8 @@ pub struct VmInputs<'a> {
     pub server: &'a VpsServer,
     pub id: i64,
     pub resolved: &'a Resolved,
+    /// Halted whatever the server wants (a rebuild replacing its disk).
+    pub halted: bool,
     /// Copy the server's failure-injection annotations (only where the node simulator runs).
     pub simulator_annotations: bool,
 }
@@ -84,7 +86,7 @@ pub fn build_vm(inputs: &VmInputs<'_>) -> Value {
             "ownerReferences": [server.controller_owner_ref(&()).expect("a VpsServer from the API has a uid")],
         },
         "spec": {
-            "runStrategy": run_strategy(server),
+            "runStrategy": if inputs.halted { "Halted" } else { run_strategy(server) },
             "dataVolumeTemplates": [{
                 "metadata": {"name": root_disk_name(&name), "labels": labels},
                 "spec": {
@@ -197,7 +199,7 @@ mod tests {
     }
 
     fn build(server: &VpsServer, key: Option<&str>) -> Value {
-        build_vm(&VmInputs { server, id: 7, resolved: &resolved(key), simulator_annotations: true })
+        build_vm(&VmInputs { server, id: 7, resolved: &resolved(key), halted: false, simulator_annotations: true })
     }
 
     #[test]
@@ -259,8 +261,10 @@ mod tests {
         let mut server = mk_server("Running", false);
         server.metadata.annotations = Some([("simulator.vps.org/fail".to_string(), "crash".to_string())].into());
         let r = resolved(None);
-        let with = build_vm(&VmInputs { server: &server, id: 7, resolved: &r, simulator_annotations: true });
-        let without = build_vm(&VmInputs { server: &server, id: 7, resolved: &r, simulator_annotations: false });
+        let with =
+            build_vm(&VmInputs { server: &server, id: 7, resolved: &r, halted: false, simulator_annotations: true });
+        let without =
+            build_vm(&VmInputs { server: &server, id: 7, resolved: &r, halted: false, simulator_annotations: false });
         assert_eq!(with["metadata"]["annotations"]["simulator.vps.org/fail"], "crash");
         assert!(without["metadata"]["annotations"].get("simulator.vps.org/fail").is_none());
     }

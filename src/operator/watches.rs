@@ -19,7 +19,8 @@ use super::queue::Requests;
 use super::reconcile::RECREATE_ANNOTATION;
 use super::status::Written;
 use crate::api::{
-    SERVER_ID_LABEL, SERVER_LABEL, SIMULATOR_ANNOTATION_PREFIX, VpsAccount, VpsImage, VpsLocation, VpsPlan, VpsServer,
+    ActionState, SERVER_ID_LABEL, SERVER_LABEL, SIMULATOR_ANNOTATION_PREFIX, VpsAccount, VpsAction, VpsImage,
+    VpsLocation, VpsPlan, VpsServer,
 };
 use crate::kubevirt::{VirtualMachineInstanceView, VirtualMachineView};
 use crate::watch_cache::Ready;
@@ -36,15 +37,18 @@ pub struct Caches {
     pub servers: Cache<Box<[u8]>>,
     pub vms: Cache<VmState>,
     pub vmis: Cache<VmiState>,
+    /// The servers' tracked actions.
+    pub actions: Store<VpsAction>,
 }
 
 impl Caches {
     /// Resolves once every cache has listed its objects once.
     pub async fn ready(&self) {
         let (plans, images, locations) = (self.plans.clone(), self.images.clone(), self.locations.clone());
-        let accounts = self.accounts.clone();
+        let (accounts, actions) = (self.accounts.clone(), self.actions.clone());
         let _ = futures::join!(
             accounts.wait_until_ready(),
+            actions.wait_until_ready(),
             plans.wait_until_ready(),
             images.wait_until_ready(),
             locations.wait_until_ready(),
@@ -59,6 +63,7 @@ pub struct Watches {
     servers: BoxStream<'static, Result<Box<str>, watcher::Error>>,
     vms: BoxStream<'static, Result<Box<str>, watcher::Error>>,
     vmis: BoxStream<'static, Result<Box<str>, watcher::Error>>,
+    actions: BoxStream<'static, Result<Box<str>, watcher::Error>>,
     catalog: BoxStream<'static, Result<(), watcher::Error>>,
 }
 
@@ -104,9 +109,11 @@ pub fn watch(client: &Client, written: Arc<Written>, held: Arc<IdsHeld>) -> (Cac
         })
         .try_flatten();
     let catalog = futures::stream::select_all([plan_events, image_events, location_events]);
-    let caches = Caches { accounts, plans, images, locations, servers, vms, vmis };
+    let (actions, action_keys) = reflect_actions(Api::<VpsAction>::all(client.clone()), all());
+    let caches = Caches { accounts, plans, images, locations, servers, vms, vmis, actions };
     let watches = Watches {
         accounts: account_events,
+        actions: action_keys,
         servers: server_keys.boxed(),
         vms: vm_keys,
         vmis: vmi_keys,
@@ -135,6 +142,7 @@ impl Watches {
             self.servers.for_each(wake(requests.clone())),
             self.vms.for_each(wake(requests.clone())),
             self.vmis.for_each(wake(requests.clone())),
+            self.actions.for_each(wake(requests.clone())),
             // A burst of catalog events (the first list) wakes every server once.
             self.catalog.ready_chunks(256).for_each(|events| {
                 if events.iter().any(Result::is_ok) {
@@ -172,6 +180,23 @@ where
         .reflect(writer)
         .touched_objects()
         .map_ok(|o| account_key(&o.name_any()));
+    (reader, stream.boxed())
+}
+
+/// A store of the tracked actions, and the key of the server of every action in progress
+/// that changes (a new action wakes its server; the operator's own completions do not).
+fn reflect_actions(
+    api: Api<VpsAction>,
+    config: watcher::Config,
+) -> (Store<VpsAction>, BoxStream<'static, Result<Box<str>, watcher::Error>>) {
+    let (reader, writer) = reflector::store();
+    let stream = watcher(api, config).default_backoff().modify(slim).reflect(writer).touched_objects().try_filter_map(
+        |a: VpsAction| {
+            let open = a.status.as_ref().is_none_or(|s| s.status == ActionState::InProgress);
+            let key = open.then(|| cache::key(&a.namespace().unwrap_or_default(), &a.spec.server));
+            futures::future::ready(Ok(key))
+        },
+    );
     (reader, stream.boxed())
 }
 

@@ -92,6 +92,13 @@ async fn reconcile_data_volume(dv: Arc<DataVolume>, sim: Arc<Sim>) -> Result<Act
 
     let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(sim.client.clone(), &ns);
     let pvc = match pvcs.get_opt(&name).await? {
+        // The claim of a DataVolume this one replaces (a rebuild): wait until it is gone.
+        Some(pvc)
+            if pvc.metadata.deletion_timestamp.is_some()
+                || !pvc.owner_references().iter().any(|o| Some(o.uid.as_str()) == dv.uid().as_deref()) =>
+        {
+            return Ok(Action::requeue(Duration::from_secs(1)));
+        }
         Some(pvc) => pvc,
         None => {
             let pvc = json!({

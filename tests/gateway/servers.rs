@@ -42,6 +42,11 @@ async fn server_crud_follows_the_contract() {
     assert_eq!(d.status, 200);
     let mut expected = a.body.clone();
     expected.as_object_mut().unwrap().remove("message");
+    let action = expected.as_object_mut().unwrap().remove("action").expect("the create's tracked action");
+    assert_eq!(
+        (&action["type"], &action["status"], &action["server_id"]),
+        (&json!("create"), &json!("in-progress"), &json!(id))
+    );
     assert_eq!(d.body, expected);
 
     // List: exactly the fields of the original's list sample.
@@ -115,6 +120,12 @@ fn scrub(mut v: Value) -> Value {
     if let Some(o) = v.as_object_mut() {
         for k in ["id", "created_at", "updated_at"] {
             o.remove(k);
+        }
+        // The tracked action: its own id and time.
+        if let Some(action) = o.get_mut("action").and_then(|a| a.as_object_mut()) {
+            for k in ["id", "server_id", "started_at"] {
+                action.remove(k);
+            }
         }
         if let Some(server) = o.get_mut("server").and_then(|s| s.as_object_mut()) {
             server.remove("id");
@@ -232,10 +243,13 @@ async fn start_stop_and_reboot_follow_the_status() {
     let before = g.call("GET", &format!("/api/v1/servers/{id}/"), tok, None).await.body["updated_at"].clone();
     let a = act("stop").await;
     assert_eq!(a.status, 200, "{a:?}");
+    let mut body = a.body.clone();
+    let action = body.as_object_mut().unwrap().remove("action").expect("the stop's tracked action");
     assert_eq!(
-        a.body,
+        body,
         json!({"status": "success", "message": "Server is stopping", "server": {"id": id, "name": "power", "status": "stopping"}})
     );
+    assert_eq!((&action["type"], &action["status"]), (&json!("stop"), &json!("in-progress")));
     let d = g.call("GET", &format!("/api/v1/servers/{id}/"), tok, None).await;
     assert_eq!(d.body["status"], "stopping");
     assert!(is_rfc3339_z(&d.body["updated_at"]) && d.body["updated_at"].as_str() >= before.as_str());
