@@ -28,6 +28,7 @@ pub enum IdKind {
     Server,
     SshKey,
     Action,
+    Backup,
 }
 
 impl IdKind {
@@ -36,6 +37,7 @@ impl IdKind {
             IdKind::Server => "next-server-id",
             IdKind::SshKey => "next-ssh-key-id",
             IdKind::Action => "next-action-id",
+            IdKind::Backup => "next-backup-id",
         }
     }
 }

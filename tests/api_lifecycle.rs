@@ -391,3 +391,47 @@ async fn every_mutating_call_is_a_tracked_action() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// Backups a customer takes, lists and deletes: an on-demand snapshot of KubeVirt's own
+/// snapshot controller (the simulator plays the CSI snapshotter), with an id, its action
+/// completed once it is available, the detail's last_backup_at; gone when deleted.
+#[tokio::test]
+async fn a_customer_takes_lists_and_deletes_a_backup() {
+    let (_client, gw, t) = setup("api-backups").await;
+    let created = gw
+        .call(
+            "POST",
+            "/api/v1/servers/",
+            Some(&t.token),
+            Some(json!({"name": "kept", "plan_id": 1, "os_id": 5, "location": "us-west", "backups_enabled": false})),
+        )
+        .await;
+    let id = created.body["id"].as_i64().unwrap();
+    let backups = format!("/api/v1/servers/{id}/backups/");
+    wait_status(&gw, &t.token, id, "active").await;
+    let empty = gw.call("GET", &backups, Some(&t.token), None).await;
+    assert_eq!((empty.status, &empty.body["count"]), (200, &json!(0)), "{empty:?}");
+
+    let taken = gw.call("POST", &backups, Some(&t.token), None).await;
+    assert_eq!((taken.status, &taken.body["action"]["type"]), (200, &json!("backup")), "{taken:?}");
+    let done = settled_action(&gw, &t.token, taken.body["action"]["id"].as_i64().unwrap()).await;
+    assert_eq!(done["status"], "completed", "{done}");
+    let list = gw.call("GET", &backups, Some(&t.token), None).await;
+    let backup = list.body["results"][0].clone();
+    assert_eq!(
+        (&list.body["count"], &backup["type"], &backup["status"]),
+        (&json!(1), &json!("on-demand"), &json!("available")),
+        "{list:?}"
+    );
+    let detail = gw.call("GET", &format!("/api/v1/servers/{id}/"), Some(&t.token), None).await;
+    assert!(detail.body["last_backup_at"].as_str().is_some_and(|t| t.ends_with('Z')), "{detail:?}");
+
+    let gone = gw.call("DELETE", &format!("{backups}{}/", backup["id"]), Some(&t.token), None).await;
+    assert_eq!(gone.status, 204, "{gone:?}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while gw.call("GET", &backups, Some(&t.token), None).await.body["count"] != 0 {
+        assert!(Instant::now() < deadline, "the deleted backup is still listed");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(gw.call("DELETE", &format!("{backups}{}/", backup["id"]), Some(&t.token), None).await.status, 404);
+}

@@ -24,6 +24,7 @@ fn spec(name: &str) -> VpsServerSpec {
         power_state: PowerState::Running,
         reboot_requested_at: None,
         rebuild_requested_at: None,
+        backup_requested_at: None,
         suspended: false,
         delete_protection: false,
     }

@@ -56,6 +56,7 @@ pub enum ActionType {
     Reboot,
     Resize,
     Rebuild,
+    Backup,
     Delete,
 }
 
@@ -69,6 +70,7 @@ impl ActionType {
             ActionType::Reboot => "reboot",
             ActionType::Resize => "resize",
             ActionType::Rebuild => "rebuild",
+            ActionType::Backup => "backup",
             ActionType::Delete => "delete",
         }
     }
@@ -89,6 +91,10 @@ pub struct Expectation {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 64))]
     pub rebuild_request: Option<String>,
+    /// The `spec.backupRequestedAt` whose snapshot is ready.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64))]
+    pub backup_request: Option<String>,
     /// The plan it is built from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 63))]

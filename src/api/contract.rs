@@ -12,6 +12,13 @@ pub const ACCOUNT_LABEL: &str = "vps.org/account";
 /// of the `VpsServer`.
 pub const SERVER_LABEL: &str = "vps.org/server";
 
+/// Label holding a backup's (a VirtualMachineSnapshot's) integer id.
+pub const BACKUP_ID_LABEL: &str = "vps.org/backup-id";
+/// Label saying how a backup came to be: `scheduled` or `on-demand`.
+pub const BACKUP_KIND_LABEL: &str = "vps.org/backup-kind";
+/// Annotation on an on-demand backup: the `spec.backupRequestedAt` it answers.
+pub const BACKUP_REQUEST_ANNOTATION: &str = "vps.org/backup-request";
+
 /// The finalizer that guarantees the teardown of a server's VM, disks and snapshots. The
 /// gateway creates servers with it in place; the operator adds it to servers made with
 /// kubectl and removes it once everything is gone.

@@ -73,6 +73,11 @@ pub struct VpsServerSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 64))]
     pub reboot_requested_at: Option<String>,
+    /// Set to a new value (a timestamp, by convention) to take one backup now, besides the
+    /// schedule (kept until deleted: the schedule's retention does not count it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64))]
+    pub backup_requested_at: Option<String>,
     /// Set to a new value (a timestamp, by convention) to rebuild the server once from `os`:
     /// its root disk replaced by a fresh copy of the image, cloud-init run again on it; the
     /// server keeps its id, name and backups.
@@ -138,6 +143,12 @@ pub struct VpsServerStatus {
     /// UID of the VM instance a reboot replaced; `Rebooting` lasts until another one is ready.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reboot_from_instance: Option<String>,
+    /// The `spec.backupRequestedAt` that was last acted on (its snapshot made), and where
+    /// that snapshot stands: `InProgress`, `Ready` or `Failed`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_backup_request: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup_request_state: Option<String>,
     /// The `spec.rebuildRequestedAt` that was last acted on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_rebuild_request: Option<String>,

@@ -103,6 +103,23 @@ pub enum ServersCommand {
         #[arg(value_name = "ID")]
         id: u64,
     },
+    /// A server's backups, newest first (every page).
+    Backups {
+        #[arg(value_name = "ID")]
+        id: u64,
+    },
+    /// Take a backup of a server now.
+    Backup {
+        #[arg(value_name = "ID")]
+        id: u64,
+    },
+    /// Delete one of a server's backups.
+    DeleteBackup {
+        #[arg(value_name = "ID")]
+        id: u64,
+        #[arg(value_name = "BACKUP_ID")]
+        backup_id: u64,
+    },
     /// Replace a server's disk by a fresh copy of an image (cloud-init runs again); id, name,
     /// plan and backups are kept.
     Rebuild(RebuildArgs),
@@ -261,12 +278,24 @@ enum Shows {
     SshKeyDeleted(u64),
     Actions,
     TrackedAction,
+    Backups,
+    /// A backup deleted: its id.
+    BackupDeleted(u64),
 }
 
 impl Shows {
     /// Whether the answer is a page of a list.
     fn is_list(self) -> bool {
-        matches!(self, Shows::Servers | Shows::Plans | Shows::Os | Shows::Locations | Shows::SshKeys | Shows::Actions)
+        matches!(
+            self,
+            Shows::Servers
+                | Shows::Plans
+                | Shows::Os
+                | Shows::Locations
+                | Shows::SshKeys
+                | Shows::Actions
+                | Shows::Backups
+        )
     }
 
     /// What a list holds, for "No servers found.".
@@ -277,6 +306,7 @@ impl Shows {
             Shows::Os => "OS images",
             Shows::Locations => "locations",
             Shows::Actions => "actions",
+            Shows::Backups => "backups",
             _ => "SSH keys",
         }
     }
@@ -399,6 +429,16 @@ fn plan(command: &ClientCommand) -> Result<Plan> {
         ClientCommand::Servers(ServersCommand::Actions { id }) => {
             listing(&format!("/api/v1/servers/{id}/actions/"), Shows::Actions)
         }
+        ClientCommand::Servers(ServersCommand::Backups { id }) => {
+            listing(&format!("/api/v1/servers/{id}/backups/"), Shows::Backups)
+        }
+        ClientCommand::Servers(ServersCommand::Backup { id }) => {
+            simple(Request::new(Method::POST, format!("/api/v1/servers/{id}/backups/")), Shows::Action)
+        }
+        ClientCommand::Servers(ServersCommand::DeleteBackup { id, backup_id }) => simple(
+            Request::new(Method::DELETE, format!("/api/v1/servers/{id}/backups/{backup_id}/")),
+            Shows::BackupDeleted(*backup_id),
+        ),
         ClientCommand::Action { id } => simple(Request::get(format!("/api/v1/actions/{id}/")), Shows::TrackedAction),
         ClientCommand::Plans => listing("/api/v1/plans/", Shows::Plans),
         ClientCommand::Os => listing("/api/v1/os/", Shows::Os),
@@ -556,6 +596,7 @@ fn show_one(shows: Shows, reply: &Reply, json: bool) {
         Shows::SshKey => out(&render::ssh_key(&v)),
         Shows::SshKeyDeleted(id) => out(&format!("SSH key {id} deleted.\n")),
         Shows::TrackedAction => out(&render::tracked_action(&v)),
+        Shows::BackupDeleted(id) => out(&format!("Backup {id} deleted.\n")),
         _ => out(&render::server(&v)),
     }
 }
@@ -601,6 +642,7 @@ async fn show_pages(api: &Api, plan: &Plan, first: Reply, json: bool) -> Result<
         Shows::Locations => render::locations(&items),
         Shows::SshKeys => render::ssh_keys(&items),
         Shows::Actions => render::tracked_actions(&items),
+        Shows::Backups => render::backups(&items),
         _ => render::servers(&items),
     });
     if !plan.all_pages && first["next"].is_string() {
@@ -841,6 +883,15 @@ mod tests {
         assert_eq!(
             (p.request.path.as_str(), p.shows, p.all_pages),
             ("/api/v1/servers/7/actions/", Shows::Actions, true)
+        );
+        let p = plan_of("servers backups 7");
+        assert_eq!((p.request.path.as_str(), p.shows), ("/api/v1/servers/7/backups/", Shows::Backups));
+        let p = plan_of("servers backup 7");
+        assert_eq!((p.request.method.clone(), p.request.path.as_str()), (Method::POST, "/api/v1/servers/7/backups/"));
+        let p = plan_of("servers delete-backup 7 3");
+        assert_eq!(
+            (p.request.method.clone(), p.request.path.as_str(), p.shows),
+            (Method::DELETE, "/api/v1/servers/7/backups/3/", Shows::BackupDeleted(3))
         );
         let p = plan_of("action 12");
         assert_eq!((p.request.path.as_str(), p.shows), ("/api/v1/actions/12/", Shows::TrackedAction));

@@ -159,6 +159,18 @@ pub fn tracked_actions(items: &[Value]) -> String {
     table(&["ID", "TYPE", "STATUS", "STARTED", "COMPLETED", "ERROR"], &rows)
 }
 
+/// Backups: ID, TYPE, STATUS, CREATED, SIZE.
+pub fn backups(items: &[Value]) -> String {
+    let rows: Vec<Vec<String>> = items
+        .iter()
+        .map(|b| {
+            let size = if b["size"].is_null() { "-".to_string() } else { format!("{} GiB", cell(&b["size"])) };
+            vec![cell(&b["id"]), cell(&b["type"]), cell(&b["status"]), cell(&b["created_at"]), size]
+        })
+        .collect();
+    table(&["ID", "TYPE", "STATUS", "CREATED", "SIZE"], &rows)
+}
+
 /// One tracked action.
 pub fn tracked_action(a: &Value) -> String {
     let or_dash = |k: &str| if a[k].is_null() { "-".to_string() } else { cell(&a[k]) };

@@ -23,7 +23,8 @@ use serde::de::DeserializeOwned;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::api::{VpsAccount, VpsAction, VpsImage, VpsLocation, VpsPlan, VpsServer, VpsSshKey};
+use crate::api::{SERVER_LABEL, VpsAccount, VpsAction, VpsImage, VpsLocation, VpsPlan, VpsServer, VpsSshKey};
+use crate::kubevirt::VirtualMachineSnapshot;
 use crate::tokens::{TOKEN_LABEL, TokenRecord, read_token_secret};
 use crate::watch_cache::{self, Feed, Index, Ready};
 
@@ -44,6 +45,8 @@ pub struct Caches {
     pub ssh_keys: Store<VpsSshKey>,
     /// The servers' tracked actions (managed fields pruned).
     pub actions: Store<VpsAction>,
+    /// The servers' backups (VirtualMachineSnapshots with a server label).
+    pub snapshots: Store<VirtualMachineSnapshot>,
     pub tokens: Arc<TokenIndex>,
     /// Moves on with every change of a plan or image: rendered servers show both.
     catalog_version: Arc<AtomicU64>,
@@ -61,6 +64,7 @@ pub struct Feeds {
     pub accounts: Writer<VpsAccount>,
     pub ssh_keys: Writer<VpsSshKey>,
     pub actions: Writer<VpsAction>,
+    pub snapshots: Writer<VirtualMachineSnapshot>,
     catalog_version: Arc<AtomicU64>,
 }
 
@@ -135,8 +139,10 @@ fn prune_server(s: &mut VpsServer) {
     if let Some(status) = &mut s.status {
         status.conditions = Vec::new();
         status.vm_name = None;
-        status.last_backup_time = None;
         status.reboot_from_instance = None;
+        status.rebuild_from_volume = None;
+        status.observed_backup_request = None;
+        status.backup_request_state = None;
         status.vm_uid = None;
         status.root_volume_uid = None;
         // Of what the server was built from, the API shows its plan and image.
@@ -218,21 +224,24 @@ impl Caches {
         let (accounts, account_writer) = reflector::store();
         let (ssh_keys, key_writer) = reflector::store();
         let (actions, action_writer) = reflector::store();
+        let (snapshots, snapshot_writer) = reflector::store();
         let (ready_tx, ready) = watch::channel(false);
-        let stores =
-            (plans.clone(), images.clone(), locations.clone(), accounts.clone(), ssh_keys.clone(), actions.clone());
+        let stores = (plans.clone(), images.clone(), locations.clone(), accounts.clone(), ssh_keys.clone());
+        let (tracked, backups) = (actions.clone(), snapshots.clone());
         let readiness = tokio::spawn(async move {
-            let (p, i, l, a, k, x) = stores;
+            let (p, i, l, a, k) = stores;
             let synced = futures::join!(
                 p.wait_until_ready(),
                 i.wait_until_ready(),
                 l.wait_until_ready(),
                 a.wait_until_ready(),
                 k.wait_until_ready(),
-                x.wait_until_ready(),
+                tracked.wait_until_ready(),
+                backups.wait_until_ready(),
                 Ready::all([servers_ready, tokens_ready]),
             );
-            if [synced.0, synced.1, synced.2, synced.3, synced.4, synced.5].iter().all(Result::is_ok) {
+            let stores = [synced.0, synced.1, synced.2, synced.3, synced.4, synced.5, synced.6];
+            if stores.iter().all(Result::is_ok) {
                 tracing::info!("Caches synced");
                 ready_tx.send_replace(true);
             }
@@ -246,6 +255,7 @@ impl Caches {
             accounts,
             ssh_keys,
             actions,
+            snapshots,
             tokens,
             catalog_version: catalog_version.clone(),
             ready,
@@ -260,6 +270,7 @@ impl Caches {
             accounts: account_writer,
             ssh_keys: key_writer,
             actions: action_writer,
+            snapshots: snapshot_writer,
             catalog_version,
         };
         (caches, feeds)
@@ -325,8 +336,18 @@ impl Feeds {
     /// Follows the cluster's watches into the caches (one task per watch).
     pub fn watch(self, client: Client, system_namespace: &str) -> Vec<JoinHandle<()>> {
         let all = watcher::Config::default;
-        let Feeds { mut servers, mut tokens, plans, images, locations, accounts, ssh_keys, actions, catalog_version } =
-            self;
+        let Feeds {
+            mut servers,
+            mut tokens,
+            plans,
+            images,
+            locations,
+            accounts,
+            ssh_keys,
+            actions,
+            snapshots,
+            catalog_version,
+        } = self;
         let catalog = Some(catalog_version);
         vec![
             spawn_watch(Api::<VpsServer>::all(client.clone()), all(), prune_server, move |e| servers.apply(e)),
@@ -336,6 +357,12 @@ impl Feeds {
             spawn_watch(Api::<VpsAccount>::all(client.clone()), all(), |_| {}, into_sink(accounts, None)),
             spawn_watch(Api::<VpsSshKey>::all(client.clone()), all(), |_| {}, into_sink(ssh_keys, None)),
             spawn_watch(Api::<VpsAction>::all(client.clone()), all(), |_| {}, into_sink(actions, None)),
+            spawn_watch(
+                Api::<VirtualMachineSnapshot>::all(client.clone()),
+                all().labels(SERVER_LABEL),
+                |_| {},
+                into_sink(snapshots, None),
+            ),
             spawn_watch(
                 Api::<Secret>::namespaced(client, system_namespace),
                 all().labels(&format!("{TOKEN_LABEL}=true")),
@@ -359,7 +386,8 @@ impl Feeds {
             }
             writer.apply_watcher_event(&watcher::Event::InitDone);
         }
-        let Feeds { mut servers, mut tokens, plans, images, locations, accounts, ssh_keys, actions, .. } = self;
+        let Feeds { mut servers, mut tokens, plans, images, locations, accounts, ssh_keys, actions, snapshots, .. } =
+            self;
         servers.load(fixture.servers.into_iter().map(|mut s| {
             prune_server(&mut s);
             s
@@ -371,6 +399,7 @@ impl Feeds {
         load_store(accounts, fixture.accounts);
         load_store(ssh_keys, fixture.ssh_keys);
         load_store(actions, fixture.actions);
+        load_store(snapshots, fixture.snapshots);
     }
 }
 
@@ -385,6 +414,7 @@ pub struct Fixture {
     pub accounts: Vec<VpsAccount>,
     pub ssh_keys: Vec<VpsSshKey>,
     pub actions: Vec<VpsAction>,
+    pub snapshots: Vec<VirtualMachineSnapshot>,
 }
 
 /// Whether `have` is the same as or newer than `want`. resourceVersions are opaque in

@@ -5,8 +5,9 @@
 //!   fixture in the handlers' unit tests).
 //! - [`credit`]: the credit check of creates.
 //! - [`auth`]: the Bearer-token extractor (tenancy).
-//! - [`servers`], [`lifecycle`], [`actions`], [`catalog`], [`ssh_keys`]: one router per
-//!   resource (the server actions beyond power in `lifecycle`, tracked actions in `actions`).
+//! - [`servers`], [`lifecycle`], [`actions`], [`backups`], [`catalog`], [`ssh_keys`]: one
+//!   router per resource (the server actions beyond power in `lifecycle`, tracked actions in
+//!   `actions`, a server's backups in `backups`).
 //! - [`view`]: the JSON representation, [`validate`]: hand validation with DRF's messages.
 //! - [`idempotency`]: `Idempotency-Key` replay kept in the cluster.
 //! - [`metrics`], [`openapi`], [`docs`]: `/metrics` (its own listener), `/api/v1/openapi.json`
@@ -17,6 +18,7 @@
 pub mod access;
 pub mod actions;
 pub mod auth;
+pub mod backups;
 pub mod cache;
 pub mod catalog;
 pub mod credit;
@@ -202,6 +204,7 @@ pub fn app(state: AppState) -> Router {
         .merge(servers::router())
         .merge(lifecycle::router())
         .merge(actions::router())
+        .merge(backups::router())
         .merge(catalog::router())
         .merge(ssh_keys::router())
         .merge(docs::router())

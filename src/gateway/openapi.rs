@@ -13,7 +13,7 @@ use serde_json::{Map, Value, json};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{actions, catalog, lifecycle, servers, ssh_keys, view};
+use super::{actions, backups, catalog, lifecycle, servers, ssh_keys, view};
 
 struct BearerAuth;
 
@@ -47,6 +47,9 @@ impl Modify for BearerAuth {
         lifecycle::rebuild_server,
         actions::get_action,
         actions::list_server_actions,
+        backups::list_backups,
+        backups::take_backup,
+        backups::delete_backup,
         catalog::list_plans,
         catalog::list_os,
         catalog::list_locations,
@@ -58,10 +61,10 @@ impl Modify for BearerAuth {
     components(schemas(
         view::ServerListItem, view::ServerDetail, view::CreatedServer, view::ActionResponse, view::ActionServer, view::ApiStatus,
         view::PlanSummary, view::PlanDetail, view::OsRef, view::ResourceUsage, view::PlanView, view::LocationView,
-        view::SshKeyView, view::ActionView, servers::CreateServer, servers::UpdateServer, servers::PatchServer, servers::SetProtection, lifecycle::Resize, lifecycle::Rebuild, view::Protection, ssh_keys::CreateSshKey,
+        view::SshKeyView, view::ActionView, view::BackupView, servers::CreateServer, servers::UpdateServer, servers::PatchServer, servers::SetProtection, lifecycle::Resize, lifecycle::Rebuild, view::Protection, ssh_keys::CreateSshKey,
     )),
     modifiers(&BearerAuth),
-    tags((name = "servers"), (name = "actions"), (name = "catalog"), (name = "ssh-keys"))
+    tags((name = "servers"), (name = "actions"), (name = "backups"), (name = "catalog"), (name = "ssh-keys"))
 )]
 pub struct ApiDoc;
 
@@ -97,6 +100,8 @@ const LINKS: [(&str, &str, &[&str]); 2] = [
             "resize_server",
             "rebuild_server",
             "list_server_actions",
+            "list_backups",
+            "take_backup",
         ],
     ),
     ("create_key", "key_id", &["get_key", "delete_key"]),
@@ -290,7 +295,7 @@ mod tests {
         }
         let created = &doc["paths"]["/api/v1/servers/"]["post"]["responses"]["201"];
         let links = created["links"].as_object().unwrap();
-        assert_eq!(links.len(), 11);
+        assert_eq!(links.len(), 13);
         assert_eq!(links["reboot_server"]["parameters"]["server_id"], "$response.body#/id");
         let ids: BTreeSet<&str> = operations(&doc).iter().filter_map(|(_, _, op)| op["operationId"].as_str()).collect();
         assert!(links.keys().all(|k| ids.contains(k.as_str())));

@@ -287,6 +287,7 @@ fn server_object(new: NewServer, id: i64, account: &str, idempotency_key: Option
             power_state: PowerState::Running,
             reboot_requested_at: None,
             rebuild_requested_at: None,
+            backup_requested_at: None,
             suspended: false,
             delete_protection: false,
         },
@@ -773,6 +774,7 @@ mod tests {
         let mut s = server("acme", 7, "web", Some("Active"));
         s.status.as_mut().unwrap().ip_address = Some("203.0.113.10".into());
         s.spec.backups_enabled = true;
+        s.status.as_mut().unwrap().last_backup_time = Some("2025-01-11T02:00:00.25Z".into());
         let app = testing::app(vec![s], vec![]).await;
         let d = call(&app, "GET", "/api/v1/servers/7/", Some(TOKEN), None).await;
         assert_eq!(d.status, 200);
@@ -782,6 +784,7 @@ mod tests {
                 "ip_address": "203.0.113.10", "ipv6_address": null, "location": "us-west",
                 "plan": {"id": 1, "name": "Standard VPS", "vcpus": 2, "memory": 4096, "storage": 80, "bandwidth": 2048},
                 "os": {"id": 5, "name": "Ubuntu 22.04 LTS"}, "backups_enabled": true,
+                "last_backup_at": "2025-01-11T02:00:00Z",
                 "protection": {"delete": false}, "resource_usage": null,
                 "created_at": "2025-01-10T14:30:00Z", "updated_at": "2025-01-10T14:30:00Z"})
         );

@@ -100,6 +100,7 @@ pub fn fixture(servers: Vec<VpsServer>, keys: Vec<VpsSshKey>) -> Fixture {
         accounts: vec![account("acme"), account("other")],
         ssh_keys: keys,
         actions: Vec::new(),
+        snapshots: Vec::new(),
     }
 }
 

@@ -10,9 +10,10 @@ use utoipa::ToSchema;
 
 use crate::api::SSH_KEY_ID_LABEL;
 use crate::api::{
-    ActionState, Phase, PowerState, VpsAction, VpsImage, VpsImageSpec, VpsLocation, VpsPlan, VpsPlanSpec, VpsServer,
-    VpsSshKey,
+    ActionState, BACKUP_ID_LABEL, BACKUP_KIND_LABEL, Phase, PowerState, VpsAction, VpsImage, VpsImageSpec, VpsLocation,
+    VpsPlan, VpsPlanSpec, VpsServer, VpsSshKey,
 };
+use crate::kubevirt::VirtualMachineSnapshot;
 
 /// Annotation the gateway sets on every write it makes to a server.
 pub const UPDATED_AT_ANNOTATION: &str = "vps.org/updated-at";
@@ -184,6 +185,8 @@ pub struct ServerDetail {
     pub plan: Option<PlanDetail>,
     pub os: Option<OsRef>,
     pub backups_enabled: bool,
+    /// When the newest backup that is available was taken.
+    pub last_backup_at: Option<String>,
     /// What the server is protected from.
     pub protection: Protection,
     /// Always `null` until a metrics source exists.
@@ -228,6 +231,47 @@ pub struct ActionResponse {
     /// The call's tracked action.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub action: Option<ActionView>,
+}
+
+/// A backup of a server (`GET /api/v1/servers/{id}/backups/`).
+#[derive(Serialize, ToSchema, Debug, Clone, PartialEq)]
+pub struct BackupView {
+    pub id: i64,
+    /// scheduled or on-demand.
+    #[serde(rename = "type")]
+    pub type_: String,
+    /// in-progress, available or failed.
+    pub status: &'static str,
+    pub created_at: Option<String>,
+    /// GiB, where known.
+    pub size: Option<i64>,
+}
+
+/// A backup's id (its label), if it has one.
+pub fn backup_id(s: &VirtualMachineSnapshot) -> Option<i64> {
+    s.labels().get(BACKUP_ID_LABEL).and_then(|v| v.parse().ok())
+}
+
+/// The REST view of a backup; `None` without an id or while it is being deleted.
+pub fn backup_view(s: &VirtualMachineSnapshot) -> Option<BackupView> {
+    if s.metadata.deletion_timestamp.is_some() {
+        return None;
+    }
+    let st = s.status.as_ref();
+    let status = if st.and_then(|st| st.ready_to_use) == Some(true) {
+        "available"
+    } else if st.and_then(|st| st.phase.as_deref()) == Some("Failed") {
+        "failed"
+    } else {
+        "in-progress"
+    };
+    Some(BackupView {
+        id: backup_id(s)?,
+        type_: s.labels().get(BACKUP_KIND_LABEL).cloned().unwrap_or_else(|| "scheduled".into()),
+        status,
+        created_at: created_at(s),
+        size: None,
+    })
 }
 
 /// A tracked action (`GET /api/v1/actions/{id}/`).
@@ -350,6 +394,10 @@ pub fn server_detail(s: &VpsServer, catalog: &impl Catalog) -> Option<ServerDeta
             None => catalog.image(&s.spec.os).map(|i| os_view(&i)),
         },
         backups_enabled: s.spec.backups_enabled,
+        last_backup_at: status
+            .and_then(|st| st.last_backup_time.as_deref())
+            .and_then(|t| t.parse::<jiff::Timestamp>().ok())
+            .map(rfc3339),
         protection: Protection { delete: s.spec.delete_protection },
         resource_usage: None,
         created_at: created_at(s),
@@ -431,6 +479,7 @@ mod tests {
                 power_state: power,
                 reboot_requested_at: None,
                 rebuild_requested_at: None,
+                backup_requested_at: None,
                 suspended: false,
                 delete_protection: false,
             },

@@ -62,7 +62,17 @@ pub fn verdict(
         && e.rebuild_request.as_ref().is_none_or(|r| {
             status.observed_rebuild_request.as_ref() == Some(r) && status.rebuild_from_volume.is_none()
         })
-        && e.plan.as_ref().is_none_or(|p| status.resolved.as_ref().is_some_and(|r| r.plan.name == *p));
+        && e.plan.as_ref().is_none_or(|p| status.resolved.as_ref().is_some_and(|r| r.plan.name == *p))
+        && e.backup_request.as_ref().is_none_or(|r| {
+            status.observed_backup_request.as_ref() == Some(r)
+                && status.backup_request_state.as_deref() == Some("Ready")
+        });
+    let backup_failed = e.backup_request.as_ref().is_some_and(|r| {
+        status.observed_backup_request.as_ref() == Some(r) && status.backup_request_state.as_deref() == Some("Failed")
+    });
+    if backup_failed {
+        return Some((ActionState::Errored, Some("The backup snapshot failed".into())));
+    }
     done.then_some((ActionState::Completed, None))
 }
 

@@ -1,6 +1,8 @@
-//! Scheduled backups: a KubeVirt `VirtualMachineSnapshot` every interval while backups are
-//! enabled, the newest N kept, `lastBackupTime` in status. Disabling stops new snapshots and
-//! keeps the existing ones.
+//! Backups: a KubeVirt `VirtualMachineSnapshot` every interval while backups are enabled,
+//! the newest N of those kept, and one more whenever `spec.backupRequestedAt` changes (an
+//! on-demand backup, kept until it is deleted); each with an integer id. `lastBackupTime`
+//! and where the last requested backup stands go in the status. Disabling stops new
+//! scheduled snapshots and keeps the existing ones.
 
 use std::time::Duration;
 
@@ -10,7 +12,11 @@ use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use serde_json::json;
 
 use super::{Context, Result};
-use crate::api::{ConditionStatus, OPERATOR_MANAGER, Phase, SERVER_LABEL, VpsServer};
+use crate::api::{
+    BACKUP_ID_LABEL, BACKUP_KIND_LABEL, BACKUP_REQUEST_ANNOTATION, ConditionStatus, OPERATOR_MANAGER, Phase,
+    SERVER_LABEL, VpsServer, VpsServerStatus,
+};
+use crate::ids::IdKind;
 use crate::kubevirt::VirtualMachineSnapshot;
 
 /// The `BackupsSucceeded` condition's status, CamelCase reason and message.
@@ -60,60 +66,115 @@ pub fn plan(snapshots: &[Seen], now: Timestamp, interval: Duration, keep: usize,
     }
 }
 
-/// What the schedule found: when to look again, the newest backup, and the
-/// `BackupsSucceeded` verdict.
+/// What the backups of a server look like now: when to look again, the newest backup, the
+/// `BackupsSucceeded` verdict (while the schedule is on) and the last requested backup.
 pub struct Report {
     pub next: Duration,
     pub last_backup: Option<String>,
-    pub verdict: Verdict,
+    pub verdict: Option<Verdict>,
+    /// The `spec.backupRequestedAt` acted on, and its snapshot's state (`InProgress`,
+    /// `Ready`, `Failed`).
+    pub observed_request: Option<String>,
+    pub request_state: Option<String>,
 }
 
-/// Runs the backup schedule of one server (`None`: backups are off).
+/// A snapshot's state as the status and the REST API tell it.
+fn state_of(s: &VirtualMachineSnapshot) -> &'static str {
+    let st = s.status.as_ref();
+    if st.and_then(|st| st.ready_to_use) == Some(true) {
+        "Ready"
+    } else if st.and_then(|st| st.phase.as_deref()) == Some("Failed") {
+        "Failed"
+    } else {
+        "InProgress"
+    }
+}
+
+/// Makes a snapshot of the server's VM, with a new backup id.
+async fn take(
+    ctx: &Context,
+    api: &Api<VirtualMachineSnapshot>,
+    ns: &str,
+    name: &str,
+    request: Option<&str>,
+) -> Result<()> {
+    let id = ctx.ids.allocate(IdKind::Backup).await?;
+    let kind = if request.is_some() { "on-demand" } else { "scheduled" };
+    let snapshot_name = format!("{name}-backup-{id}");
+    let snapshot = json!({
+        "apiVersion": "snapshot.kubevirt.io/v1beta1",
+        "kind": "VirtualMachineSnapshot",
+        "metadata": {
+            "name": snapshot_name, "namespace": ns,
+            "labels": {SERVER_LABEL: name, BACKUP_ID_LABEL: id.to_string(), BACKUP_KIND_LABEL: kind},
+            "annotations": request.map(|r| json!({BACKUP_REQUEST_ANNOTATION: r})).unwrap_or_else(|| json!({})),
+        },
+        "spec": {
+            "source": {"apiGroup": "kubevirt.io", "kind": "VirtualMachine", "name": name},
+            "failureDeadline": format!("{}s", ctx.config.backup_deadline.as_secs().max(1)),
+        },
+    });
+    api.patch(&snapshot_name, &PatchParams::apply(OPERATOR_MANAGER), &Patch::Apply(&snapshot)).await?;
+    tracing::info!(namespace = %ns, server = %name, snapshot = %snapshot_name, kind, "Started a backup");
+    Ok(())
+}
+
+/// Runs the backups of one server (`None`: the schedule is off and no request is open).
 pub async fn reconcile(
     server: &VpsServer,
     ctx: &Context,
     ns: &str,
     name: &str,
     phase: Phase,
+    old: &VpsServerStatus,
 ) -> Result<Option<Report>> {
-    if !server.spec.backups_enabled {
+    let requested = server.spec.backup_requested_at.as_deref();
+    let new_request = requested.filter(|r| old.observed_backup_request.as_deref() != Some(*r));
+    let open_request = old.backup_request_state.as_deref() == Some("InProgress");
+    if !server.spec.backups_enabled && new_request.is_none() && !open_request {
         return Ok(None);
     }
     let api: Api<VirtualMachineSnapshot> = Api::namespaced(ctx.client.clone(), ns);
     let list = api.list(&ListParams::default().labels(&format!("{SERVER_LABEL}={name}"))).await?;
+    let scheduled =
+        |s: &&VirtualMachineSnapshot| s.labels().get(BACKUP_KIND_LABEL).map(String::as_str) != Some("on-demand");
     let seen: Vec<Seen> = list
         .items
         .iter()
-        .map(|s| {
-            let st = s.status.clone().unwrap_or_default();
-            Seen {
-                name: s.name_any(),
-                created: s.creation_timestamp().map(|t| t.0).unwrap_or_else(Timestamp::now),
-                ready: st.ready_to_use == Some(true),
-                failed: st.phase.as_deref() == Some("Failed"),
-            }
+        .filter(scheduled)
+        .map(|s| Seen {
+            name: s.name_any(),
+            created: s.creation_timestamp().map(|t| t.0).unwrap_or_else(Timestamp::now),
+            ready: state_of(s) == "Ready",
+            failed: state_of(s) == "Failed",
         })
         .collect();
     let now = Timestamp::now();
     let can_snapshot = matches!(phase, Phase::Active | Phase::Stopped);
     let plan = plan(&seen, now, ctx.config.backup_interval, ctx.config.backup_keep, can_snapshot);
-    if plan.take_now {
-        let snapshot_name = format!("{name}-backup-{}", now.as_second());
-        let snapshot = json!({
-            "apiVersion": "snapshot.kubevirt.io/v1beta1",
-            "kind": "VirtualMachineSnapshot",
-            "metadata": {"name": snapshot_name, "namespace": ns, "labels": {SERVER_LABEL: name}},
-            "spec": {
-                "source": {"apiGroup": "kubevirt.io", "kind": "VirtualMachine", "name": name},
-                "failureDeadline": format!("{}s", ctx.config.backup_deadline.as_secs().max(1)),
-            },
-        });
-        api.patch(&snapshot_name, &PatchParams::apply(OPERATOR_MANAGER), &Patch::Apply(&snapshot)).await?;
-        tracing::info!(namespace = %ns, server = %name, snapshot = %snapshot_name, "Started a backup");
+    let enabled = server.spec.backups_enabled;
+    if enabled && plan.take_now {
+        take(ctx, &api, ns, name, None).await?;
     }
-    for old in &plan.prune {
-        let _ = api.delete(old, &DeleteParams::background()).await;
+    if enabled {
+        for old in &plan.prune {
+            let _ = api.delete(old, &DeleteParams::background()).await;
+        }
     }
+    // An on-demand backup: taken once the server can be snapshotted.
+    let (mut observed_request, mut request_state) =
+        (old.observed_backup_request.clone(), old.backup_request_state.clone());
+    if let Some(request) = new_request.filter(|_| can_snapshot) {
+        take(ctx, &api, ns, name, Some(request)).await?;
+        (observed_request, request_state) = (Some(request.to_string()), Some("InProgress".to_string()));
+    } else if let Some(request) = &observed_request {
+        let answer = list.items.iter().find(|s| s.annotations().get(BACKUP_REQUEST_ANNOTATION) == Some(request));
+        if let Some(snapshot) = answer {
+            request_state = Some(state_of(snapshot).to_string());
+        }
+    }
+    let newest_ready =
+        list.items.iter().filter(|s| state_of(s) == "Ready").filter_map(|s| s.creation_timestamp().map(|t| t.0)).max();
     let verdict = if plan.latest_failed {
         (ConditionStatus::False, "BackupFailed".to_string(), "The newest backup snapshot failed".to_string())
     } else if plan.last_backup.is_some() {
@@ -121,12 +182,19 @@ pub async fn reconcile(
     } else {
         (ConditionStatus::Unknown, "BackupPending".to_string(), "No backup has been taken yet".to_string())
     };
-    // Look again when the next one is due, or soon while one is in flight.
-    let in_flight = plan.take_now || seen.iter().any(|s| !s.ready && !s.failed);
+    // Look again when the next one is due, or soon while one is in flight (or a request
+    // waits for the server to be snapshotted).
+    let in_flight = (enabled && plan.take_now)
+        || list.items.iter().any(|s| state_of(s) == "InProgress")
+        || request_state.as_deref() == Some("InProgress")
+        || (new_request.is_some() && !can_snapshot);
+    let next = if enabled { plan.next_in } else { Duration::from_secs(86_400) };
     Ok(Some(Report {
-        next: if in_flight { Duration::from_secs(2).min(plan.next_in) } else { plan.next_in },
-        last_backup: plan.last_backup.map(|t| t.to_string()),
-        verdict,
+        next: if in_flight { Duration::from_secs(2).min(next) } else { next },
+        last_backup: newest_ready.map(|t| t.to_string()),
+        verdict: enabled.then_some(verdict),
+        observed_request,
+        request_state,
     }))
 }
 

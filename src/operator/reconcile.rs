@@ -74,7 +74,7 @@ pub async fn apply(server: Arc<VpsServer>, ctx: Arc<Context>) -> Result<Next> {
     );
     // A failing backup must not hide the server's state: the status is written first.
     let sound = resolution.resolved.is_some() && credit.is_none() && built.lost.is_none();
-    let backup = if sound { backups::reconcile(&server, &ctx, &ns, &name, obs.phase).await } else { Ok(None) };
+    let backup = if sound { backups::reconcile(&server, &ctx, &ns, &name, obs.phase, &old).await } else { Ok(None) };
     let now = jiff::Timestamp::now().to_string();
     let new = status::next(&status::Inputs {
         id,

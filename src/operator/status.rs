@@ -78,11 +78,15 @@ pub fn next(inputs: &Inputs<'_>) -> VpsServerStatus {
     status.ip_address = obs.ipv4.clone();
     status.ipv6_address = obs.ipv6.clone();
     status.observed_generation = generation;
-    if let Some(t) = backup.and_then(|r| r.last_backup.clone()) {
-        status.last_backup_time = Some(t);
+    if let Some(report) = backup {
+        if let Some(t) = report.last_backup.clone() {
+            status.last_backup_time = Some(t);
+        }
+        status.observed_backup_request = report.observed_request.clone();
+        status.backup_request_state = report.request_state.clone();
     }
     status.conditions =
-        conditions(obs, reference_problem, backup.map(|r| &r.verdict), generation, &old.conditions, now);
+        conditions(obs, reference_problem, backup.and_then(|r| r.verdict.as_ref()), generation, &old.conditions, now);
     status
 }
 

@@ -1,0 +1,200 @@
+//! Backups a customer can use: `GET /api/v1/servers/{id}/backups/` lists the server's
+//! snapshots (scheduled and on-demand, newest first), `POST` takes one now (a new
+//! `spec.backupRequestedAt`; the operator makes the snapshot, a tracked action follows it),
+//! `DELETE .../backups/{backup_id}/` deletes one. Read from a cache of the servers'
+//! VirtualMachineSnapshots.
+
+use axum::extract::{OriginalUri, Path, RawQuery, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::{delete, get};
+use axum::{Json, Router};
+use kube::ResourceExt;
+use kube::api::{Api, DeleteParams};
+use serde_json::json;
+
+use super::actions;
+use super::auth::Tenant;
+use super::cache::wait_for_delete;
+use super::error::{ApiError, FieldErrors, RawBody};
+use super::pagination::{self, Query};
+use super::servers::{action_response, find, now_stamp, parse_id, patch_server_object};
+use super::view::{self, ActionResponse, BackupView, Page, UPDATED_AT_ANNOTATION, api_status};
+use super::{AppState, base_url, route_both, with_405};
+use crate::api::{ActionType, Expectation, Phase, SERVER_LABEL, VpsServer};
+use crate::kubevirt::VirtualMachineSnapshot;
+
+pub fn router() -> Router<AppState> {
+    let r = route_both(
+        Router::new(),
+        "/api/v1/servers/{server_id}/backups/",
+        with_405(get(list_backups).post(take_backup), "GET, POST, HEAD"),
+    );
+    route_both(r, "/api/v1/servers/{server_id}/backups/{backup_id}/", with_405(delete(delete_backup), "DELETE"))
+}
+
+/// The backups of `server` with an id, newest first.
+fn backups_of(state: &AppState, server: &VpsServer) -> Vec<std::sync::Arc<VirtualMachineSnapshot>> {
+    let (ns, name) = (server.namespace(), server.name_any());
+    let mut backups: Vec<_> = state
+        .caches
+        .snapshots
+        .state()
+        .into_iter()
+        .filter(|s| s.namespace() == ns && s.labels().get(SERVER_LABEL) == Some(&name) && view::backup_id(s).is_some())
+        .collect();
+    backups.sort_by_key(|s| std::cmp::Reverse(view::backup_id(s)));
+    backups
+}
+
+#[utoipa::path(get, path = "/api/v1/servers/{server_id}/backups/", tag = "backups",
+    params(
+        ("server_id" = i64, Path, description = "The server's id"),
+        ("page" = Option<usize>, Query, description = "1-based page number"),
+        ("page_size" = Option<usize>, Query, description = "Default 100, at most 1000"),
+    ),
+    responses(
+        (status = 200, description = "The server's backups, newest first", body = Page<BackupView>),
+        (status = 401, description = "Missing or unknown token"),
+        (status = 404, description = "No such server in this account"),
+    ),
+    security(("bearer" = [])))]
+pub async fn list_backups(
+    tenant: Tenant,
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    OriginalUri(uri): OriginalUri,
+    RawQuery(raw): RawQuery,
+    Path(server_id): Path<String>,
+) -> Result<Json<Page<BackupView>>, ApiError> {
+    let server = find(&state, &tenant, &server_id)?;
+    let query = Query::parse(raw.as_deref())?;
+    let mut errors = FieldErrors::default();
+    let params = pagination::params(&query, &mut errors);
+    errors.into_result()?;
+    let backups: Vec<BackupView> = backups_of(&state, &server).iter().filter_map(|s| view::backup_view(s)).collect();
+    let url = format!("{}{}", base_url(&headers), uri.path());
+    Ok(Json(pagination::paginate(backups, &query, params, &url)?))
+}
+
+#[utoipa::path(post, path = "/api/v1/servers/{server_id}/backups/", tag = "backups",
+    params(("server_id" = i64, Path, description = "The server's id")),
+    responses(
+        (status = 200, description = "A backup is being taken (kept until deleted; the schedule's retention does not count it)", body = ActionResponse),
+        (status = 400, description = "Not active or stopped"),
+        (status = 401, description = "Missing or unknown token"),
+        (status = 404, description = "No such server in this account"),
+    ),
+    security(("bearer" = [])))]
+pub async fn take_backup(
+    tenant: Tenant,
+    State(state): State<AppState>,
+    Path(server_id): Path<String>,
+    _body: RawBody,
+) -> Result<Json<ActionResponse>, ApiError> {
+    let server = find(&state, &tenant, &server_id)?;
+    let status = api_status(&server);
+    if !matches!(status, Phase::Active | Phase::Stopped) {
+        return Err(ApiError::BadRequest(format!("Server cannot be backed up while it is {}.", status.as_api_str())));
+    }
+    let stamp = jiff::Timestamp::now().to_string();
+    let patch = json!({"metadata": {"annotations": {UPDATED_AT_ANNOTATION: now_stamp()}},
+                       "spec": {"backupRequestedAt": stamp}});
+    let updated = patch_server_object(&state, &server, &patch).await?;
+    let expect = Expectation { backup_request: Some(stamp), ..Default::default() };
+    let tracked = actions::record(&state, &updated, ActionType::Backup, expect).await;
+    action_response(&updated, "Backup is being taken", tracked)
+}
+
+#[utoipa::path(delete, path = "/api/v1/servers/{server_id}/backups/{backup_id}/", tag = "backups",
+    params(
+        ("server_id" = i64, Path, description = "The server's id"),
+        ("backup_id" = i64, Path, description = "The backup's id"),
+    ),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 401, description = "Missing or unknown token"),
+        (status = 404, description = "No such server in this account, or no such backup of it"),
+    ),
+    security(("bearer" = [])))]
+pub async fn delete_backup(
+    tenant: Tenant,
+    State(state): State<AppState>,
+    Path((server_id, backup_id)): Path<(String, String)>,
+    _body: RawBody,
+) -> Result<StatusCode, ApiError> {
+    let server = find(&state, &tenant, &server_id)?;
+    let id = parse_id(&backup_id)?;
+    let backup =
+        backups_of(&state, &server).into_iter().find(|s| view::backup_id(s) == Some(id)).ok_or(ApiError::NotFound)?;
+    let api: Api<VirtualMachineSnapshot> = Api::namespaced(state.client.clone(), &tenant.namespace);
+    let dp = DeleteParams {
+        preconditions: Some(kube::api::Preconditions { uid: backup.uid(), resource_version: None }),
+        ..DeleteParams::background()
+    };
+    api.delete(&backup.name_any(), &dp).await?;
+    wait_for_delete(&state.caches.snapshots, &backup).await;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use crate::api::{BACKUP_ID_LABEL, BACKUP_KIND_LABEL, SERVER_LABEL};
+    use crate::gateway::testing::{self, OTHER_TOKEN, TOKEN, call, server};
+    use crate::kubevirt::{VirtualMachineSnapshot, VirtualMachineSnapshotSpec, VirtualMachineSnapshotStatus};
+
+    fn snapshot(ns: &str, server: &str, id: Option<i64>, kind: &str, ready: bool) -> VirtualMachineSnapshot {
+        let mut s = VirtualMachineSnapshot::new(
+            &format!("{server}-backup-{}", id.unwrap_or(0)),
+            VirtualMachineSnapshotSpec { source: serde_json::json!({}), failure_deadline: None },
+        );
+        s.metadata.namespace = Some(ns.into());
+        let mut labels = BTreeMap::from([(SERVER_LABEL.to_string(), server.to_string())]);
+        labels.insert(BACKUP_KIND_LABEL.into(), kind.into());
+        if let Some(id) = id {
+            labels.insert(BACKUP_ID_LABEL.into(), id.to_string());
+        }
+        s.metadata.labels = Some(labels);
+        s.status = Some(VirtualMachineSnapshotStatus { ready_to_use: Some(ready), ..Default::default() });
+        s
+    }
+
+    #[tokio::test]
+    async fn a_servers_backups_are_its_own_newest_first() {
+        let mut fixture = testing::fixture(
+            vec![
+                server("acme", 7, "web", Some("Active")),
+                server("acme", 9, "new", Some("Provisioning")),
+                server("other", 8, "theirs", Some("Active")),
+            ],
+            vec![],
+        );
+        fixture.snapshots = vec![
+            snapshot("acme", "srv-7", Some(11), "scheduled", true),
+            snapshot("acme", "srv-7", Some(12), "on-demand", false),
+            snapshot("acme", "srv-7", None, "scheduled", true),
+            snapshot("other", "srv-8", Some(13), "scheduled", true),
+        ];
+        let app = testing::app_of(fixture, &testing::settings()).await;
+        let list = call(&app, "GET", "/api/v1/servers/7/backups/", Some(TOKEN), None).await;
+        assert_eq!(list.status, 200, "{list:?}");
+        let got: Vec<(i64, &str, &str)> = list.body["results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|b| (b["id"].as_i64().unwrap(), b["type"].as_str().unwrap(), b["status"].as_str().unwrap()))
+            .collect();
+        assert_eq!(got, [(12, "on-demand", "in-progress"), (11, "scheduled", "available")], "with ids, newest first");
+        assert_eq!(call(&app, "GET", "/api/v1/servers/8/backups/", Some(TOKEN), None).await.status, 404);
+        assert_eq!(call(&app, "GET", "/api/v1/servers/8/backups/", Some(OTHER_TOKEN), None).await.status, 200);
+        for path in ["/api/v1/servers/7/backups/13/", "/api/v1/servers/7/backups/99/", "/api/v1/servers/8/backups/13/"]
+        {
+            assert_eq!(call(&app, "DELETE", path, Some(TOKEN), None).await.status, 404, "{path}");
+        }
+        let early = call(&app, "POST", "/api/v1/servers/9/backups/", Some(TOKEN), None).await;
+        assert_eq!(early.status, 400, "{early:?}");
+        assert!(early.body["detail"].as_str().unwrap().contains("while it is provisioning"));
+        assert_eq!(call(&app, "PUT", "/api/v1/servers/7/backups/", Some(TOKEN), None).await.status, 405);
+    }
+}
