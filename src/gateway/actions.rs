@@ -14,11 +14,11 @@ use kube::{Resource, ResourceExt};
 
 use super::auth::Tenant;
 use super::cache::wait_for_write;
-use super::error::{ApiError, FieldErrors};
-use super::pagination::{self, Query};
+use super::error::ApiError;
+use super::pagination;
 use super::servers::find;
 use super::view::{self, ActionView, Page};
-use super::{AppState, FIELD_MANAGER, base_url, route_both, with_405};
+use super::{AppState, FIELD_MANAGER, route_both, with_405};
 use crate::api::{
     ACCOUNT_LABEL, ActionType, Expectation, SERVER_ID_LABEL, SERVER_LABEL, VpsAction, VpsActionSpec, VpsServer,
 };
@@ -118,10 +118,6 @@ pub async fn list_server_actions(
     Path(server_id): Path<String>,
 ) -> Result<Json<Page<ActionView>>, ApiError> {
     let server = find(&state, &tenant, &server_id)?;
-    let query = Query::parse(raw.as_deref())?;
-    let mut errors = FieldErrors::default();
-    let params = pagination::params(&query, &mut errors);
-    errors.into_result()?;
     let name = server.name_any();
     let mut actions: Vec<ActionView> = state
         .caches
@@ -132,8 +128,7 @@ pub async fn list_server_actions(
         .map(|a| view::action_view(a))
         .collect();
     actions.sort_by_key(|a| std::cmp::Reverse(a.id));
-    let url = format!("{}{}", base_url(&headers), uri.path());
-    Ok(Json(pagination::paginate(actions, &query, params, &url)?))
+    pagination::answer(actions, raw.as_deref(), &headers, uri.path())
 }
 
 #[cfg(test)]

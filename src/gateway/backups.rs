@@ -15,11 +15,11 @@ use serde_json::json;
 use super::actions;
 use super::auth::Tenant;
 use super::cache::wait_for_delete;
-use super::error::{ApiError, FieldErrors, RawBody};
-use super::pagination::{self, Query};
+use super::error::{ApiError, RawBody};
+use super::pagination;
 use super::servers::{action_response, find, now_stamp, parse_id, patch_server_object};
 use super::view::{self, ActionResponse, BackupView, Page, UPDATED_AT_ANNOTATION, api_status};
-use super::{AppState, base_url, route_both, with_405};
+use super::{AppState, route_both, with_405};
 use crate::api::{ActionType, Expectation, Phase, SERVER_LABEL, VpsServer};
 use crate::kubevirt::VirtualMachineSnapshot;
 
@@ -67,13 +67,8 @@ pub async fn list_backups(
     Path(server_id): Path<String>,
 ) -> Result<Json<Page<BackupView>>, ApiError> {
     let server = find(&state, &tenant, &server_id)?;
-    let query = Query::parse(raw.as_deref())?;
-    let mut errors = FieldErrors::default();
-    let params = pagination::params(&query, &mut errors);
-    errors.into_result()?;
     let backups: Vec<BackupView> = backups_of(&state, &server).iter().filter_map(|s| view::backup_view(s)).collect();
-    let url = format!("{}{}", base_url(&headers), uri.path());
-    Ok(Json(pagination::paginate(backups, &query, params, &url)?))
+    pagination::answer(backups, raw.as_deref(), &headers, uri.path())
 }
 
 #[utoipa::path(post, path = "/api/v1/servers/{server_id}/backups/", tag = "backups",

@@ -6,10 +6,10 @@ use axum::routing::get;
 use axum::{Json, Router};
 
 use super::auth::Tenant;
-use super::error::{ApiError, FieldErrors};
-use super::pagination::{self, Query};
+use super::error::ApiError;
+use super::pagination;
 use super::view::{self, LocationView, OsRef, Page, PlanView};
-use super::{AppState, base_url, route_both, with_405};
+use super::{AppState, route_both, with_405};
 
 pub fn router() -> Router<AppState> {
     let r = route_both(Router::new(), "/api/v1/plans/", with_405(get(list_plans), "GET, HEAD"));
@@ -18,12 +18,7 @@ pub fn router() -> Router<AppState> {
 }
 
 fn page<T>(items: Vec<T>, raw: Option<String>, headers: &HeaderMap, path: &str) -> Result<Json<Page<T>>, ApiError> {
-    let query = Query::parse(raw.as_deref())?;
-    let mut errors = FieldErrors::default();
-    let params = pagination::params(&query, &mut errors);
-    errors.into_result()?;
-    let url = format!("{}{}", base_url(headers), path);
-    Ok(Json(pagination::paginate(items, &query, params, &url)?))
+    pagination::answer(items, raw.as_deref(), headers, path)
 }
 
 #[utoipa::path(get, path = "/api/v1/plans/", tag = "catalog",

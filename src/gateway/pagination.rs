@@ -47,6 +47,22 @@ pub fn params(query: &Query, errors: &mut FieldErrors) -> (usize, usize) {
     (page, size)
 }
 
+/// The page of `items` a list request asks for (`raw`: its query string), with links to
+/// its neighbours on this gateway's `path` as the client addressed it.
+pub fn answer<T>(
+    items: Vec<T>,
+    raw: Option<&str>,
+    headers: &axum::http::HeaderMap,
+    path: &str,
+) -> Result<axum::Json<Page<T>>, ApiError> {
+    let query = Query::parse(raw)?;
+    let mut errors = FieldErrors::default();
+    let params = params(&query, &mut errors);
+    errors.into_result()?;
+    let url = format!("{}{}", super::base_url(headers), path);
+    Ok(axum::Json(paginate(items, &query, params, &url)?))
+}
+
 /// How many items come before the page (saturating: a page number of 2^63 is only past the end).
 pub fn offset((page, size): (usize, usize)) -> usize {
     (page - 1).saturating_mul(size)
