@@ -32,7 +32,7 @@ pub fn router() -> Router<AppState> {
     route_both(r, "/api/v1/servers/{server_id}/backups/{backup_id}/", with_405(delete(delete_backup), "DELETE"))
 }
 
-/// The backups of `server` with an id, newest first.
+/// The backups of `server` with an id, newest first; one being deleted is gone already.
 fn backups_of(state: &AppState, server: &VpsServer) -> Vec<std::sync::Arc<VirtualMachineSnapshot>> {
     let (ns, name) = (server.namespace(), server.name_any());
     let mut backups: Vec<_> = state
@@ -40,7 +40,12 @@ fn backups_of(state: &AppState, server: &VpsServer) -> Vec<std::sync::Arc<Virtua
         .snapshots
         .state()
         .into_iter()
-        .filter(|s| s.namespace() == ns && s.labels().get(SERVER_LABEL) == Some(&name) && view::backup_id(s).is_some())
+        .filter(|s| {
+            s.namespace() == ns
+                && s.labels().get(SERVER_LABEL) == Some(&name)
+                && view::backup_id(s).is_some()
+                && s.metadata.deletion_timestamp.is_none()
+        })
         .collect();
     backups.sort_by_key(|s| std::cmp::Reverse(view::backup_id(s)));
     backups
@@ -170,6 +175,12 @@ mod tests {
             snapshot("acme", "srv-7", Some(12), "on-demand", false),
             snapshot("acme", "srv-7", None, "scheduled", true),
             snapshot("other", "srv-8", Some(13), "scheduled", true),
+            {
+                let mut going = snapshot("acme", "srv-7", Some(14), "on-demand", true);
+                going.metadata.deletion_timestamp =
+                    Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(jiff::Timestamp::now()));
+                going
+            },
         ];
         let app = testing::app_of(fixture, &testing::settings()).await;
         let list = call(&app, "GET", "/api/v1/servers/7/backups/", Some(TOKEN), None).await;
@@ -183,8 +194,12 @@ mod tests {
         assert_eq!(got, [(12, "on-demand", "in-progress"), (11, "scheduled", "available")], "with ids, newest first");
         assert_eq!(call(&app, "GET", "/api/v1/servers/8/backups/", Some(TOKEN), None).await.status, 404);
         assert_eq!(call(&app, "GET", "/api/v1/servers/8/backups/", Some(OTHER_TOKEN), None).await.status, 200);
-        for path in ["/api/v1/servers/7/backups/13/", "/api/v1/servers/7/backups/99/", "/api/v1/servers/8/backups/13/"]
-        {
+        for path in [
+            "/api/v1/servers/7/backups/13/",
+            "/api/v1/servers/7/backups/14/",
+            "/api/v1/servers/7/backups/99/",
+            "/api/v1/servers/8/backups/13/",
+        ] {
             assert_eq!(call(&app, "DELETE", path, Some(TOKEN), None).await.status, 404, "{path}");
         }
         let early = call(&app, "POST", "/api/v1/servers/9/backups/", Some(TOKEN), None).await;
