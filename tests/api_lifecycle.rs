@@ -200,8 +200,19 @@ async fn a_stopped_server_is_resized_and_its_disk_grows() {
         assert!(Instant::now() < deadline, "not resized after 60 s: {domain} {request} {capacity}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let detail = gw.call("GET", &format!("/api/v1/servers/{id}/"), Some(&t.token), None).await;
-    assert_eq!((&detail.body["plan"]["id"], &detail.body["plan"]["storage"]), (&json!(2), &json!(160)), "{detail:?}");
+    // Right after the resize the gateway still shows the plan the server was built from, and
+    // yet refuses a smaller disk (the plan asked for counts).
+    let smaller = resize(1).await;
+    assert!(smaller.body["plan_id"][0].as_str().unwrap().contains("disks only grow"), "{smaller:?}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let detail = gw.call("GET", &format!("/api/v1/servers/{id}/"), Some(&t.token), None).await;
+        if (&detail.body["plan"]["id"], &detail.body["plan"]["storage"]) == (&json!(2), &json!(160)) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the detail never showed the new plan: {detail:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     let smaller = resize(1).await;
     assert!(smaller.body["plan_id"][0].as_str().unwrap().contains("disks only grow"), "{smaller:?}");
     // The same with kubectl (the CRD cannot see plans): the operator keeps the plan and says why.
@@ -359,8 +370,13 @@ async fn every_mutating_call_is_a_tracked_action() {
         let action_id = a.body["action"]["id"].as_i64().unwrap();
         let done = settled_action(&gw, &t.token, action_id).await;
         assert_eq!(done["status"], "completed", "{verb}: {done}");
-        let shown = gw.call("GET", &format!("/api/v1/servers/{id}/"), Some(&t.token), None).await;
-        assert_eq!(shown.body["status"], settles, "{verb} completed only once the server converged");
+        // The operator completes an action after the status write it follows from: the API
+        // server (not the gateway's cache, which may lag) shows that status already.
+        let server =
+            Api::<VpsServer>::namespaced(client.clone(), &t.namespace).get(&format!("srv-{id}")).await.unwrap();
+        let phase = server.status.and_then(|s| s.phase).map(|p| p.as_api_str());
+        assert_eq!(phase, Some(settles), "{verb} completed only once the server converged");
+        wait_status(&gw, &t.token, id, settles).await;
         ids.push(action_id);
     }
     let list = gw.call("GET", &format!("/api/v1/servers/{id}/actions/"), Some(&t.token), None).await;
@@ -416,15 +432,20 @@ async fn a_customer_takes_lists_and_deletes_a_backup() {
     assert_eq!((taken.status, &taken.body["action"]["type"]), (200, &json!("backup")), "{taken:?}");
     let done = settled_action(&gw, &t.token, taken.body["action"]["id"].as_i64().unwrap()).await;
     assert_eq!(done["status"], "completed", "{done}");
-    let list = gw.call("GET", &backups, Some(&t.token), None).await;
-    let backup = list.body["results"][0].clone();
-    assert_eq!(
-        (&list.body["count"], &backup["type"], &backup["status"]),
-        (&json!(1), &json!("on-demand"), &json!("available")),
-        "{list:?}"
-    );
-    let detail = gw.call("GET", &format!("/api/v1/servers/{id}/"), Some(&t.token), None).await;
-    assert!(detail.body["last_backup_at"].as_str().is_some_and(|t| t.ends_with('Z')), "{detail:?}");
+    // The gateway's caches of snapshots and servers follow their own watches: eventually.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let backup = loop {
+        let list = gw.call("GET", &backups, Some(&t.token), None).await;
+        let detail = gw.call("GET", &format!("/api/v1/servers/{id}/"), Some(&t.token), None).await;
+        let first = list.body["results"][0].clone();
+        let shown = detail.body["last_backup_at"].as_str().is_some_and(|t| t.ends_with('Z'));
+        if list.body["count"] == 1 && first["status"] == "available" && shown {
+            assert_eq!(first["type"], "on-demand", "{list:?}");
+            break first;
+        }
+        assert!(Instant::now() < deadline, "the backup never showed as available: {list:?} {detail:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
 
     let gone = gw.call("DELETE", &format!("{backups}{}/", backup["id"]), Some(&t.token), None).await;
     assert_eq!(gone.status, 204, "{gone:?}");

@@ -74,9 +74,20 @@ pub async fn resize_server(
             status.as_api_str()
         )));
     }
-    let current = match server.status.as_ref().and_then(|s| s.resolved.as_ref()) {
-        Some(resolved) => resolved.plan.spec.clone(),
-        None => state.caches.plan_by_name(&server.spec.plan).map(|p| p.spec.clone()).ok_or(ApiError::NotFound)?,
+    // What the server is built from, and the plan it was last asked to have (the two differ
+    // until the operator has taken up a resize): the disk is the larger of the two.
+    let resolved = server.status.as_ref().and_then(|s| s.resolved.as_ref()).map(|r| r.plan.spec.clone());
+    let asked = state.caches.plan_by_name(&server.spec.plan).map(|p| p.spec.clone());
+    let current = match (asked, resolved) {
+        (Some(asked), Some(resolved)) => {
+            if asked.storage >= resolved.storage {
+                asked
+            } else {
+                resolved
+            }
+        }
+        (Some(plan), None) | (None, Some(plan)) => plan,
+        (None, None) => return Err(ApiError::NotFound),
     };
     if plan.name_any() == server.spec.plan {
         return Err(field_error("plan_id", "The server already has this plan.".into()));
