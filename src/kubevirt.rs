@@ -248,3 +248,27 @@ pub struct VolumeSnapshotStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub creation_time: Option<String>,
 }
+
+/// How long KubeVirt may take over an on-demand backup the gateway asks for (the operator's
+/// `--backup-deadline` applies to its own).
+pub const ON_DEMAND_BACKUP_DEADLINE_SECS: u64 = 300;
+
+/// The VirtualMachineSnapshot of backup `id` of server `server` in `ns`: scheduled, or
+/// on demand when it answers `request` (a `spec.backupRequestedAt`).
+pub fn backup_snapshot(ns: &str, server: &str, id: i64, request: Option<&str>, deadline_secs: u64) -> Value {
+    use crate::api::{BACKUP_ID_LABEL, BACKUP_KIND_LABEL, BACKUP_REQUEST_ANNOTATION, SERVER_LABEL};
+    let kind = if request.is_some() { "on-demand" } else { "scheduled" };
+    serde_json::json!({
+        "apiVersion": "snapshot.kubevirt.io/v1beta1",
+        "kind": "VirtualMachineSnapshot",
+        "metadata": {
+            "name": format!("{server}-backup-{id}"), "namespace": ns,
+            "labels": {SERVER_LABEL: server, BACKUP_ID_LABEL: id.to_string(), BACKUP_KIND_LABEL: kind},
+            "annotations": request.map(|r| serde_json::json!({BACKUP_REQUEST_ANNOTATION: r})).unwrap_or_else(|| serde_json::json!({})),
+        },
+        "spec": {
+            "source": {"apiGroup": "kubevirt.io", "kind": "VirtualMachine", "name": server},
+            "failureDeadline": format!("{}s", deadline_secs.max(1)),
+        },
+    })
+}

@@ -429,7 +429,9 @@ async fn a_customer_takes_lists_and_deletes_a_backup() {
     assert_eq!((empty.status, &empty.body["count"]), (200, &json!(0)), "{empty:?}");
 
     let taken = gw.call("POST", &backups, Some(&t.token), None).await;
-    assert_eq!((taken.status, &taken.body["action"]["type"]), (200, &json!("backup")), "{taken:?}");
+    assert_eq!((taken.status, &taken.body["action"]["type"]), (201, &json!("backup")), "{taken:?}");
+    let made = taken.body["backup"]["id"].as_i64().expect("the new backup's id");
+    assert!(taken.header("location").is_some_and(|l| l.ends_with(&format!("/backups/{made}/"))), "{taken:?}");
     let done = settled_action(&gw, &t.token, taken.body["action"]["id"].as_i64().unwrap()).await;
     assert_eq!(done["status"], "completed", "{done}");
     // The gateway's caches of snapshots and servers follow their own watches: eventually.
@@ -440,7 +442,7 @@ async fn a_customer_takes_lists_and_deletes_a_backup() {
         let first = list.body["results"][0].clone();
         let shown = detail.body["last_backup_at"].as_str().is_some_and(|t| t.ends_with('Z'));
         if list.body["count"] == 1 && first["status"] == "available" && shown {
-            assert_eq!(first["type"], "on-demand", "{list:?}");
+            assert_eq!((&first["type"], &first["id"]), (&json!("on-demand"), &json!(made)), "{list:?}");
             break first;
         }
         assert!(Instant::now() < deadline, "the backup never showed as available: {list:?} {detail:?}");

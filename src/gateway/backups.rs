@@ -5,23 +5,25 @@
 //! VirtualMachineSnapshots.
 
 use axum::extract::{OriginalUri, Path, RawQuery, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get};
 use axum::{Json, Router};
 use kube::ResourceExt;
-use kube::api::{Api, DeleteParams};
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use serde_json::json;
 
 use super::actions;
 use super::auth::Tenant;
-use super::cache::wait_for_delete;
+use super::cache::{wait_for_delete, wait_for_write};
 use super::error::{ApiError, RawBody};
 use super::pagination;
 use super::servers::{action_response, find, now_stamp, parse_id, patch_server_object};
 use super::view::{self, ActionResponse, BackupView, Page, UPDATED_AT_ANNOTATION, api_status};
-use super::{AppState, route_both, with_405};
+use super::{AppState, FIELD_MANAGER, base_url, route_both, with_405};
 use crate::api::{ActionType, Expectation, Phase, SERVER_LABEL, VpsServer};
-use crate::kubevirt::VirtualMachineSnapshot;
+use crate::ids::IdKind;
+use crate::kubevirt::{ON_DEMAND_BACKUP_DEADLINE_SECS, VirtualMachineSnapshot, backup_snapshot};
 
 pub fn router() -> Router<AppState> {
     let r = route_both(
@@ -76,10 +78,19 @@ pub async fn list_backups(
     pagination::answer(backups, raw.as_deref(), &headers, uri.path())
 }
 
+/// The answer to `POST .../backups/`: an action's, and the new backup.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct BackupTaken {
+    #[serde(flatten)]
+    pub answer: ActionResponse,
+    pub backup: BackupView,
+}
+
 #[utoipa::path(post, path = "/api/v1/servers/{server_id}/backups/", tag = "backups",
     params(("server_id" = i64, Path, description = "The server's id")),
     responses(
-        (status = 200, description = "A backup is being taken (kept until deleted; the schedule's retention does not count it)", body = ActionResponse),
+        (status = 201, description = "A backup is being taken (kept until deleted; the schedule's retention does not count it)", body = BackupTaken,
+            headers(("Location" = String, description = "URL of the new backup"))),
         (status = 400, description = "Not active or stopped"),
         (status = 401, description = "Missing or unknown token"),
         (status = 404, description = "No such server in this account"),
@@ -89,20 +100,40 @@ pub async fn take_backup(
     tenant: Tenant,
     State(state): State<AppState>,
     Path(server_id): Path<String>,
+    headers: HeaderMap,
     _body: RawBody,
-) -> Result<Json<ActionResponse>, ApiError> {
+) -> Result<Response, ApiError> {
     let server = find(&state, &tenant, &server_id)?;
     let status = api_status(&server);
     if !matches!(status, Phase::Active | Phase::Stopped) {
         return Err(ApiError::BadRequest(format!("Server cannot be backed up while it is {}.", status.as_api_str())));
     }
+    // The snapshot first, so that the answer has its id (and a DELETE right after finds it);
+    // then the request, which the operator finds answered and follows.
     let stamp = jiff::Timestamp::now().to_string();
+    let id = state.ids.allocate(IdKind::Backup).await.map_err(anyhow::Error::from)?;
+    let name = server.name_any();
+    let snapshot = backup_snapshot(&tenant.namespace, &name, id, Some(&stamp), ON_DEMAND_BACKUP_DEADLINE_SECS);
+    let api: Api<VirtualMachineSnapshot> = Api::namespaced(state.client.clone(), &tenant.namespace);
+    let made =
+        api.patch(&format!("{name}-backup-{id}"), &PatchParams::apply(FIELD_MANAGER), &Patch::Apply(&snapshot)).await?;
+    wait_for_write(&state.caches.snapshots, &made).await;
     let patch = json!({"metadata": {"annotations": {UPDATED_AT_ANNOTATION: now_stamp()}},
                        "spec": {"backupRequestedAt": stamp}});
     let updated = patch_server_object(&state, &server, &patch).await?;
     let expect = Expectation { backup_request: Some(stamp), ..Default::default() };
     let tracked = actions::record(&state, &updated, ActionType::Backup, expect).await;
-    action_response(&updated, "Backup is being taken", tracked)
+    let Json(answer) = action_response(&updated, "Backup is being taken", tracked)?;
+    let backup =
+        view::backup_view(&made).ok_or_else(|| ApiError::Internal(anyhow::anyhow!("backup {id} has no view")))?;
+    let mut res = (StatusCode::CREATED, Json(BackupTaken { answer, backup })).into_response();
+    let server_id = updated.id().unwrap_or_default();
+    if let Ok(location) =
+        HeaderValue::from_str(&format!("{}/api/v1/servers/{server_id}/backups/{id}/", base_url(&headers)))
+    {
+        res.headers_mut().insert(header::LOCATION, location);
+    }
+    Ok(res)
 }
 
 #[utoipa::path(delete, path = "/api/v1/servers/{server_id}/backups/{backup_id}/", tag = "backups",

@@ -61,7 +61,7 @@ impl Modify for BearerAuth {
     components(schemas(
         view::ServerListItem, view::ServerDetail, view::CreatedServer, view::ActionResponse, view::ActionServer, view::ApiStatus,
         view::PlanSummary, view::PlanDetail, view::OsRef, view::ResourceUsage, view::PlanView, view::LocationView,
-        view::SshKeyView, view::ActionView, view::BackupView, servers::CreateServer, servers::UpdateServer, servers::PatchServer, servers::SetProtection, lifecycle::Resize, lifecycle::Rebuild, view::Protection, ssh_keys::CreateSshKey,
+        view::SshKeyView, view::ActionView, view::BackupView, backups::BackupTaken, servers::CreateServer, servers::UpdateServer, servers::PatchServer, servers::SetProtection, lifecycle::Resize, lifecycle::Rebuild, view::Protection, ssh_keys::CreateSshKey,
     )),
     modifiers(&BearerAuth),
     tags((name = "servers"), (name = "actions"), (name = "backups"), (name = "catalog"), (name = "ssh-keys"))
@@ -233,6 +233,12 @@ fn complete_operation(method: &str, operation: &str, op: &mut Value) {
             })
             .collect();
         created["links"] = Value::Object(links);
+    }
+    // A backup taken can be deleted by its id (the server's from the request).
+    if operation == "take_backup" {
+        let link = json!({"operationId": "delete_backup",
+                          "parameters": {"server_id": "$request.path.server_id", "backup_id": "$response.body#/backup/id"}});
+        responses.get_mut("201").expect("a backup taken answers 201")["links"] = json!({"delete_backup": link});
     }
     // As Django REST Framework's partial update: no body changes nothing (and answers 200).
     if operation == "patch_server" {

@@ -9,15 +9,14 @@ use std::time::Duration;
 use jiff::Timestamp;
 use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
-use serde_json::json;
 
 use super::{Context, Result};
 use crate::api::{
-    BACKUP_ID_LABEL, BACKUP_KIND_LABEL, BACKUP_REQUEST_ANNOTATION, ConditionStatus, OPERATOR_MANAGER, Phase,
-    SERVER_LABEL, VpsServer, VpsServerStatus,
+    BACKUP_KIND_LABEL, BACKUP_REQUEST_ANNOTATION, ConditionStatus, OPERATOR_MANAGER, Phase, SERVER_LABEL, VpsServer,
+    VpsServerStatus,
 };
 use crate::ids::IdKind;
-use crate::kubevirt::VirtualMachineSnapshot;
+use crate::kubevirt::{VirtualMachineSnapshot, backup_snapshot};
 
 /// The `BackupsSucceeded` condition's status, CamelCase reason and message.
 pub type Verdict = (ConditionStatus, String, String);
@@ -99,23 +98,10 @@ async fn take(
     request: Option<&str>,
 ) -> Result<()> {
     let id = ctx.ids.allocate(IdKind::Backup).await?;
-    let kind = if request.is_some() { "on-demand" } else { "scheduled" };
+    let snapshot = backup_snapshot(ns, name, id, request, ctx.config.backup_deadline.as_secs());
     let snapshot_name = format!("{name}-backup-{id}");
-    let snapshot = json!({
-        "apiVersion": "snapshot.kubevirt.io/v1beta1",
-        "kind": "VirtualMachineSnapshot",
-        "metadata": {
-            "name": snapshot_name, "namespace": ns,
-            "labels": {SERVER_LABEL: name, BACKUP_ID_LABEL: id.to_string(), BACKUP_KIND_LABEL: kind},
-            "annotations": request.map(|r| json!({BACKUP_REQUEST_ANNOTATION: r})).unwrap_or_else(|| json!({})),
-        },
-        "spec": {
-            "source": {"apiGroup": "kubevirt.io", "kind": "VirtualMachine", "name": name},
-            "failureDeadline": format!("{}s", ctx.config.backup_deadline.as_secs().max(1)),
-        },
-    });
     api.patch(&snapshot_name, &PatchParams::apply(OPERATOR_MANAGER), &Patch::Apply(&snapshot)).await?;
-    tracing::info!(namespace = %ns, server = %name, snapshot = %snapshot_name, kind, "Started a backup");
+    tracing::info!(namespace = %ns, server = %name, snapshot = %snapshot_name, on_demand = request.is_some(), "Started a backup");
     Ok(())
 }
 
@@ -164,9 +150,21 @@ pub async fn reconcile(
     // An on-demand backup: taken once the server can be snapshotted.
     let (mut observed_request, mut request_state) =
         (old.observed_backup_request.clone(), old.backup_request_state.clone());
-    if let Some(request) = new_request.filter(|_| can_snapshot) {
-        take(ctx, &api, ns, name, Some(request)).await?;
-        (observed_request, request_state) = (Some(request.to_string()), Some("InProgress".to_string()));
+    let answering = |request: &str| {
+        list.items.iter().find(|s| s.annotations().get(BACKUP_REQUEST_ANNOTATION).map(String::as_str) == Some(request))
+    };
+    if let Some(request) = new_request {
+        match answering(request) {
+            // The gateway made it before it asked (so that its answer has the backup's id).
+            Some(made) => {
+                (observed_request, request_state) = (Some(request.to_string()), Some(state_of(made).to_string()))
+            }
+            None if can_snapshot => {
+                take(ctx, &api, ns, name, Some(request)).await?;
+                (observed_request, request_state) = (Some(request.to_string()), Some("InProgress".to_string()));
+            }
+            None => {}
+        }
     } else if let Some(request) = &observed_request {
         let answer = list.items.iter().find(|s| s.annotations().get(BACKUP_REQUEST_ANNOTATION) == Some(request));
         if let Some(snapshot) = answer {
