@@ -26,9 +26,10 @@ if [ ! -x "$venv/bin/schemathesis" ]; then
 	rm -rf "$venv" && python3 -m venv "$venv"
 	"$venv/bin/pip" install -q "schemathesis==$SCHEMATHESIS_VERSION"
 fi
-[ -x target/debug/vps-operator ] || cargo build --locked --quiet
+bin="${CARGO_TARGET_DIR:-target}/debug/vps-operator"
+[ -x "$bin" ] || cargo build --locked --quiet
 work=$(mktemp -d)
-target/debug/vps-operator local --port 0 --data-dir "$work/state" --env-file "$work/env" >"$work/local.log" 2>&1 &
+"$bin" local --port 0 --data-dir "$work/state" --env-file "$work/env" >"$work/local.log" 2>&1 &
 local_pid=$!
 trap 'kill -TERM $local_pid 2>/dev/null; wait $local_pid 2>/dev/null; rm -rf "$work"' EXIT
 for _ in $(seq 600); do

@@ -33,7 +33,7 @@ VPS_SIM_DELAY=300ms cargo test --locked --test lifecycle --test api_lifecycle --
 existing=$(mktemp -d)
 node=()
 if [ "$(id -u)" = 0 ] && command -v containerd >/dev/null && command -v runc >/dev/null; then node=(--real-node); fi
-target/debug/vps-operator local --cluster-only "${node[@]}" --data-dir "$existing/state" --env-file "$existing/env" \
+"${CARGO_TARGET_DIR:-target}/debug/vps-operator" local --cluster-only "${node[@]}" --data-dir "$existing/state" --env-file "$existing/env" \
 	>"$existing/local.log" 2>&1 &
 local_pid=$!
 trap 'kill -TERM $local_pid 2>/dev/null; wait $local_pid 2>/dev/null; rm -rf "$existing"' EXIT
