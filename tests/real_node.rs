@@ -94,7 +94,12 @@ impl Rest {
         match req.send().await {
             Ok(res) => {
                 let status = res.status().as_u16();
-                (status, res.json().await.unwrap_or(Value::Null))
+                // Who answered: the gateway always sets a request id and answers JSON.
+                let headers = format!("{:?}", res.headers());
+                let text = res.text().await.unwrap_or_else(|e| format!("(body not read: {e})"));
+                let body =
+                    serde_json::from_str(&text).unwrap_or_else(|_| json!({"not json": text, "headers": headers}));
+                (status, body)
             }
             Err(e) => (0, json!(e.to_string())),
         }
@@ -107,7 +112,9 @@ impl Rest {
             if code == 200 && body["status"] == want {
                 return;
             }
-            assert!(Instant::now() < deadline, "server {id} not {want}: {code} {body}");
+            if Instant::now() >= deadline {
+                panic!("server {id} not {want}: {code} {body}\n{}", cluster_state());
+            }
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
     }
@@ -133,10 +140,26 @@ impl Rest {
                 return answer["id"].as_i64().unwrap();
             }
             // The gateway's cache may not know the new token yet.
-            assert!(Instant::now() < deadline, "create: {code} {answer}");
+            if Instant::now() >= deadline {
+                panic!("create: {code} {answer}\n{}", cluster_state());
+            }
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
     }
+}
+
+/// What the namespace holds and what the gateways logged last, for a failure's message.
+fn cluster_state() -> String {
+    let mut state = String::new();
+    for args in [
+        &["get", "pods,services,endpointslices", "-n", NAMESPACE, "-o", "wide"][..],
+        &["logs", "-n", NAMESPACE, "-l", "app.kubernetes.io/component=gateway", "--tail=30", "--prefix"],
+        &["logs", "-n", NAMESPACE, "-l", "app.kubernetes.io/component=operator", "--tail=30", "--prefix"],
+    ] {
+        let (_, out, err) = support::kubectl(args);
+        state.push_str(&format!("$ kubectl {}\n{out}{err}\n", args.join(" ")));
+    }
+    state
 }
 
 /// Base64 (what `kubectl get secret -o jsonpath={.data.KEY}` prints), decoded.
@@ -243,6 +266,15 @@ async fn installed_with_the_chart_and_deploy_on_a_real_node() {
     let (ok, _, err) = support::kubectl(&["get", "clusterrole/vps-onboarding"]);
     assert!(!ok && err.contains("NotFound"), "clusterrole: {err}");
     let rest = Arc::new(Rest { http: reqwest::Client::new(), url: gateway_url(), token });
+    // A Service address without a Service is refused on the machine (the node's fence), never
+    // sent on to the network.
+    let used = kubectl(&["get", "svc", "-A", "-o", "jsonpath={.items[*].spec.clusterIP}"]);
+    let prefix = vps_operator::controlplane::SERVICE_RANGE.trim_end_matches("0/24");
+    let unused = (2..255).rev().map(|n| format!("{prefix}{n}")).find(|a| !used.split(' ').any(|u| u == a)).unwrap();
+    let nowhere = Rest { http: reqwest::Client::new(), url: format!("http://{unused}:80"), token: String::new() };
+    let (code, answer) = nowhere.call("GET", "/", None).await;
+    assert_eq!(code, 0, "{unused}:80 answered: {answer}");
+    assert!(answer.as_str().is_some_and(|e| e.contains("error sending request")), "{answer}");
     let (code, list) = rest.list().await;
     assert_eq!((code, list["count"].as_i64()), (200, Some(0)), "the initial token at the gateway: {list}");
     let first = rest.create("first").await;

@@ -8,6 +8,9 @@
 //! Everything is outside the private ranges and on this machine: pods and the bridge in
 //! 198.18.192.0/24, Services in [`super::SERVICE_RANGE`]. The API server stays on loopback;
 //! pods reach it through a forwarder on the bridge's address (the address it advertises).
+//! A fence ([`FENCE_CHAIN`]) rejects what kube-proxy did not translate: a packet for a Service
+//! address without its rule (yet, or any more) is refused here instead of leaving the machine
+//! (where an intercepting proxy answered it with a 404 once).
 //!
 //! [`Node::stop`] (also on drop) deletes nothing in the cluster but takes down the sandboxes,
 //! then removes what the node leaves behind: its mounts, kube-proxy's and kubelet's iptables
@@ -31,6 +34,12 @@ pub const BRIDGE: &str = "vpsbr0";
 /// The pods' subnet and the bridge's own address in it (the node's address).
 pub const POD_SUBNET: &str = "198.18.192.0/24";
 pub const NODE_IP: &str = "198.18.192.1";
+/// The filter chain, jumped to from `OUTPUT` and `FORWARD`, that rejects packets still
+/// addressed to [`super::SERVICE_RANGE`] after kube-proxy's DNAT (the filter table sees the
+/// translated address): such a packet has no Service behind it and must not leave the machine.
+pub const FENCE_CHAIN: &str = "VPS-NODE-FENCE";
+/// The iptables chains a node makes (kube-proxy's and kubelet's, and the fence).
+const OWN_CHAINS: [&str; 2] = ["KUBE-", "VPS-"];
 /// The sandbox image every pod starts with, built from `tests/node/pause`.
 pub const PAUSE_IMAGE: &str = "vps.local/pause:3.10";
 
@@ -59,6 +68,26 @@ pub fn create_bridge() -> Result<()> {
     run("ip", &["link", "add", BRIDGE, "type", "bridge"])?;
     run("ip", &["addr", "add", &format!("{NODE_IP}/24"), "dev", BRIDGE])?;
     run("ip", &["link", "set", BRIDGE, "up"])?;
+    Ok(())
+}
+
+/// Installs [`FENCE_CHAIN`], first removing one a dead run left.
+fn fence_services() -> Result<()> {
+    let service_range = super::SERVICE_RANGE;
+    for hook in ["OUTPUT", "FORWARD"] {
+        while run("iptables", &["-D", hook, "-j", FENCE_CHAIN]).is_ok() {}
+    }
+    let _ = run("iptables", &["-F", FENCE_CHAIN]);
+    let _ = run("iptables", &["-X", FENCE_CHAIN]);
+    run("iptables", &["-N", FENCE_CHAIN])?;
+    run(
+        "iptables",
+        &["-A", FENCE_CHAIN, "-d", service_range, "-p", "tcp", "-j", "REJECT", "--reject-with", "tcp-reset"],
+    )?;
+    run("iptables", &["-A", FENCE_CHAIN, "-d", service_range, "-j", "REJECT"])?;
+    for hook in ["OUTPUT", "FORWARD"] {
+        run("iptables", &["-I", hook, "1", "-j", FENCE_CHAIN])?;
+    }
     Ok(())
 }
 
@@ -105,6 +134,7 @@ impl Node {
         let socket = dir.join("containerd/containerd.sock");
         std::fs::write(dir.join("containerd/config.toml"), containerd_config(&dir, &socket))?;
         std::fs::write(dir.join("cni/conf/10-vps.conflist"), cni_config(&dir))?;
+        fence_services()?;
         let forwarder = forward(NODE_IP, apiserver_port).await?;
         let mut node = Node {
             dir: dir.clone(),
@@ -402,15 +432,16 @@ pub fn clean_up(dir: &Path, kube_proxy: &Path) {
     for table in ["filter", "nat", "mangle"] {
         let rules = run("iptables", &["-t", table, "-S"]).unwrap_or_default();
         // Rules of built-in chains that jump to a KUBE- chain (those inside go with it).
-        let jumps =
-            rules.lines().filter(|r| r.starts_with("-A ") && !r[3..].starts_with("KUBE-") && r.contains("KUBE-"));
+        let jumps = rules.lines().filter(|r| {
+            r.starts_with("-A ") && !own_chain(&r[3..]) && OWN_CHAINS.iter().any(|c| r.contains(&format!("-j {c}")))
+        });
         for rule in jumps {
             let words = shell_words(&rule[3..]);
             let mut args = vec!["-t", table, "-D"];
             args.extend(words.iter().map(String::as_str));
             let _ = run("iptables", &args);
         }
-        for chain in rules.lines().filter_map(|r| r.strip_prefix("-N ")).filter(|c| c.starts_with("KUBE-")) {
+        for chain in rules.lines().filter_map(|r| r.strip_prefix("-N ")).filter(|c| own_chain(c)) {
             let _ = run("iptables", &["-t", table, "-F", chain]);
             let _ = run("iptables", &["-t", table, "-X", chain]);
         }
@@ -424,6 +455,11 @@ pub fn clean_up(dir: &Path, kube_proxy: &Path) {
             }
         }
     }
+}
+
+/// Whether `text` (a chain's name, or a rule from its chain's name on) is a node's chain.
+fn own_chain(text: &str) -> bool {
+    OWN_CHAINS.iter().any(|c| text.starts_with(c))
 }
 
 /// The words of an `iptables -S` rule, double-quoted ones (comments) kept whole.
@@ -453,7 +489,12 @@ pub fn leftovers(dir: &Path) -> Vec<String> {
     let mut left = Vec::new();
     for table in ["filter", "nat", "mangle"] {
         let rules = run("iptables", &["-t", table, "-S"]).unwrap_or_default();
-        left.extend(rules.lines().filter(|l| l.contains("KUBE-")).map(|l| format!("iptables -t {table}: {l}")));
+        left.extend(
+            rules
+                .lines()
+                .filter(|l| OWN_CHAINS.iter().any(|c| l.contains(c)))
+                .map(|l| format!("iptables -t {table}: {l}")),
+        );
     }
     if run("ip", &["link", "show", BRIDGE]).is_ok() {
         left.push(format!("the bridge {BRIDGE}"));
