@@ -272,3 +272,55 @@ pub fn backup_snapshot(ns: &str, server: &str, id: i64, request: Option<&str>, d
         },
     })
 }
+
+/// `snapshot.kubevirt.io/v1beta1` VirtualMachineRestore: virt-controller restores a VM's
+/// volumes from a VirtualMachineSnapshot.
+#[derive(CustomResource, Clone, Debug, Default, Deserialize, Serialize)]
+#[kube(
+    group = "snapshot.kubevirt.io",
+    version = "v1beta1",
+    kind = "VirtualMachineRestore",
+    namespaced,
+    status = "VirtualMachineRestoreStatus",
+    schema = "disabled"
+)]
+#[serde(rename_all = "camelCase")]
+pub struct VirtualMachineRestoreSpec {
+    pub target: Value,
+    pub virtual_machine_snapshot_name: String,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct VirtualMachineRestoreStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub complete: Option<bool>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<KvCondition>,
+}
+
+impl VirtualMachineRestore {
+    /// Why it failed, when KubeVirt says it has (its `Failure` condition).
+    pub fn failure(&self) -> Option<String> {
+        let status = self.status.as_ref()?;
+        let failed = status.conditions.iter().find(|c| c.type_ == "Failure" && c.status == "True")?;
+        Some(failed.message.clone().or_else(|| failed.reason.clone()).unwrap_or_else(|| "Failure".into()))
+    }
+}
+
+/// The VirtualMachineRestore `name` of server `server`'s VM from the snapshot of backup
+/// `backup` (`<server>-backup-<id>`), in place: the disks keep their names, so the VM the
+/// operator applies afterwards still names them.
+pub fn vm_restore(ns: &str, server: &str, name: &str, backup: i64) -> Value {
+    use crate::api::{BACKUP_ID_LABEL, SERVER_LABEL};
+    serde_json::json!({
+        "apiVersion": "snapshot.kubevirt.io/v1beta1",
+        "kind": "VirtualMachineRestore",
+        "metadata": {"name": name, "namespace": ns, "labels": {SERVER_LABEL: server, BACKUP_ID_LABEL: backup.to_string()}},
+        "spec": {
+            "target": {"apiGroup": "kubevirt.io", "kind": "VirtualMachine", "name": server},
+            "virtualMachineSnapshotName": format!("{server}-backup-{backup}"),
+            "volumeRestorePolicy": "InPlace",
+        },
+    })
+}

@@ -458,3 +458,105 @@ async fn a_customer_takes_lists_and_deletes_a_backup() {
     }
     assert_eq!(gw.call("DELETE", &format!("{backups}{}/", backup["id"]), Some(&t.token), None).await.status, 404);
 }
+
+/// A restore as a customer does it: the server is stopped, KubeVirt's own VirtualMachineRestore
+/// brings its root disk back from the backup's VolumeSnapshot (in place: the same DataVolume,
+/// a claim restored from the snapshot, bound by the simulated CSI driver), and it runs again;
+/// a backup of another server, or none, is 404; not while provisioning or restoring.
+#[tokio::test]
+async fn a_server_is_restored_from_its_backup() {
+    let (client, gw, t) = setup("api-restore").await;
+    let create = |name: &str| {
+        let (gw, token) = (&gw, &t.token);
+        let body = json!({"name": name, "plan_id": 1, "os_id": 5, "location": "us-west"});
+        async move { gw.call("POST", "/api/v1/servers/", Some(token), Some(body)).await.body["id"].as_i64().unwrap() }
+    };
+    let restore = |id: i64, body: Value| {
+        let (gw, token) = (&gw, &t.token);
+        async move { gw.call("POST", &format!("/api/v1/servers/{id}/restore/"), Some(token), Some(body)).await }
+    };
+    let id = create("restored").await;
+    let name = format!("srv-{id}");
+    let fresh = create("fresh").await;
+    assert_eq!(restore(fresh, json!({"backup_id": 1})).await.status, 400, "not while provisioning");
+    wait_status(&gw, &t.token, id, "active").await;
+    let missing = restore(id, json!({})).await;
+    assert_eq!((missing.status, super_keys(&missing.body)), (400, vec!["backup_id".to_string()]), "{missing:?}");
+    assert_eq!(restore(id, json!({"backup_id": 4242})).await.status, 404, "no such backup");
+
+    let taken = gw.call("POST", &format!("/api/v1/servers/{id}/backups/"), Some(&t.token), None).await;
+    assert_eq!(taken.status, 201, "{taken:?}");
+    let backup = taken.body["backup"]["id"].as_i64().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while gw.call("GET", &format!("/api/v1/servers/{id}/backups/"), Some(&t.token), None).await.body["results"][0]["status"]
+        != "available"
+    {
+        assert!(Instant::now() < deadline, "the backup never became available");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    wait_status(&gw, &t.token, fresh, "active").await;
+    assert_eq!(restore(fresh, json!({"backup_id": backup})).await.status, 404, "another server's backup");
+    let other = support::gateway::tenant(&client, "api-restore-other", 1_000_000).await;
+    gw.wait_token(&other.token).await;
+    let theirs = gw
+        .call("POST", &format!("/api/v1/servers/{id}/restore/"), Some(&other.token), Some(json!({"backup_id": backup})))
+        .await;
+    assert_eq!(theirs.status, 404, "another tenant's server: {theirs:?}");
+
+    let vms: Api<VirtualMachine> = Api::namespaced(client.clone(), &t.namespace);
+    let vm_uid = vms.get(&name).await.unwrap().metadata.uid;
+    let (disk_uid, _) = root_disk(&client, &t.namespace, &name).await.expect("a root disk");
+    let started = restore(id, json!({"backup_id": backup})).await;
+    assert_eq!(
+        (started.status, &started.body["server"]["status"], &started.body["action"]["type"]),
+        (200, &json!("restoring"), &json!("restore")),
+        "{started:?}"
+    );
+    assert_eq!(restore(id, json!({"backup_id": backup})).await.status, 400, "already restoring");
+    let action_id = started.body["action"]["id"].as_i64().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while gw.call("GET", &format!("/api/v1/actions/{action_id}/"), Some(&t.token), None).await.body["status"]
+        == "in-progress"
+    {
+        if Instant::now() > deadline {
+            for what in ["vps", "virtualmachinerestores", "pvc", "vm", "dv"] {
+                let (_, out, err) = support::kubectl(&["get", what, "-n", &t.namespace, "-o", "yaml"]);
+                eprintln!("--- {what}\n{out}{err}");
+            }
+            let dir = support::current().kubeconfig.parent().unwrap().to_path_buf();
+            let log = std::fs::read_to_string(dir.join("virt-controller.log")).unwrap_or_default();
+            let lines: Vec<&str> = log.lines().filter(|l| l.contains("restore") || l.contains("Restore")).collect();
+            eprintln!("--- virt-controller\n{}", lines[lines.len().saturating_sub(40)..].join("\n"));
+            let (_, out, _) = support::kubectl(&["get", "events", "-n", &t.namespace]);
+            panic!("the restore is still in progress\n{out}");
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let done = settled_action(&gw, &t.token, action_id).await;
+    assert_eq!(done["status"], "completed", "{done}");
+    wait_status(&gw, &t.token, id, "active").await;
+
+    // KubeVirt's side: the restore completed, the claim restored from the snapshot, in place.
+    let (ok, restores, err) = support::kubectl(&[
+        "get",
+        "virtualmachinerestores",
+        "-n",
+        &t.namespace,
+        "-o",
+        "jsonpath={range .items[*]}{.metadata.name} {.status.complete}{\"\\n\"}{end}",
+    ]);
+    assert!(
+        ok && restores.lines().any(|l| l.starts_with(&format!("{name}-restore-")) && l.ends_with(" true")),
+        "{restores} {err}"
+    );
+    let claims: Api<k8s_openapi::api::core::v1::PersistentVolumeClaim> = Api::namespaced(client.clone(), &t.namespace);
+    let claim = claims.get(&format!("{name}-root")).await.unwrap();
+    let source = claim.spec.as_ref().and_then(|s| s.data_source.as_ref()).map(|d| (d.kind.clone(), d.name.clone()));
+    assert!(source.as_ref().is_some_and(|(kind, _)| kind == "VolumeSnapshot"), "restored from a snapshot: {source:?}");
+    assert_eq!(claim.status.and_then(|s| s.phase).as_deref(), Some("Bound"));
+    assert_eq!(root_disk(&client, &t.namespace, &name).await.map(|d| d.0), Some(disk_uid), "the same DataVolume");
+    assert_eq!(vms.get(&name).await.unwrap().metadata.uid, vm_uid, "the same VM");
+    let server = Api::<VpsServer>::namespaced(client.clone(), &t.namespace).get(&name).await.unwrap();
+    let status = server.status.unwrap().restore.expect("the restore in status");
+    assert_eq!((status.backup_id, status.state), (backup, vps_operator::api::RestoreState::Completed));
+}

@@ -25,6 +25,7 @@ fn spec(name: &str) -> VpsServerSpec {
         reboot_requested_at: None,
         rebuild_requested_at: None,
         backup_requested_at: None,
+        restore: None,
         suspended: false,
         delete_protection: false,
     }

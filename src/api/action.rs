@@ -1,7 +1,7 @@
 //! `VpsAction`: one mutating call on a server (create, start, stop, reboot, resize, rebuild,
-//! delete), recorded by the gateway and completed by the operator once the server has
-//! converged on what was asked, or errored with the reason. Kept in the cluster so actions
-//! survive gateway restarts and show in kubectl; owned by their server (a delete's by
+//! restore, backup, delete), recorded by the gateway and completed by the operator once the
+//! server has converged on what was asked, or errored with the reason. Kept in the cluster so
+//! actions survive gateway restarts and show in kubectl; owned by their server (a delete's by
 //! nothing, so it outlives the server), pruned by the operator after a retention.
 
 use kube::CustomResource;
@@ -16,7 +16,7 @@ use super::server::Phase;
     group = "vps.org",
     version = "v1alpha1",
     kind = "VpsAction",
-    doc = "One action on a VpsServer (create, start, stop, reboot, resize, rebuild, delete), as the REST API's /api/v1/actions/{spec.id}/ shows it: recorded when it was asked for, completed by the vps-operator once the server has converged, or errored with KubeVirt's reason.",
+    doc = "One action on a VpsServer (create, start, stop, reboot, resize, rebuild, restore, backup, delete), as the REST API's /api/v1/actions/{spec.id}/ shows it: recorded when it was asked for, completed by the vps-operator once the server has converged, or errored with KubeVirt's reason.",
     namespaced,
     shortname = "vpsact",
     category = "hosting",
@@ -56,6 +56,7 @@ pub enum ActionType {
     Reboot,
     Resize,
     Rebuild,
+    Restore,
     Backup,
     Delete,
 }
@@ -70,6 +71,7 @@ impl ActionType {
             ActionType::Reboot => "reboot",
             ActionType::Resize => "resize",
             ActionType::Rebuild => "rebuild",
+            ActionType::Restore => "restore",
             ActionType::Backup => "backup",
             ActionType::Delete => "delete",
         }
@@ -91,6 +93,10 @@ pub struct Expectation {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 64))]
     pub rebuild_request: Option<String>,
+    /// The `spec.restore.requestedAt` whose restore has completed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64))]
+    pub restore_request: Option<String>,
     /// The `spec.backupRequestedAt` whose snapshot is ready.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 64))]

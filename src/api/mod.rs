@@ -13,7 +13,10 @@ pub use action::{ActionState, ActionType, Expectation, VpsAction, VpsActionSpec,
 pub use catalog::{ImageSource, VpsImage, VpsImageSpec, VpsLocation, VpsLocationSpec, VpsPlan, VpsPlanSpec};
 pub use conditions::{Condition, ConditionStatus};
 pub use contract::*;
-pub use server::{Named, Phase, PowerState, Resolved, ResolvedKey, VpsServer, VpsServerSpec, VpsServerStatus};
+pub use server::{
+    Named, Phase, PowerState, Resolved, ResolvedKey, RestoreRequest, RestoreState, RestoreStatus, VpsServer,
+    VpsServerSpec, VpsServerStatus,
+};
 pub use tenancy::{VpsAccount, VpsAccountSpec, VpsSshKey, VpsSshKeySpec};
 
 /// The API group of every object in this module.

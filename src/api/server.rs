@@ -84,6 +84,11 @@ pub struct VpsServerSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 64))]
     pub rebuild_requested_at: Option<String>,
+    /// Set (with a new `requestedAt`) to restore the server's disks once from one of its
+    /// backups through a KubeVirt VirtualMachineRestore: the server is halted first, and runs
+    /// again afterwards if it should.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restore: Option<RestoreRequest>,
     /// An administrator's hold (e.g. an unpaid account): the server is halted while set.
     #[serde(default)]
     pub suspended: bool,
@@ -105,6 +110,43 @@ impl VpsServer {
     pub fn label_id(&self) -> Option<i64> {
         self.metadata.labels.as_ref().and_then(|l| l.get(super::SERVER_ID_LABEL)).and_then(|v| v.parse().ok())
     }
+}
+
+/// One restore asked for: the backup (its id, as the REST API shows it) and when.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RestoreRequest {
+    /// The id of one of the server's backups (its VirtualMachineSnapshot's
+    /// `vps.org/backup-id` label).
+    #[schemars(range(min = 1))]
+    pub backup_id: i64,
+    /// A new value (a timestamp, by convention) for each restore.
+    #[schemars(length(min = 1, max = 64))]
+    pub requested_at: String,
+}
+
+/// Where the last restore asked for stands.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RestoreStatus {
+    /// The `spec.restore.requestedAt` it answers.
+    pub requested_at: String,
+    pub backup_id: i64,
+    /// The KubeVirt VirtualMachineRestore doing it (none when it could not start).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    pub state: RestoreState,
+    /// Why it failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// The stages of a restore.
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+pub enum RestoreState {
+    InProgress,
+    Completed,
+    Failed,
 }
 
 /// The desired power state of a server.
@@ -156,6 +198,10 @@ pub struct VpsServerStatus {
     /// `Rebuilding` lasts until the server is active (or stopped) on a new one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rebuild_from_volume: Option<String>,
+    /// The last restore asked for (`spec.restore`) and where it stands; `Restoring` lasts
+    /// while it is in progress.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restore: Option<RestoreStatus>,
     /// The `metadata.generation` the status was computed from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
@@ -233,13 +279,14 @@ pub enum Phase {
     Stopped,
     Rebooting,
     Rebuilding,
+    Restoring,
     Suspended,
     Error,
 }
 
 impl Phase {
     /// Every phase, in the order the REST API documents them.
-    pub const ALL: [Phase; 9] = [
+    pub const ALL: [Phase; 10] = [
         Phase::Provisioning,
         Phase::Active,
         Phase::Starting,
@@ -247,6 +294,7 @@ impl Phase {
         Phase::Stopped,
         Phase::Rebooting,
         Phase::Rebuilding,
+        Phase::Restoring,
         Phase::Suspended,
         Phase::Error,
     ];
@@ -261,6 +309,7 @@ impl Phase {
             Phase::Stopped => "stopped",
             Phase::Rebooting => "rebooting",
             Phase::Rebuilding => "rebuilding",
+            Phase::Restoring => "restoring",
             Phase::Suspended => "suspended",
             Phase::Error => "error",
         }

@@ -123,6 +123,14 @@ pub enum ServersCommand {
     /// Replace a server's disk by a fresh copy of an image (cloud-init runs again); id, name,
     /// plan and backups are kept.
     Rebuild(RebuildArgs),
+    /// Restore a server's disk from one of its backups (it is stopped first, and runs again
+    /// if it was running).
+    Restore {
+        #[arg(value_name = "ID")]
+        id: u64,
+        #[arg(value_name = "BACKUP_ID")]
+        backup_id: i64,
+    },
 }
 
 #[derive(clap::Args, Debug)]
@@ -424,6 +432,11 @@ fn plan(command: &ClientCommand) -> Result<Plan> {
                 body["ssh_key_id"] = Value::Null;
             }
             let request = Request::new(Method::POST, format!("/api/v1/servers/{}/rebuild/", r.id)).with_body(body);
+            simple(request, Shows::Action)
+        }
+        ClientCommand::Servers(ServersCommand::Restore { id, backup_id }) => {
+            let request = Request::new(Method::POST, format!("/api/v1/servers/{id}/restore/"))
+                .with_body(json!({"backup_id": backup_id}));
             simple(request, Shows::Action)
         }
         ClientCommand::Servers(ServersCommand::Actions { id }) => {
@@ -886,6 +899,11 @@ mod tests {
         );
         let p = plan_of("servers backups 7");
         assert_eq!((p.request.path.as_str(), p.shows), ("/api/v1/servers/7/backups/", Shows::Backups));
+        let p = plan_of("servers restore 7 3");
+        assert_eq!(
+            (p.request.path.as_str(), p.request.body.clone()),
+            ("/api/v1/servers/7/restore/", Some(json!({"backup_id": 3})))
+        );
         let p = plan_of("servers backup 7");
         assert_eq!((p.request.method.clone(), p.request.path.as_str()), (Method::POST, "/api/v1/servers/7/backups/"));
         let p = plan_of("servers delete-backup 7 3");

@@ -200,6 +200,13 @@ async fn register_webhooks(client: &kube::Client, base: &str, ca: &str) -> Resul
                 "virtualmachinesnapshots",
                 "/virtualmachinesnapshots-validate",
             ),
+            validate(
+                "virtualmachinerestore-validator.snapshot.kubevirt.io",
+                &["CREATE", "UPDATE"],
+                "snapshot.kubevirt.io",
+                "virtualmachinerestores",
+                "/virtualmachinerestores-validate",
+            ),
         ]),
     };
     let m: Api<MutatingWebhookConfiguration> = Api::all(client.clone());

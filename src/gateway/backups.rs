@@ -1,13 +1,15 @@
 //! Backups a customer can use: `GET /api/v1/servers/{id}/backups/` lists the server's
 //! snapshots (scheduled and on-demand, newest first), `POST` takes one now (a new
 //! `spec.backupRequestedAt`; the operator makes the snapshot, a tracked action follows it),
-//! `DELETE .../backups/{backup_id}/` deletes one. Read from a cache of the servers'
+//! `DELETE .../backups/{backup_id}/` deletes one; `POST .../restore/` with `{"backup_id": N}`
+//! restores the server from one (a new `spec.restore`; the operator halts the VM and has
+//! KubeVirt's VirtualMachineRestore bring the disks back). Read from a cache of the servers'
 //! VirtualMachineSnapshots.
 
 use axum::extract::{OriginalUri, Path, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get};
+use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
@@ -16,12 +18,13 @@ use serde_json::json;
 use super::actions;
 use super::auth::Tenant;
 use super::cache::{wait_for_delete, wait_for_write};
-use super::error::{ApiError, RawBody};
+use super::error::{ApiError, FieldErrors, RawBody};
 use super::pagination;
 use super::servers::{action_response, find, now_stamp, parse_id, patch_server_object};
+use super::validate::{Fields, Presence};
 use super::view::{self, ActionResponse, BackupView, Page, UPDATED_AT_ANNOTATION, api_status};
 use super::{AppState, FIELD_MANAGER, base_url, route_both, with_405};
-use crate::api::{ActionType, Expectation, Phase, SERVER_LABEL, VpsServer};
+use crate::api::{ActionType, Expectation, Phase, PowerState, SERVER_LABEL, VpsServer};
 use crate::ids::IdKind;
 use crate::kubevirt::{ON_DEMAND_BACKUP_DEADLINE_SECS, VirtualMachineSnapshot, backup_snapshot};
 
@@ -31,7 +34,9 @@ pub fn router() -> Router<AppState> {
         "/api/v1/servers/{server_id}/backups/",
         with_405(get(list_backups).post(take_backup), "GET, POST, HEAD"),
     );
-    route_both(r, "/api/v1/servers/{server_id}/backups/{backup_id}/", with_405(delete(delete_backup), "DELETE"))
+    let r =
+        route_both(r, "/api/v1/servers/{server_id}/backups/{backup_id}/", with_405(delete(delete_backup), "DELETE"));
+    route_both(r, "/api/v1/servers/{server_id}/restore/", with_405(post(restore_server), "POST"))
 }
 
 /// The backups of `server` with an id, newest first; one being deleted is gone already.
@@ -167,6 +172,62 @@ pub async fn delete_backup(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// The restore body.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct Restore {
+    /// One of the server's backups, `available`.
+    backup_id: i64,
+}
+
+#[utoipa::path(post, path = "/api/v1/servers/{server_id}/restore/", tag = "backups",
+    params(("server_id" = i64, Path, description = "The server's id")),
+    request_body = Restore,
+    responses(
+        (status = 200, description = "Restoring: the server is stopped, its disks brought back to the backup by a KubeVirt VirtualMachineRestore, and it runs again if it was running", body = ActionResponse),
+        (status = 400, description = "Not active, stopped or in error; or the backup is not available yet"),
+        (status = 401, description = "Missing or unknown token"),
+        (status = 404, description = "No such server in this account, or no such backup of it"),
+    ),
+    security(("bearer" = [])))]
+pub async fn restore_server(
+    tenant: Tenant,
+    State(state): State<AppState>,
+    Path(server_id): Path<String>,
+    body: RawBody,
+) -> Result<Json<ActionResponse>, ApiError> {
+    let server = find(&state, &tenant, &server_id)?;
+    let map = body.json_object()?;
+    let mut f = Fields::new(&map);
+    let backup_id = f.integer("backup_id", Presence::Required);
+    f.errors.into_result()?;
+    let backup_id =
+        backup_id.ok_or_else(|| ApiError::Internal(anyhow::anyhow!("validation passed without backup_id")))?;
+    let status = api_status(&server);
+    if !matches!(status, Phase::Active | Phase::Stopped | Phase::Error) {
+        return Err(ApiError::BadRequest(format!("Server cannot be restored while it is {}.", status.as_api_str())));
+    }
+    // Another server's backup (another tenant's too) is no backup of this one.
+    let backup = backups_of(&state, &server)
+        .into_iter()
+        .find(|s| view::backup_id(s) == Some(backup_id))
+        .and_then(|s| view::backup_view(&s))
+        .ok_or(ApiError::NotFound)?;
+    if backup.status != "available" {
+        let mut errors = FieldErrors::default();
+        errors.add("backup_id", format!("Backup {backup_id} is {}, not available.", backup.status));
+        return Err(ApiError::Fields(errors));
+    }
+    let stamp = jiff::Timestamp::now().to_string();
+    let patch = json!({"metadata": {"annotations": {UPDATED_AT_ANNOTATION: now_stamp()}},
+                       "spec": {"restore": {"backupId": backup_id, "requestedAt": stamp}}});
+    let updated = patch_server_object(&state, &server, &patch).await?;
+    let settles = if updated.spec.power_state == PowerState::Stopped { Phase::Stopped } else { Phase::Active };
+    let expect = Expectation { phase: Some(settles), restore_request: Some(stamp), ..Default::default() };
+    let tracked = actions::record(&state, &updated, ActionType::Restore, expect).await;
+    action_response(&updated, "Server is being restored", tracked)
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
@@ -237,5 +298,29 @@ mod tests {
         assert_eq!(early.status, 400, "{early:?}");
         assert!(early.body["detail"].as_str().unwrap().contains("while it is provisioning"));
         assert_eq!(call(&app, "PUT", "/api/v1/servers/7/backups/", Some(TOKEN), None).await.status, 405);
+
+        // Restores are refused before anything is written (the fixture has no cluster).
+        let restore = |server: i64, body: serde_json::Value| {
+            let app = &app;
+            async move { call(app, "POST", &format!("/api/v1/servers/{server}/restore/"), Some(TOKEN), Some(body)).await }
+        };
+        let none = restore(7, serde_json::json!({})).await;
+        assert_eq!((none.status, &none.body), (400, &serde_json::json!({"backup_id": ["This field is required."]})));
+        let text = restore(7, serde_json::json!({"backup_id": "11"})).await;
+        assert_eq!(text.status, 400, "{text:?}");
+        for (server, backup, why) in
+            [(7, 13, "another server's"), (7, 14, "being deleted"), (7, 99, "none"), (8, 13, "another tenant's")]
+        {
+            let r = restore(server, serde_json::json!({"backup_id": backup})).await;
+            assert_eq!(r.status, 404, "{why}: {r:?}");
+        }
+        let unready = restore(7, serde_json::json!({"backup_id": 12})).await;
+        assert_eq!(unready.status, 400, "{unready:?}");
+        assert!(unready.body["backup_id"][0].as_str().unwrap().contains("in-progress, not available"), "{unready:?}");
+        let early = restore(9, serde_json::json!({"backup_id": 11})).await;
+        assert!(
+            early.status == 400 && early.body["detail"].as_str().unwrap().contains("restored while it is provisioning")
+        );
+        assert_eq!(call(&app, "GET", "/api/v1/servers/7/restore/", Some(TOKEN), None).await.status, 405);
     }
 }

@@ -145,6 +145,9 @@ fn prune_server(s: &mut VpsServer) {
         status.backup_request_state = None;
         status.vm_uid = None;
         status.root_volume_uid = None;
+        if let Some(restore) = &mut status.restore {
+            (restore.name, restore.message) = (None, None);
+        }
         // Of what the server was built from, the API shows its plan and image.
         if let Some(resolved) = &mut status.resolved {
             resolved.ssh_key = None;

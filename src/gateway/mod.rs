@@ -469,6 +469,6 @@ mod tests {
         let schemas = &doc.body["components"]["schemas"];
         assert!(doc.body["components"]["securitySchemes"]["bearer"].is_object());
         assert!(schemas["ServerDetail"].is_object());
-        assert_eq!(schemas["ServerStatus"]["enum"].as_array().map(Vec::len), Some(9), "{}", schemas["ServerStatus"]);
+        assert_eq!(schemas["ServerStatus"]["enum"].as_array().map(Vec::len), Some(10), "{}", schemas["ServerStatus"]);
     }
 }

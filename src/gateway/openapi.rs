@@ -45,6 +45,7 @@ impl Modify for BearerAuth {
         servers::protect_server,
         lifecycle::resize_server,
         lifecycle::rebuild_server,
+        backups::restore_server,
         actions::get_action,
         actions::list_server_actions,
         backups::list_backups,
@@ -61,7 +62,7 @@ impl Modify for BearerAuth {
     components(schemas(
         view::ServerListItem, view::ServerDetail, view::CreatedServer, view::ActionResponse, view::ActionServer, view::ApiStatus,
         view::PlanSummary, view::PlanDetail, view::OsRef, view::ResourceUsage, view::PlanView, view::LocationView,
-        view::SshKeyView, view::ActionView, view::BackupView, backups::BackupTaken, servers::CreateServer, servers::UpdateServer, servers::PatchServer, servers::SetProtection, lifecycle::Resize, lifecycle::Rebuild, view::Protection, ssh_keys::CreateSshKey,
+        view::SshKeyView, view::ActionView, view::BackupView, backups::BackupTaken, servers::CreateServer, servers::UpdateServer, servers::PatchServer, servers::SetProtection, lifecycle::Resize, lifecycle::Rebuild, backups::Restore, view::Protection, ssh_keys::CreateSshKey,
     )),
     modifiers(&BearerAuth),
     tags((name = "servers"), (name = "actions"), (name = "backups"), (name = "catalog"), (name = "ssh-keys"))

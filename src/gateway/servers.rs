@@ -288,6 +288,7 @@ fn server_object(new: NewServer, id: i64, account: &str, idempotency_key: Option
             reboot_requested_at: None,
             rebuild_requested_at: None,
             backup_requested_at: None,
+            restore: None,
             suspended: false,
             delete_protection: false,
         },

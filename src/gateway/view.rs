@@ -37,6 +37,11 @@ pub fn api_status(s: &VpsServer) -> Phase {
     {
         return Phase::Rebuilding;
     }
+    if let Some(asked) = &s.spec.restore
+        && s.status.as_ref().and_then(|st| st.restore.as_ref()).map(|r| &r.requested_at) != Some(&asked.requested_at)
+    {
+        return Phase::Restoring;
+    }
     match (s.spec.power_state, phase) {
         (PowerState::Running, Phase::Stopped) => return Phase::Starting,
         (PowerState::Stopped, Phase::Active | Phase::Starting | Phase::Rebooting) => return Phase::Stopping,
@@ -278,7 +283,7 @@ pub fn backup_view(s: &VirtualMachineSnapshot) -> Option<BackupView> {
 #[derive(Serialize, ToSchema, Debug, Clone, PartialEq)]
 pub struct ActionView {
     pub id: i64,
-    /// create, start, stop, reboot, resize, rebuild or delete.
+    /// create, start, stop, reboot, resize, rebuild, restore, backup or delete.
     #[serde(rename = "type")]
     pub type_: &'static str,
     /// in-progress, completed or errored.
@@ -480,6 +485,7 @@ mod tests {
                 reboot_requested_at: None,
                 rebuild_requested_at: None,
                 backup_requested_at: None,
+                restore: None,
                 suspended: false,
                 delete_protection: false,
             },

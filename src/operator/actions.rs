@@ -67,6 +67,12 @@ pub fn verdict(
             status.observed_backup_request.as_ref() == Some(r)
                 && status.backup_request_state.as_deref() == Some("Ready")
         });
+    let restore = e.restore_request.as_ref().map(|r| status.restore.as_ref().filter(|s| s.requested_at == *r));
+    let done = done && restore.is_none_or(|s| s.is_some_and(|s| s.state == crate::api::RestoreState::Completed));
+    if let Some(Some(failed)) = restore.filter(|s| s.is_some_and(|s| s.state == crate::api::RestoreState::Failed)) {
+        let why = failed.message.clone().unwrap_or_else(|| "unknown".into());
+        return Some((ActionState::Errored, Some(format!("The restore failed: {why}"))));
+    }
     let backup_failed = e.backup_request.as_ref().is_some_and(|r| {
         status.observed_backup_request.as_ref() == Some(r) && status.backup_request_state.as_deref() == Some("Failed")
     });
@@ -193,6 +199,28 @@ mod tests {
             verdict(&rebuild, &rebuilding, &o, Some(9)).map(|v| v.0),
             Some(ActionState::Completed),
             "not a power action"
+        );
+
+        let restore =
+            action(7, ActionType::Restore, Expectation { restore_request: Some("t3".into()), ..at(Phase::Active) });
+        let restored = |state, requested_at: &str| VpsServerStatus {
+            restore: Some(crate::api::RestoreStatus {
+                requested_at: requested_at.into(),
+                backup_id: 2,
+                name: None,
+                state,
+                message: Some("snapshot gone".into()),
+            }),
+            ..status(Phase::Active)
+        };
+        use crate::api::RestoreState::{Completed, Failed, InProgress};
+        assert_eq!(verdict(&restore, &status(Phase::Active), &o, None), None, "not taken up yet");
+        assert_eq!(verdict(&restore, &restored(Completed, "t0"), &o, None), None, "an earlier restore");
+        assert_eq!(verdict(&restore, &restored(InProgress, "t3"), &o, None), None);
+        assert_eq!(verdict(&restore, &restored(Completed, "t3"), &o, None), Some((ActionState::Completed, None)));
+        assert_eq!(
+            verdict(&restore, &restored(Failed, "t3"), &o, None),
+            Some((ActionState::Errored, Some("The restore failed: snapshot gone".into())))
         );
 
         let resize =

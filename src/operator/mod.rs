@@ -28,6 +28,7 @@ pub mod rebuild;
 pub mod reconcile;
 pub mod references;
 pub mod resize;
+pub mod restore;
 pub mod status;
 pub mod vm;
 pub mod watches;

@@ -18,7 +18,7 @@ pub struct Observation {
 }
 
 impl Observation {
-    fn new(phase: Phase, reason: &str, message: impl Into<String>) -> Self {
+    pub(super) fn new(phase: Phase, reason: &str, message: impl Into<String>) -> Self {
         Observation { phase, reason: reason.into(), message: message.into(), ipv4: None, ipv6: None }
     }
 }

@@ -14,6 +14,7 @@ use super::observed::{VmState, VmiState, decode_hash};
 use super::phase;
 use super::queue::Next;
 use super::rebuild::{self, Rebuild};
+use super::restore::{self, Restore};
 use super::status::{self, Reboot};
 use super::vm::{self, VmInputs};
 use super::{Context, Error, Result, actions, backups, references, resize};
@@ -49,8 +50,9 @@ pub async fn apply(server: Arc<VpsServer>, ctx: Arc<Context>) -> Result<Next> {
     };
     let vmi = ctx.vmis.get(&ns, &name);
     let rebuild = rebuild::step(&server, &ctx, &old, vmi.is_some()).await?;
+    let restore = restore::step(&server, &ctx, &old, vmi.is_some()).await?;
     let built = match (&resolution.resolved, credit) {
-        (Some(resolved), None) => ensure_vm(&server, &ctx, id, resolved, &old, &rebuild).await?,
+        (Some(resolved), None) => ensure_vm(&server, &ctx, id, resolved, &old, &rebuild, &restore).await?,
         _ => Built {
             vm: ctx.vms.get(&ns, &name),
             vm_uid: old.vm_uid.clone(),
@@ -72,6 +74,7 @@ pub async fn apply(server: Arc<VpsServer>, ctx: Arc<Context>) -> Result<Next> {
         rebuild.progress(),
         old.phase,
     );
+    let obs = restore.observe(obs);
     // A failing backup must not hide the server's state: the status is written first.
     let sound = resolution.resolved.is_some() && credit.is_none() && built.lost.is_none();
     let backup = if sound { backups::reconcile(&server, &ctx, &ns, &name, obs.phase, &old).await } else { Ok(None) };
@@ -87,6 +90,7 @@ pub async fn apply(server: Arc<VpsServer>, ctx: Arc<Context>) -> Result<Next> {
         reference_problem: resolution.problem.as_ref(),
         reboot: &reboot,
         rebuild: &rebuild,
+        restore: restore.status.as_ref(),
         backup: backup.as_ref().ok().and_then(Option::as_ref),
         generation: server.metadata.generation,
         now: &now,
@@ -109,6 +113,8 @@ pub async fn apply(server: Arc<VpsServer>, ctx: Arc<Context>) -> Result<Next> {
         (true, _) => Next::After(ctx.config.reference_retry),
         // The root disk's DataVolume is not watched: a rebuild looks again shortly.
         _ if new.rebuild_from_volume.is_some() => Next::After(std::time::Duration::from_secs(1)),
+        // Nor is the VirtualMachineRestore.
+        _ if restore.halts() => Next::After(std::time::Duration::from_secs(1)),
         (false, Some(report)) => Next::After(report.next),
         (false, None) => Next::OnChange,
     })
@@ -205,6 +211,7 @@ async fn ensure_vm(
     resolved: &Resolved,
     old: &VpsServerStatus,
     rebuild: &Rebuild,
+    restore: &Restore,
 ) -> Result<Built> {
     let ns = server.namespace().unwrap_or_default();
     let name = server.name_any();
@@ -249,12 +256,14 @@ async fn ensure_vm(
         server,
         id,
         resolved,
-        halted: rebuild.halts(),
+        halted: rebuild.halts() || restore.halts(),
         simulator_annotations: ctx.config.simulator_annotations,
     });
-    let unchanged = current
-        .as_ref()
-        .is_some_and(|vm| vm.spec_hash.is_some() && vm.spec_hash == vm::spec_hash(&desired).and_then(decode_hash));
+    // A restore replaced the VM's spec by its snapshot's, under the same hash annotation.
+    let unchanged = !restore.finished_now
+        && current
+            .as_ref()
+            .is_some_and(|vm| vm.spec_hash.is_some() && vm.spec_hash == vm::spec_hash(&desired).and_then(decode_hash));
     if !unchanged {
         let applied = vms.patch(&name, &PatchParams::apply(OPERATOR_MANAGER).force(), &Patch::Apply(&desired)).await?;
         if current.is_none() {

@@ -38,6 +38,8 @@ pub struct Inputs<'a> {
     pub reference_problem: Option<&'a (String, String)>,
     pub reboot: &'a Reboot,
     pub rebuild: &'a super::rebuild::Rebuild,
+    /// The last restore asked for and where it stands.
+    pub restore: Option<&'a crate::api::RestoreStatus>,
     /// The backup schedule's report (`None`: backups are off, or not looked at).
     pub backup: Option<&'a Report>,
     pub generation: Option<i64>,
@@ -57,6 +59,7 @@ pub fn next(inputs: &Inputs<'_>) -> VpsServerStatus {
         reference_problem,
         reboot,
         rebuild,
+        restore,
         backup,
         generation,
         now,
@@ -74,6 +77,7 @@ pub fn next(inputs: &Inputs<'_>) -> VpsServerStatus {
     status.reboot_from_instance = reboot.from_instance.clone().filter(|_| obs.phase == Phase::Rebooting);
     status.observed_rebuild_request = rebuild.observed_request.clone();
     status.rebuild_from_volume = rebuild.from_volume.clone().filter(|_| obs.phase == Phase::Rebuilding);
+    status.restore = restore.cloned();
     status.phase = Some(obs.phase);
     status.ip_address = obs.ipv4.clone();
     status.ipv6_address = obs.ipv6.clone();
@@ -256,6 +260,7 @@ mod tests {
             reference_problem: None,
             reboot,
             rebuild: &NO_REBUILD,
+            restore: None,
             backup: None,
             generation: Some(3),
             now: "t1",

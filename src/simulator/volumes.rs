@@ -1,7 +1,8 @@
 //! CDI's importer and a CSI driver, resizer and snapshotter, simulated: a DataVolume gets a
 //! PVC bound to a simulated PV and then `Succeeded`; a claim asking for more than it has
 //! grows (the PV, then the claim's capacity, as the external resizer and the kubelet do); a
-//! VolumeSnapshot becomes ready; released PVs go.
+//! VolumeSnapshot becomes ready; a claim restored from one is bound (and adopted by its
+//! DataVolume, as CDI does after an in-place restore); released PVs go.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -69,6 +70,9 @@ pub async fn run_data_volumes(sim: Arc<Sim>) -> anyhow::Result<()> {
 
 async fn reconcile_data_volume(dv: Arc<DataVolume>, sim: Arc<Sim>) -> Result<Action, kube::Error> {
     let phase = dv.status.as_ref().and_then(|s| s.phase.clone()).unwrap_or_default();
+    if dv.annotations().contains_key(PRE_POPULATED) && dv.metadata.deletion_timestamp.is_none() {
+        return prepopulated(&dv, &phase, &sim).await;
+    }
     if phase == "Succeeded" || phase == "Failed" || dv.metadata.deletion_timestamp.is_some() {
         return Ok(Action::await_change());
     }
@@ -109,18 +113,7 @@ async fn reconcile_data_volume(dv: Arc<DataVolume>, sim: Arc<Sim>) -> Result<Act
                     "resources": {"requests": {"storage": size}}},
             });
             let created = pvcs.patch(&name, &PatchParams::apply(MANAGER), &Patch::Apply(&pvc)).await?;
-            let pv = json!({
-                "apiVersion": "v1", "kind": "PersistentVolume",
-                "metadata": {"name": format!("sim-{}", created.uid().unwrap_or_default()), "labels": {"simulator.vps.org/volume": "true"}},
-                "spec": {"accessModes": ["ReadWriteOnce"], "capacity": {"storage": size}, "storageClassName": class,
-                    "persistentVolumeReclaimPolicy": "Retain", "volumeMode": "Filesystem",
-                    "claimRef": {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "namespace": ns, "name": name, "uid": created.uid()},
-                    "csi": {"driver": DRIVER, "volumeHandle": created.uid()}},
-            });
-            let pv_name = format!("sim-{}", created.uid().unwrap_or_default());
-            Api::<PersistentVolume>::all(sim.client.clone())
-                .patch(&pv_name, &PatchParams::apply(MANAGER), &Patch::Apply(&pv))
-                .await?;
+            provision(&sim, &created, &size, &class).await?;
             created
         }
     };
@@ -143,6 +136,37 @@ async fn reconcile_data_volume(dv: Arc<DataVolume>, sim: Arc<Sim>) -> Result<Act
     ]}});
     dvs.patch_status(&name, &PatchParams::default(), &Patch::Merge(&status)).await?;
     Ok(Action::await_change())
+}
+
+/// CDI's annotation on a DataVolume whose claim is filled by someone else (virt-controller,
+/// restoring it in place): CDI makes no claim for it, and follows the one that appears.
+const PRE_POPULATED: &str = "cdi.kubevirt.io/storage.prePopulated";
+
+/// A prepopulated DataVolume: `Pending` while its claim is missing or not yet its own and
+/// bound, `Succeeded` once it is (the phase change is what wakes virt-controller's restore).
+async fn prepopulated(dv: &DataVolume, phase: &str, sim: &Sim) -> Result<Action, kube::Error> {
+    let ns = dv.namespace().unwrap_or_default();
+    let name = dv.name_any();
+    let pvc = Api::<PersistentVolumeClaim>::namespaced(sim.client.clone(), &ns).get_opt(&name).await?;
+    let ready = pvc.as_ref().is_some_and(|pvc| {
+        pvc.metadata.deletion_timestamp.is_none()
+            && pvc.owner_references().iter().any(|o| Some(o.uid.as_str()) == dv.uid().as_deref())
+            && pvc.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Bound")
+    });
+    let now = super::k8s_now();
+    let (want, bound, reason) =
+        if ready { ("Succeeded", "True", "Bound") } else { ("Pending", "False", "ClaimPending") };
+    if phase != want {
+        let status = json!({"status": {"phase": want, "progress": "N/A", "claimName": name, "conditions": [
+            {"type": "Bound", "status": bound, "reason": reason, "lastTransitionTime": now, "lastHeartbeatTime": now},
+            {"type": "Ready", "status": bound, "reason": reason, "lastTransitionTime": now, "lastHeartbeatTime": now},
+        ]}});
+        Api::<DataVolume>::namespaced(sim.client.clone(), &ns)
+            .patch_status(&name, &PatchParams::default(), &Patch::Merge(&status))
+            .await?;
+    }
+    // An unowned claim is adopted by the claims' controller; its events reach us after that.
+    Ok(if ready { Action::await_change() } else { Action::requeue(Duration::from_secs(1)) })
 }
 
 /// The CSI driver's cleanup: simulated PVs whose claim is gone are deleted.
@@ -178,8 +202,9 @@ pub fn quantity_bytes(q: &str) -> Option<u128> {
     digits.parse::<u128>().ok().map(|n| n * factor)
 }
 
-/// The CSI resizer (and the kubelet's filesystem growth): a bound simulated claim whose
-/// request is larger than its capacity gets a PV and a capacity of the requested size.
+/// The simulated claims: restored ones bound and adopted ([`bind_restored`],
+/// [`adopt_prepopulated`]); and the CSI resizer (and the kubelet's filesystem growth): a bound
+/// claim whose request is larger than its capacity gets a PV and a capacity of that size.
 pub async fn run_expansion(sim: Arc<Sim>) -> anyhow::Result<()> {
     let api: Api<PersistentVolumeClaim> = Api::all(sim.client.clone());
     Controller::new(api, watcher::Config::default().labels("simulator.vps.org/volume"))
@@ -190,6 +215,10 @@ pub async fn run_expansion(sim: Arc<Sim>) -> anyhow::Result<()> {
 }
 
 async fn reconcile_expansion(pvc: Arc<PersistentVolumeClaim>, sim: Arc<Sim>) -> Result<Action, kube::Error> {
+    if pvc.metadata.deletion_timestamp.is_none() {
+        bind_restored(&pvc, &sim).await?;
+        adopt_prepopulated(&pvc, &sim).await?;
+    }
     let status = pvc.status.as_ref();
     let quantity = |q: Option<&k8s_openapi::apimachinery::pkg::api::resource::Quantity>| q.map(|q| q.0.clone());
     let requested = quantity(
@@ -219,6 +248,66 @@ async fn reconcile_expansion(pvc: Arc<PersistentVolumeClaim>, sim: Arc<Sim>) -> 
         .await?;
     tracing::info!(claim = %pvc.name_any(), size = %requested, "Simulated volume expansion");
     Ok(Action::await_change())
+}
+
+/// The CSI provisioner's part in a restore: a pending claim made from a VolumeSnapshot (what
+/// virt-controller creates for a VirtualMachineRestore) gets a simulated PV of its size, bound
+/// to it by kube-controller-manager.
+async fn bind_restored(pvc: &PersistentVolumeClaim, sim: &Sim) -> Result<(), kube::Error> {
+    let Some(spec) = pvc.spec.as_ref() else { return Ok(()) };
+    let from_snapshot = spec.data_source.as_ref().is_some_and(|d| d.kind == "VolumeSnapshot");
+    if !from_snapshot || spec.volume_name.is_some() {
+        return Ok(());
+    }
+    let size = spec
+        .resources
+        .as_ref()
+        .and_then(|r| r.requests.as_ref())
+        .and_then(|r| r.get("storage"))
+        .map_or_else(|| "1Gi".to_string(), |q| q.0.clone());
+    let class = spec.storage_class_name.clone().unwrap_or_else(|| STORAGE_CLASS.into());
+    provision(sim, pvc, &size, &class).await?;
+    tracing::info!(claim = %pvc.name_any(), "Simulated restore of a claim from its VolumeSnapshot");
+    Ok(())
+}
+
+/// The CSI provisioner: a simulated PV of `size` for `claim`, bound to it in advance (its
+/// `claimRef` names the claim's uid; kube-controller-manager completes the binding).
+async fn provision(sim: &Sim, claim: &PersistentVolumeClaim, size: &str, class: &str) -> Result<(), kube::Error> {
+    let (ns, name, uid) = (claim.namespace().unwrap_or_default(), claim.name_any(), claim.uid().unwrap_or_default());
+    let pv_name = format!("sim-{uid}");
+    let pv = json!({
+        "apiVersion": "v1", "kind": "PersistentVolume",
+        "metadata": {"name": pv_name, "labels": {"simulator.vps.org/volume": "true"}},
+        "spec": {"accessModes": ["ReadWriteOnce"], "capacity": {"storage": size}, "storageClassName": class,
+            "persistentVolumeReclaimPolicy": "Retain", "volumeMode": "Filesystem",
+            "claimRef": {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "namespace": ns, "name": name, "uid": uid},
+            "csi": {"driver": DRIVER, "volumeHandle": uid}},
+    });
+    Api::<PersistentVolume>::all(sim.client.clone())
+        .patch(&pv_name, &PatchParams::apply(MANAGER), &Patch::Apply(&pv))
+        .await?;
+    Ok(())
+}
+
+/// CDI's adoption of a prepopulated claim: a claim whose `populatedFor` annotation names a
+/// DataVolume, and that nothing owns, becomes that DataVolume's (as after an in-place restore).
+async fn adopt_prepopulated(pvc: &PersistentVolumeClaim, sim: &Sim) -> Result<(), kube::Error> {
+    const POPULATED_FOR: &str = "cdi.kubevirt.io/storage.populatedFor";
+    let Some(dv_name) = pvc.annotations().get(POPULATED_FOR) else { return Ok(()) };
+    if !pvc.owner_references().is_empty() {
+        return Ok(());
+    }
+    let ns = pvc.namespace().unwrap_or_default();
+    let Some(dv) = Api::<DataVolume>::namespaced(sim.client.clone(), &ns).get_opt(dv_name).await? else {
+        return Ok(());
+    };
+    let owner = dv.controller_owner_ref(&()).expect("a DataVolume from the API has a uid");
+    let patch = json!({"metadata": {"ownerReferences": [owner]}});
+    Api::<PersistentVolumeClaim>::namespaced(sim.client.clone(), &ns)
+        .patch(&pvc.name_any(), &PatchParams::default(), &Patch::Merge(&patch))
+        .await?;
+    Ok(())
 }
 
 /// The CSI snapshotter: VolumeSnapshots become ready.
