@@ -6,8 +6,8 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use kube::Client;
 use kube::api::{Api, PostParams};
+use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
 use support::gateway::{Gateway, Tenant};
 use vps_operator::api::VpsServer;
@@ -559,4 +559,74 @@ async fn a_server_is_restored_from_its_backup() {
     let server = Api::<VpsServer>::namespaced(client.clone(), &t.namespace).get(&name).await.unwrap();
     let status = server.status.unwrap().restore.expect("the restore in status");
     assert_eq!((status.backup_id, status.state), (backup, vps_operator::api::RestoreState::Completed));
+}
+
+/// A forced stop: a guest that ignores the shutdown request keeps a graceful stop waiting for
+/// its instance's grace period (30 s); `{"force": true}` stops it at once, through KubeVirt's
+/// `stop` subresource with a grace period of 0 (virt-api, reached through the API aggregator).
+#[tokio::test]
+async fn a_forced_stop_does_not_wait_for_a_hung_guest() {
+    let (client, gw, t) = setup("api-force-stop").await;
+    let created = gw
+        .call(
+            "POST",
+            "/api/v1/servers/",
+            Some(&t.token),
+            Some(json!({"name": "stuck", "plan_id": 1, "os_id": 5, "location": "us-west"})),
+        )
+        .await;
+    let id = created.body["id"].as_i64().unwrap();
+    let name = format!("srv-{id}");
+    wait_status(&gw, &t.token, id, "active").await;
+    let (ok, _, err) =
+        support::kubectl(&["annotate", "vps", &name, "-n", &t.namespace, "simulator.vps.org/fail=shutdown-hang"]);
+    assert!(ok, "{err}");
+    // An annotation is no spec change (the operator follows generations): a rename makes one.
+    let renamed = gw
+        .call("PATCH", &format!("/api/v1/servers/{id}/"), Some(&t.token), Some(json!({"name": "stuck-guest"})))
+        .await;
+    assert_eq!(renamed.status, 200, "{renamed:?}");
+    let vms: Api<VirtualMachine> = Api::namespaced(client.clone(), &t.namespace);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while vms.get(&name).await.unwrap().annotations().get("simulator.vps.org/fail").map(String::as_str)
+        != Some("shutdown-hang")
+    {
+        assert!(Instant::now() < deadline, "the operator did not pass the annotation on");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let stop = |body: Option<Value>| {
+        let (gw, token) = (&gw, &t.token);
+        async move { gw.call("POST", &format!("/api/v1/servers/{id}/stop/"), Some(token), body).await }
+    };
+    let bad = stop(Some(json!({"force": "yes"}))).await;
+    assert_eq!((bad.status, super_keys(&bad.body)), (400, vec!["force".to_string()]), "{bad:?}");
+    let graceful = stop(None).await;
+    assert_eq!((graceful.status, &graceful.body["server"]["status"]), (200, &json!("stopping")), "{graceful:?}");
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let shown = gw.call("GET", &format!("/api/v1/servers/{id}/"), Some(&t.token), None).await;
+    assert_eq!(shown.body["status"], "stopping", "the guest ignores the shutdown: {}", shown.body);
+    assert_eq!(stop(Some(json!({"force": false}))).await.status, 400, "a graceful stop while stopping");
+
+    let forced_at = Instant::now();
+    let forced = stop(Some(json!({"force": true}))).await;
+    assert_eq!((forced.status, &forced.body["action"]["type"]), (200, &json!("stop")), "{forced:?}");
+    wait_status(&gw, &t.token, id, "stopped").await;
+    assert!(forced_at.elapsed() < Duration::from_secs(20), "not waited for: {:?}", forced_at.elapsed());
+    let done = settled_action(&gw, &t.token, forced.body["action"]["id"].as_i64().unwrap()).await;
+    assert_eq!(done["status"], "completed", "{done}");
+    let superseded = settled_action(&gw, &t.token, graceful.body["action"]["id"].as_i64().unwrap()).await;
+    assert_eq!(superseded["status"], "errored", "{superseded}");
+    let (ok, events, err) = support::kubectl(&[
+        "get",
+        "events",
+        "-n",
+        &t.namespace,
+        "--field-selector",
+        "reason=ForcedStop",
+        "-o",
+        "jsonpath={.items[*].involvedObject.name}",
+    ]);
+    assert!(ok && events.contains(&name), "a ForcedStop event: {events} {err}");
+    let again = stop(Some(json!({"force": true}))).await;
+    assert_eq!((again.status, &again.body["detail"]), (400, &json!("Server is not running.")), "{again:?}");
 }

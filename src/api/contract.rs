@@ -27,7 +27,8 @@ pub const TEARDOWN_FINALIZER: &str = "vps.org/teardown";
 /// Server annotations with this prefix are meant for the node simulator (failure
 /// injection); the operator copies them onto the server's VirtualMachine.
 pub const SIMULATOR_ANNOTATION_PREFIX: &str = "simulator.vps.org/";
-/// The failure-injection annotation: `image-pull`, `data-volume`, `snapshot` or `crash`.
+/// The failure-injection annotation: `image-pull`, `data-volume`, `snapshot`, `crash` or
+/// `shutdown-hang` (a guest that ignores the shutdown request).
 pub const FAILURE_ANNOTATION: &str = "simulator.vps.org/fail";
 
 /// Field manager of the operator's writes.

@@ -73,6 +73,12 @@ pub struct VpsServerSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 64))]
     pub reboot_requested_at: Option<String>,
+    /// Set to a new value (a timestamp, by convention), with `powerState: Stopped`, to stop the
+    /// server at once: its instance's grace period becomes 0 (KubeVirt's `stop` with
+    /// `gracePeriod: 0`), so a guest that does not shut down is not waited for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64))]
+    pub force_stop_requested_at: Option<String>,
     /// Set to a new value (a timestamp, by convention) to take one backup now, besides the
     /// schedule (kept until deleted: the schedule's retention does not count it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -185,6 +191,9 @@ pub struct VpsServerStatus {
     /// UID of the VM instance a reboot replaced; `Rebooting` lasts until another one is ready.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reboot_from_instance: Option<String>,
+    /// The `spec.forceStopRequestedAt` that was last acted on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_force_stop_request: Option<String>,
     /// The `spec.backupRequestedAt` that was last acted on (its snapshot made), and where
     /// that snapshot stands: `InProgress`, `Ready` or `Failed`.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -92,8 +92,8 @@ pub enum ServersCommand {
     Delete(PowerArgs),
     /// Start a stopped server.
     Start(PowerArgs),
-    /// Shut a running server down gracefully.
-    Stop(PowerArgs),
+    /// Shut a running server down gracefully (`--force`: at once, not waiting for the guest).
+    Stop(StopArgs),
     /// Restart a running server gracefully.
     Reboot(PowerArgs),
     /// Give a stopped server another plan (disks only grow); CPU and memory follow at the next start.
@@ -225,6 +225,17 @@ pub struct UpdateArgs {
 pub struct PowerArgs {
     #[arg(value_name = "ID")]
     pub id: u64,
+    #[command(flatten)]
+    pub wait: WaitArgs,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct StopArgs {
+    #[arg(value_name = "ID")]
+    pub id: u64,
+    /// A forced stop (also of a server already stopping): the guest is not waited for.
+    #[arg(long)]
+    pub force: bool,
     #[command(flatten)]
     pub wait: WaitArgs,
 }
@@ -408,12 +419,16 @@ fn plan(command: &ClientCommand) -> Result<Plan> {
             wait: waiting(&p.wait, Some(p.id), Until::Gone),
             ..simple(Request::new(Method::DELETE, server_path(p.id)), Shows::Deleted(p.id))
         },
-        ClientCommand::Servers(
-            power @ (ServersCommand::Start(p) | ServersCommand::Stop(p) | ServersCommand::Reboot(p)),
-        ) => {
+        ClientCommand::Servers(ServersCommand::Stop(s)) => {
+            let mut request = Request::new(Method::POST, format!("/api/v1/servers/{}/stop/", s.id));
+            if s.force {
+                request = request.with_body(json!({"force": true}));
+            }
+            Plan { wait: waiting(&s.wait, Some(s.id), Until::Settled("stopped")), ..simple(request, Shows::Action) }
+        }
+        ClientCommand::Servers(power @ (ServersCommand::Start(p) | ServersCommand::Reboot(p))) => {
             let (action, expect) = match power {
                 ServersCommand::Start(_) => ("start", "active"),
-                ServersCommand::Stop(_) => ("stop", "stopped"),
                 _ => ("reboot", "active"),
             };
             let request = Request::new(Method::POST, format!("/api/v1/servers/{}/{action}/", p.id));
@@ -899,6 +914,12 @@ mod tests {
         );
         let p = plan_of("servers backups 7");
         assert_eq!((p.request.path.as_str(), p.shows), ("/api/v1/servers/7/backups/", Shows::Backups));
+        let p = plan_of("servers stop 7 --force");
+        assert_eq!(
+            (p.request.path.as_str(), p.request.body.clone()),
+            ("/api/v1/servers/7/stop/", Some(json!({"force": true})))
+        );
+        assert_eq!(plan_of("servers stop 7").request.body, None);
         let p = plan_of("servers restore 7 3");
         assert_eq!(
             (p.request.path.as_str(), p.request.body.clone()),

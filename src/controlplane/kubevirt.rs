@@ -1,5 +1,6 @@
 //! KubeVirt's own control-plane components on the local control plane: virt-api (its
-//! admission webhooks, registered by URL) and virt-controller (restarted whenever it exits).
+//! admission webhooks, registered by URL, and its aggregated API of subresources) and
+//! virt-controller (restarted whenever it exits).
 //! What real hosts do is left to the node simulator.
 
 use std::time::Duration;
@@ -54,7 +55,8 @@ impl ControlPlane {
 
         let pki = self.pki_dir();
         let ca = Authority::new("virt-api-webhook-ca")?;
-        let serving = ca.serving("virt-api", &["127.0.0.1", "localhost"])?;
+        // The webhooks call it by address; the API aggregator by its Service's name.
+        let serving = ca.serving("virt-api", &["127.0.0.1", "localhost", "virt-api.kubevirt.svc"])?;
         std::fs::write(pki.join("virt-api.crt"), &serving.cert)?;
         std::fs::write(pki.join("virt-api.key"), &serving.key)?;
         let kubeconfig = self.kubeconfig_path().display().to_string();
@@ -75,6 +77,7 @@ impl ControlPlane {
         self.adopt_supervised(Supervised::spawn("virt-api", &virt_api, &args, &log)?);
         wait_for_port(api_port).await.context("virt-api did not listen")?;
         register_webhooks(&client, &format!("https://127.0.0.1:{api_port}"), &ca.cert).await?;
+        register_subresources(&client, api_port, &ca.cert).await?;
 
         let controller_port = free_port()?;
         let args = vec![
@@ -115,6 +118,53 @@ async fn wait_for_port(port: u16) -> Result<()> {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     anyhow::bail!("nothing listens on 127.0.0.1:{port} after 60 s")
+}
+
+/// virt-api's aggregated API, `subresources.kubevirt.io` (a VM's start, stop and restart, an
+/// instance's soft reboot, ...), served through kube-apiserver as virt-operator registers it:
+/// an APIService for a Service `kubevirt/virt-api`. virt-api runs on this host's loopback, so
+/// the Service is an ExternalName for 127.0.0.1 (an Endpoints address may not be a loopback
+/// one); the aggregator verifies virt-api's certificate for `virt-api.kubevirt.svc`. Returns
+/// once the APIService is Available.
+async fn register_subresources(client: &kube::Client, port: u16, ca: &str) -> Result<()> {
+    use base64::Engine as _;
+    let params = PatchParams::apply("vps-testbed").force();
+    let service = json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "virt-api", "namespace": KUBEVIRT_NAMESPACE},
+        "spec": {"type": "ExternalName", "externalName": "127.0.0.1"},
+    });
+    Api::<k8s_openapi::api::core::v1::Service>::namespaced(client.clone(), KUBEVIRT_NAMESPACE)
+        .patch("virt-api", &params, &Patch::Apply(&service))
+        .await?;
+    let resource = kube::api::ApiResource {
+        group: "apiregistration.k8s.io".into(),
+        version: "v1".into(),
+        api_version: "apiregistration.k8s.io/v1".into(),
+        kind: "APIService".into(),
+        plural: "apiservices".into(),
+    };
+    let api_service = json!({
+        "apiVersion": "apiregistration.k8s.io/v1", "kind": "APIService",
+        "metadata": {"name": "v1.subresources.kubevirt.io"},
+        "spec": {
+            "group": "subresources.kubevirt.io", "version": "v1",
+            "groupPriorityMinimum": 1000, "versionPriority": 15,
+            "service": {"namespace": KUBEVIRT_NAMESPACE, "name": "virt-api", "port": port},
+            "caBundle": base64::engine::general_purpose::STANDARD.encode(ca),
+        },
+    });
+    let api: Api<kube::api::DynamicObject> = Api::all_with(client.clone(), &resource);
+    api.patch("v1.subresources.kubevirt.io", &params, &Patch::Apply(&api_service)).await?;
+    for _ in 0..600 {
+        let current = api.get("v1.subresources.kubevirt.io").await?;
+        let conditions = current.data["status"]["conditions"].as_array().cloned().unwrap_or_default();
+        if conditions.iter().any(|c| c["type"] == "Available" && c["status"] == "True") {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    anyhow::bail!("the APIService v1.subresources.kubevirt.io is not Available after 60 s")
 }
 
 fn rule(operations: &[&str], group: &str, resource: &str) -> RuleWithOperations {

@@ -286,6 +286,7 @@ fn server_object(new: NewServer, id: i64, account: &str, idempotency_key: Option
             backups_enabled: new.backups_enabled,
             power_state: PowerState::Running,
             reboot_requested_at: None,
+            force_stop_requested_at: None,
             rebuild_requested_at: None,
             backup_requested_at: None,
             restore: None,
@@ -568,6 +569,8 @@ pub async fn delete_server(
 enum Action {
     Start,
     Stop,
+    /// A stop that does not wait for the guest (also of a server already stopping).
+    ForceStop,
     Reboot,
 }
 
@@ -577,13 +580,14 @@ impl Action {
     fn check(self, status: Phase) -> Result<(), String> {
         let (allowed_from, verb) = match self {
             Action::Start => (Phase::Stopped, "started"),
-            Action::Stop => (Phase::Active, "stopped"),
+            Action::Stop | Action::ForceStop => (Phase::Active, "stopped"),
             Action::Reboot => (Phase::Active, "rebooted"),
         };
         match (self, status) {
             (_, s) if s == allowed_from => Ok(()),
+            (Action::ForceStop, Phase::Stopping) => Ok(()),
             (Action::Start, Phase::Active) => Err("Server is already running.".into()),
-            (Action::Stop | Action::Reboot, Phase::Stopped) => Err("Server is not running.".into()),
+            (Action::Stop | Action::ForceStop | Action::Reboot, Phase::Stopped) => Err("Server is not running.".into()),
             (_, s) => Err(format!("Server cannot be {verb} while it is {}.", s.as_api_str())),
         }
     }
@@ -594,6 +598,14 @@ impl Action {
         match self {
             Action::Start => (json!({"powerState": "Running"}), ActionType::Start, phase(Phase::Active)),
             Action::Stop => (json!({"powerState": "Stopped"}), ActionType::Stop, phase(Phase::Stopped)),
+            Action::ForceStop => {
+                let stamp = jiff::Timestamp::now().to_string();
+                (
+                    json!({"powerState": "Stopped", "forceStopRequestedAt": stamp}),
+                    ActionType::Stop,
+                    phase(Phase::Stopped),
+                )
+            }
             // Sub-second precision: two reboots in one second are two requests.
             Action::Reboot => {
                 let stamp = jiff::Timestamp::now().to_string();
@@ -606,7 +618,7 @@ impl Action {
     fn message(self) -> &'static str {
         match self {
             Action::Start => "Server is starting",
-            Action::Stop => "Server is stopping",
+            Action::Stop | Action::ForceStop => "Server is stopping",
             Action::Reboot => "Server is rebooting",
         }
     }
@@ -661,11 +673,21 @@ pub async fn start_server(
     action(&state, &tenant, &server_id, Action::Start).await
 }
 
+/// The stop body (optional).
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct Stop {
+    /// Do not wait for the guest to shut down (KubeVirt's stop with a grace period of 0); also
+    /// allowed while the server is already stopping. Default `false`: a graceful shutdown.
+    force: Option<bool>,
+}
+
 #[utoipa::path(post, path = "/api/v1/servers/{server_id}/stop/", tag = "servers",
     params(("server_id" = i64, Path, description = "The server's id")),
+    request_body(content = Option<Stop>, description = "Optional: `{\"force\": true}` for a forced stop"),
     responses(
         (status = 200, description = "Stopping", body = ActionResponse),
-        (status = 400, description = "Not running"),
+        (status = 400, description = "Not running (a forced stop: not running or stopping), or a `force` that is not a boolean"),
         (status = 401, description = "Missing or unknown token"),
         (status = 404, description = "No such server in this account"),
     ),
@@ -674,9 +696,15 @@ pub async fn stop_server(
     tenant: Tenant,
     State(state): State<AppState>,
     Path(server_id): Path<String>,
-    _body: RawBody,
+    body: RawBody,
 ) -> Result<Json<ActionResponse>, ApiError> {
-    action(&state, &tenant, &server_id, Action::Stop).await
+    find(&state, &tenant, &server_id)?; // 404 before the body's 400, as DRF does
+    let map = body.json_object()?;
+    let mut f = Fields::new(&map);
+    let force = f.boolean("force", Presence::Optional);
+    f.errors.into_result()?;
+    let stop = if force == Some(true) { Action::ForceStop } else { Action::Stop };
+    action(&state, &tenant, &server_id, stop).await
 }
 
 #[utoipa::path(post, path = "/api/v1/servers/{server_id}/reboot/", tag = "servers",

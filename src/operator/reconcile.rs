@@ -64,6 +64,7 @@ pub async fn apply(server: Arc<VpsServer>, ctx: Arc<Context>) -> Result<Next> {
         resize::grow_root_disk(&server, &ctx, old.resolved.as_ref(), resolved).await?;
     }
     let reboot = handle_reboot(&server, &ctx, vmi.as_ref(), &old).await?;
+    let force_stop = handle_force_stop(&server, &ctx, vmi.is_some(), &old).await?;
     let fault = resolution.fault().or(credit).or(built.lost);
     let obs = phase::observe(
         &server.spec,
@@ -89,6 +90,7 @@ pub async fn apply(server: Arc<VpsServer>, ctx: Arc<Context>) -> Result<Next> {
         root_volume_uid: built.root_volume_uid.as_deref(),
         reference_problem: resolution.problem.as_ref(),
         reboot: &reboot,
+        force_stop_request: force_stop.as_deref(),
         rebuild: &rebuild,
         restore: restore.status.as_ref(),
         backup: backup.as_ref().ok().and_then(Option::as_ref),
@@ -378,6 +380,41 @@ async fn handle_reboot(
     reboot.from_instance = uid;
     publish(ctx, server, EventType::Normal, "Rebooting", "Restarting the virtual machine instance").await;
     Ok(reboot)
+}
+
+/// A new `spec.forceStopRequestedAt` on a server that should be stopped: KubeVirt's `stop`
+/// subresource (virt-api) with a grace period of 0, which shortens the running instance's
+/// grace period so virt-handler stops it at once. Returns the request now acted on.
+async fn handle_force_stop(
+    server: &VpsServer,
+    ctx: &Context,
+    instance_runs: bool,
+    old: &VpsServerStatus,
+) -> Result<Option<String>> {
+    let observed = old.observed_force_stop_request.clone();
+    let Some(stamp) = &server.spec.force_stop_requested_at else { return Ok(observed) };
+    if observed.as_ref() == Some(stamp) || server.spec.power_state != crate::api::PowerState::Stopped {
+        return Ok(observed);
+    }
+    if instance_runs {
+        let (ns, name) = (server.namespace().unwrap_or_default(), server.name_any());
+        let path = format!("/apis/subresources.kubevirt.io/v1/namespaces/{ns}/virtualmachines/{name}/stop");
+        let request = http::Request::put(path)
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .body(json!({"gracePeriod": 0}).to_string().into_bytes())
+            .expect("a path of DNS labels and a constant header make a valid request");
+        // 409: nothing runs any more (or it is stopping with no longer grace to cut).
+        ignore_not_found(ctx.client.request_text(request).await)?;
+        publish(
+            ctx,
+            server,
+            EventType::Normal,
+            "ForcedStop",
+            "Stopping the virtual machine without waiting for its guest",
+        )
+        .await;
+    }
+    Ok(Some(stamp.clone()))
 }
 
 fn ignore_not_found<T>(result: std::result::Result<T, kube::Error>) -> Result<()> {

@@ -37,6 +37,8 @@ pub struct Inputs<'a> {
     /// server's phase says so when it was never built, only `ReferencesResolved` otherwise.
     pub reference_problem: Option<&'a (String, String)>,
     pub reboot: &'a Reboot,
+    /// The `spec.forceStopRequestedAt` acted on.
+    pub force_stop_request: Option<&'a str>,
     pub rebuild: &'a super::rebuild::Rebuild,
     /// The last restore asked for and where it stands.
     pub restore: Option<&'a crate::api::RestoreStatus>,
@@ -58,6 +60,7 @@ pub fn next(inputs: &Inputs<'_>) -> VpsServerStatus {
         root_volume_uid,
         reference_problem,
         reboot,
+        force_stop_request,
         rebuild,
         restore,
         backup,
@@ -76,6 +79,7 @@ pub fn next(inputs: &Inputs<'_>) -> VpsServerStatus {
     status.observed_reboot_request = reboot.observed_request.clone();
     status.reboot_from_instance = reboot.from_instance.clone().filter(|_| obs.phase == Phase::Rebooting);
     status.observed_rebuild_request = rebuild.observed_request.clone();
+    status.observed_force_stop_request = force_stop_request.map(String::from);
     status.rebuild_from_volume = rebuild.from_volume.clone().filter(|_| obs.phase == Phase::Rebuilding);
     status.restore = restore.cloned();
     status.phase = Some(obs.phase);
@@ -259,6 +263,7 @@ mod tests {
             root_volume_uid: None,
             reference_problem: None,
             reboot,
+            force_stop_request: None,
             rebuild: &NO_REBUILD,
             restore: None,
             backup: None,

@@ -39,6 +39,8 @@ pub enum Failure {
     DataVolume,
     Snapshot,
     Crash,
+    /// The guest ignores the shutdown request: the instance stops when its grace period ends.
+    ShutdownHang,
 }
 
 impl Failure {
@@ -48,6 +50,7 @@ impl Failure {
             "data-volume" => Some(Failure::DataVolume),
             "snapshot" => Some(Failure::Snapshot),
             "crash" => Some(Failure::Crash),
+            "shutdown-hang" => Some(Failure::ShutdownHang),
             _ => None,
         }
     }

@@ -45,6 +45,14 @@ async fn reconcile(pod: Arc<Pod>, sim: Arc<Sim>) -> Result<Action, kube::Error> 
     let containers: Vec<&str> = spec.containers.iter().map(|c| c.name.as_str()).collect();
     let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref()).unwrap_or_default();
     if let Some(deleted) = &pod.metadata.deletion_timestamp {
+        // virt-launcher exits once its domain is down: a guest that ignores the shutdown keeps
+        // it until virt-handler stops the instance (its grace period, or a forced stop).
+        let ns = pod.namespace().unwrap_or_default();
+        let vm_name = pod.labels().get("vm.kubevirt.io/name").map(String::as_str).unwrap_or_default();
+        if sim.failure(&ns, vm_name) == Some(Failure::ShutdownHang) && !super::vmis::stopped(&sim, &ns, vm_name).await?
+        {
+            return Ok(Action::requeue(Duration::from_millis(500)));
+        }
         let wait = remaining(sim.config.shutdown_delay, Some(deleted.0));
         if !wait.is_zero() {
             return Ok(Action::requeue(wait));

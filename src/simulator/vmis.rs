@@ -42,6 +42,13 @@ pub async fn run(sim: Arc<Sim>) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Whether the instance `name` in `ns` has stopped (it is final, or gone).
+pub async fn stopped(sim: &Sim, ns: &str, name: &str) -> Result<bool, kube::Error> {
+    let api: Api<DynamicObject> = Api::namespaced_with(sim.client.clone(), ns, &resource());
+    let phase = api.get_opt(name).await?.map(|vmi| vmi.data["status"]["phase"].as_str().unwrap_or("").to_string());
+    Ok(phase.is_none_or(|p| p == "Succeeded" || p == "Failed"))
+}
+
 async fn reconcile(vmi: Arc<DynamicObject>, sim: Arc<Sim>) -> Result<Action, kube::Error> {
     let status = vmi.data.get("status").cloned().unwrap_or(Value::Null);
     let node = status["nodeName"].as_str();
@@ -65,7 +72,14 @@ async fn reconcile(vmi: Arc<DynamicObject>, sim: Arc<Sim>) -> Result<Action, kub
         if final_phase {
             return Ok(Action::await_change());
         }
-        let wait = remaining(sim.config.shutdown_delay, Some(deleted.0));
+        // virt-handler asks the guest to shut down and stops the domain when the instance's
+        // grace period ends (at once for 0: a forced stop); the VMI's update wakes us.
+        let grace = Duration::from_secs(vmi.data["spec"]["terminationGracePeriodSeconds"].as_u64().unwrap_or(30));
+        let guest = match sim.failure(&ns, &name) {
+            Some(Failure::ShutdownHang) => grace,
+            _ => sim.config.shutdown_delay.min(grace),
+        };
+        let wait = remaining(guest, Some(deleted.0));
         if !wait.is_zero() {
             return Ok(Action::requeue(wait));
         }
