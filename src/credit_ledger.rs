@@ -21,6 +21,40 @@ pub enum LedgerError {
     Kube(#[from] kube::Error),
     #[error("gave up changing the credit ledger after {0} conflicting attempts")]
     Contended(u32),
+    /// The error of a batch this reservation was part of (one write for several).
+    #[error("{0}")]
+    Batch(String),
+}
+
+/// One reservation asked for: `server` commits `cents` a month within `limit`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Ask {
+    pub server: String,
+    pub cents: i64,
+    pub limit: i64,
+}
+
+/// The answers to `asks`, in order, each seeing the commitments of those before it, and
+/// whether `data` changed: a server already in the ledger stays as it is.
+pub fn decide(data: &mut BTreeMap<String, String>, asks: &[Ask], now: jiff::Timestamp) -> (Vec<Reservation>, bool) {
+    let mut used: i64 = entries(data).values().map(|e| e.cents).sum();
+    let mut changed = false;
+    let answers = asks
+        .iter()
+        .map(|ask| {
+            if data.contains_key(&ask.server) {
+                return Reservation::Reserved;
+            }
+            if used + ask.cents > ask.limit {
+                return Reservation::Insufficient { used };
+            }
+            data.insert(ask.server.clone(), Entry { cents: ask.cents, since: now }.render());
+            used += ask.cents;
+            changed = true;
+            Reservation::Reserved
+        })
+        .collect();
+    (answers, changed)
 }
 
 /// What a reservation found.
@@ -129,19 +163,15 @@ impl Ledger {
         cents: i64,
         limit: i64,
     ) -> Result<Reservation, LedgerError> {
+        let ask = Ask { server: server.to_string(), cents, limit };
+        let answers = self.reserve_all(account, std::slice::from_ref(&ask)).await?;
+        Ok(answers.into_iter().next().unwrap_or(Reservation::Reserved))
+    }
+
+    /// [`Ledger::reserve`] of several servers of `account` in one compare-and-swap ([`decide`]).
+    pub async fn reserve_all(&self, account: &str, asks: &[Ask]) -> Result<Vec<Reservation>, LedgerError> {
         let now = jiff::Timestamp::now();
-        self.update(account, |data| {
-            if data.contains_key(server) {
-                return (Reservation::Reserved, false);
-            }
-            let used: i64 = entries(data).values().map(|e| e.cents).sum();
-            if used + cents > limit {
-                return (Reservation::Insufficient { used }, false);
-            }
-            data.insert(server.to_string(), Entry { cents, since: now }.render());
-            (Reservation::Reserved, true)
-        })
-        .await
+        self.update(account, |data| decide(data, asks, now)).await
     }
 
     /// Changes the commitment of `server` of `account` to `cents` (a resize) when the
@@ -206,6 +236,29 @@ impl Ledger {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_batch_is_decided_in_order_each_seeing_the_ones_before() {
+        let now: jiff::Timestamp = "2026-12-01T09:00:00Z".parse().unwrap();
+        let mut data = BTreeMap::from([("srv-1".to_string(), Entry { cents: 400, since: now }.render())]);
+        let ask = |server: &str, cents| Ask { server: server.into(), cents, limit: 1000 };
+        let asks = [ask("srv-2", 400), ask("srv-3", 400), ask("srv-1", 400), ask("srv-4", 200)];
+        let (answers, changed) = decide(&mut data, &asks, now);
+        assert_eq!(
+            answers,
+            [
+                Reservation::Reserved,
+                Reservation::Insufficient { used: 800 },
+                Reservation::Reserved, // already committed: as it is
+                Reservation::Reserved,
+            ]
+        );
+        assert!(changed);
+        assert_eq!(entries(&data).values().map(|e| e.cents).sum::<i64>(), 1000);
+        assert!(!data.contains_key("srv-3"));
+        let (again, changed) = decide(&mut data, &asks[2..3], now);
+        assert_eq!((again, changed), (vec![Reservation::Reserved], false));
+    }
 
     #[test]
     fn entries_round_trip_and_bad_ones_count_as_nothing() {

@@ -582,9 +582,8 @@ async fn a_forced_stop_does_not_wait_for_a_hung_guest() {
         support::kubectl(&["annotate", "vps", &name, "-n", &t.namespace, "simulator.vps.org/fail=shutdown-hang"]);
     assert!(ok, "{err}");
     // An annotation is no spec change (the operator follows generations): a rename makes one.
-    let renamed = gw
-        .call("PATCH", &format!("/api/v1/servers/{id}/"), Some(&t.token), Some(json!({"name": "stuck-guest"})))
-        .await;
+    let renamed =
+        gw.call("PATCH", &format!("/api/v1/servers/{id}/"), Some(&t.token), Some(json!({"name": "stuck-guest"}))).await;
     assert_eq!(renamed.status, 200, "{renamed:?}");
     let vms: Api<VirtualMachine> = Api::namespaced(client.clone(), &t.namespace);
     let deadline = Instant::now() + Duration::from_secs(30);
