@@ -62,7 +62,17 @@ pub async fn apply_yaml(client: &Client, yaml: &str, default_namespace: &str) ->
     if others.is_empty() {
         return Ok(());
     }
-    let discovery = Discovery::new(client.clone()).run().await?;
+    // Only the groups needed: an aggregated API that does not answer (virt-api's, registered
+    // for a virt-api of an earlier run) would fail a discovery of everything.
+    let mut groups: Vec<String> = others
+        .iter()
+        .filter_map(|o| o.types.as_ref())
+        .map(|t| t.api_version.split_once('/').map_or(String::new(), |(g, _)| g.to_string()))
+        .collect();
+    groups.sort();
+    groups.dedup();
+    let groups: Vec<&str> = groups.iter().map(String::as_str).collect();
+    let discovery = Discovery::new(client.clone()).filter(&groups).run().await?;
     let params = PatchParams::apply(FIELD_MANAGER).force();
     for object in others {
         let types = object.types.clone().expect("checked above");
