@@ -31,6 +31,7 @@ pub mod listen;
 pub mod metrics;
 pub mod openapi;
 pub mod pagination;
+pub mod power;
 pub mod rate_limit;
 pub mod servers;
 pub mod ssh_keys;
@@ -202,6 +203,7 @@ pub(crate) fn base_url(headers: &HeaderMap) -> String {
 pub fn app(state: AppState) -> Router {
     let api = Router::new()
         .merge(servers::router())
+        .merge(power::router())
         .merge(lifecycle::router())
         .merge(actions::router())
         .merge(backups::router())

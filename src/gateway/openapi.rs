@@ -13,7 +13,7 @@ use serde_json::{Map, Value, json};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{actions, backups, catalog, lifecycle, servers, ssh_keys, view};
+use super::{actions, backups, catalog, lifecycle, power, servers, ssh_keys, view};
 
 struct BearerAuth;
 
@@ -39,9 +39,9 @@ impl Modify for BearerAuth {
         servers::put_server,
         servers::patch_server,
         servers::delete_server,
-        servers::start_server,
-        servers::stop_server,
-        servers::reboot_server,
+        power::start_server,
+        power::stop_server,
+        power::reboot_server,
         servers::protect_server,
         lifecycle::resize_server,
         lifecycle::rebuild_server,
@@ -62,7 +62,7 @@ impl Modify for BearerAuth {
     components(schemas(
         view::ServerListItem, view::ServerDetail, view::CreatedServer, view::ActionResponse, view::ActionServer, view::ApiStatus,
         view::PlanSummary, view::PlanDetail, view::OsRef, view::ResourceUsage, view::PlanView, view::LocationView,
-        view::SshKeyView, view::ActionView, view::BackupView, backups::BackupTaken, servers::CreateServer, servers::UpdateServer, servers::PatchServer, servers::SetProtection, servers::Stop, lifecycle::Resize, lifecycle::Rebuild, backups::Restore, view::Protection, ssh_keys::CreateSshKey,
+        view::SshKeyView, view::ActionView, view::BackupView, backups::BackupTaken, servers::CreateServer, servers::UpdateServer, servers::PatchServer, servers::SetProtection, power::Stop, lifecycle::Resize, lifecycle::Rebuild, backups::Restore, view::Protection, ssh_keys::CreateSshKey,
     )),
     modifiers(&BearerAuth),
     tags((name = "servers"), (name = "actions"), (name = "backups"), (name = "catalog"), (name = "ssh-keys"))
