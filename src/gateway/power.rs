@@ -83,17 +83,12 @@ impl Action {
     }
 }
 
-async fn action(
-    state: &AppState,
-    tenant: &Tenant,
-    server_id: &str,
-    action: Action,
-) -> Result<Json<ActionResponse>, ApiError> {
-    let server = find(state, tenant, server_id)?;
-    action.check(api_status(&server)).map_err(ApiError::BadRequest)?;
+/// Runs `action` on `server` (the caller's, found already).
+async fn action(state: &AppState, server: &VpsServer, action: Action) -> Result<Json<ActionResponse>, ApiError> {
+    action.check(api_status(server)).map_err(ApiError::BadRequest)?;
     let (spec, type_, expect) = action.spec_patch();
     let patch = json!({"metadata": {"annotations": {UPDATED_AT_ANNOTATION: now_stamp()}}, "spec": spec});
-    let updated = patch_server_object(state, &server, &patch).await?;
+    let updated = patch_server_object(state, server, &patch).await?;
     let tracked = actions::record(state, &updated, type_, expect).await;
     action_response(&updated, action.message(), tracked)
 }
@@ -129,7 +124,7 @@ pub async fn start_server(
     Path(server_id): Path<String>,
     _body: RawBody,
 ) -> Result<Json<ActionResponse>, ApiError> {
-    action(&state, &tenant, &server_id, Action::Start).await
+    action(&state, &*find(&state, &tenant, &server_id)?, Action::Start).await
 }
 
 /// The stop body (optional).
@@ -157,13 +152,13 @@ pub async fn stop_server(
     Path(server_id): Path<String>,
     body: RawBody,
 ) -> Result<Json<ActionResponse>, ApiError> {
-    find(&state, &tenant, &server_id)?; // 404 before the body's 400, as DRF does
+    let server = find(&state, &tenant, &server_id)?; // 404 before the body's 400, as DRF does
     let map = body.json_object()?;
     let mut f = Fields::new(&map);
     let force = f.boolean("force", Presence::Optional);
     f.errors.into_result()?;
     let stop = if force == Some(true) { Action::ForceStop } else { Action::Stop };
-    action(&state, &tenant, &server_id, stop).await
+    action(&state, &server, stop).await
 }
 
 #[utoipa::path(post, path = "/api/v1/servers/{server_id}/reboot/", tag = "servers",
@@ -181,7 +176,7 @@ pub async fn reboot_server(
     Path(server_id): Path<String>,
     _body: RawBody,
 ) -> Result<Json<ActionResponse>, ApiError> {
-    action(&state, &tenant, &server_id, Action::Reboot).await
+    action(&state, &*find(&state, &tenant, &server_id)?, Action::Reboot).await
 }
 
 #[cfg(test)]
