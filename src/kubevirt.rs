@@ -7,6 +7,14 @@ use kube::CustomResource;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+/// The namespace KubeVirt's components and its `KubeVirt` object live in.
+pub const KUBEVIRT_NAMESPACE: &str = "kubevirt";
+/// The ConfigMap of the KubeVirt CA (key `ca-bundle`), by which virt-api and virt-handler
+/// trust each other.
+pub const CA_CONFIG_MAP: &str = "kubevirt-ca";
+/// The Secret of virt-handler's serving certificate (`tls.crt`, `tls.key`).
+pub const HANDLER_SERVER_SECRET: &str = "kubevirt-virt-handler-server-certs";
+
 /// The `printableStatus` values KubeVirt gives a VirtualMachine.
 pub const PRINTABLE_STATUSES: [&str; 19] = [
     "Stopped",

@@ -130,7 +130,11 @@ async fn start(args: &LocalArgs) -> Result<Running> {
     let mut tasks = JoinSet::new();
     if simulator {
         let c = client.clone();
-        tasks.spawn(async move { crate::simulator::run(c, SimulatorConfig::default()).await.context("simulator") });
+        let config = SimulatorConfig {
+            virt_handler_port: plane.as_ref().and_then(|p| p.virt_handler_port()),
+            ..Default::default()
+        };
+        tasks.spawn(async move { crate::simulator::run(c, config).await.context("simulator") });
     }
     if demo {
         crate::testbed::install_demo_catalog(&client).await.context("load the demo catalog")?;

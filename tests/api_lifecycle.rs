@@ -11,7 +11,7 @@ use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
 use support::gateway::{Gateway, Tenant};
 use vps_operator::api::VpsServer;
-use vps_operator::kubevirt::VirtualMachine;
+use vps_operator::kubevirt::{VirtualMachine, VirtualMachineInstance};
 
 async fn setup(test: &str) -> (Client, Gateway, Tenant) {
     support::gateway::system_tenant(test).await
@@ -76,9 +76,30 @@ async fn a_customer_drives_a_server_through_its_life() {
     assert_eq!((start.status, start.body["server"]["status"].as_str()), (200, Some("starting")), "{start:?}");
     wait_status(&gw, &t.token, id, "active").await;
 
+    // Reboots, soft (the default) and hard, are done in place: the instance stays.
+    let vmis: Api<VirtualMachineInstance> = Api::namespaced(client.clone(), &t.namespace);
+    let instance = vmis.get(&format!("srv-{id}")).await.unwrap().uid();
     let reboot = action(&gw, &t.token, id, "reboot").await;
     assert_eq!((reboot.status, reboot.body["server"]["status"].as_str()), (200, Some("rebooting")), "{reboot:?}");
     wait_status(&gw, &t.token, id, "active").await;
+    let path = format!("/api/v1/servers/{id}/reboot/");
+    let bad = gw.call("POST", &path, Some(&t.token), Some(json!({"type": "warm"}))).await;
+    assert_eq!((bad.status, &bad.body), (400, &json!({"type": ["\"warm\" is not a valid choice."]})), "{bad:?}");
+    let hard = gw.call("POST", &path, Some(&t.token), Some(json!({"type": "hard"}))).await;
+    assert_eq!((hard.status, hard.body["server"]["status"].as_str()), (200, Some("rebooting")), "{hard:?}");
+    assert_eq!(hard.body["action"]["type"], "reboot", "{hard:?}");
+    wait_status(&gw, &t.token, id, "active").await;
+    let tracked = format!("/api/v1/actions/{}/", hard.body["action"]["id"]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let a = gw.call("GET", &tracked, Some(&t.token), None).await;
+        if a.body["status"] == "completed" {
+            break;
+        }
+        assert!(Instant::now() < deadline && a.body["status"] == "in-progress", "{a:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(vmis.get(&format!("srv-{id}")).await.unwrap().uid(), instance, "the same instance");
 
     let gone = gw.call("DELETE", &format!("/api/v1/servers/{id}/"), Some(&t.token), None).await;
     assert_eq!(gone.status, 204);

@@ -23,6 +23,7 @@ fn spec(name: &str) -> VpsServerSpec {
         backups_enabled: false,
         power_state: PowerState::Running,
         reboot_requested_at: None,
+        reboot_type: None,
         force_stop_requested_at: None,
         rebuild_requested_at: None,
         backup_requested_at: None,

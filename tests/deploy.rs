@@ -556,13 +556,11 @@ async fn lifecycle_with_service_account_credentials_only() {
     assert_eq!(status, 200, "{body}");
     wait_rest(&gw, token, id, "active again", active).await;
 
-    // Reboot: the operator deletes the running instance; KubeVirt starts a new one.
+    // Reboot, in place: the operator asks virt-api for the instance's softreboot (its
+    // grant); a refusal would restart the instance instead.
     let vmis: Api<VirtualMachineInstance> = Api::namespaced(admin.clone(), &tenant.namespace);
-    let vm_name = Api::<VpsServer>::namespaced(admin.clone(), &tenant.namespace)
-        .list(&ListParams::default())
-        .await
-        .unwrap()
-        .items[0]
+    let servers: Api<VpsServer> = Api::namespaced(admin.clone(), &tenant.namespace);
+    let vm_name = servers.list(&ListParams::default()).await.unwrap().items[0]
         .status
         .as_ref()
         .and_then(|s| s.vm_name.clone())
@@ -572,18 +570,20 @@ async fn lifecycle_with_service_account_credentials_only() {
     assert_eq!(status, 200, "{body}");
     let deadline = Instant::now() + Duration::from_secs(90);
     loop {
-        let now = vmis.get_opt(&vm_name).await.unwrap();
-        if now.as_ref().is_some_and(|v| v.uid() != before) {
+        let server = servers.get(&vm_name).await.unwrap();
+        let asked = server.spec.reboot_requested_at.clone();
+        if asked.is_some() && server.status.as_ref().and_then(|s| s.observed_reboot_request.clone()) == asked {
             break;
         }
-        assert!(Instant::now() < deadline, "the instance was never replaced");
+        assert!(Instant::now() < deadline, "the reboot was never acted on");
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
+    assert_eq!(vmis.get(&vm_name).await.unwrap().uid(), before, "the instance stayed");
+    assert!(!support::warning_event(&admin, &tenant.namespace, "RebootFallback").await);
     wait_rest(&gw, token, id, "active after the reboot", active).await;
 
     let (status, body) = gw.call("DELETE", &format!("/api/v1/servers/{id}/"), token, None).await;
     assert_eq!(status, 204, "{body}");
-    let servers: Api<VpsServer> = Api::namespaced(admin.clone(), &tenant.namespace);
     let vms: Api<VirtualMachine> = Api::namespaced(admin.clone(), &tenant.namespace);
     let deadline = Instant::now() + Duration::from_secs(90);
     loop {

@@ -123,28 +123,58 @@ async fn stop_start_reboot() {
     wait_phase(&api, "pw", Phase::Active).await;
     assert_eq!(run_strategy(&client, &ns, "pw").await.as_deref(), Some("Always"));
 
+    // A reboot is done in place, soft by default: virt-api asks the host's virt-handler,
+    // which reports it with an Event on the instance; the instance stays.
     let before = vmi_uid(&client, &ns, "pw").await.expect("a running instance");
-    patch_spec(&api, "pw", json!({"rebootRequestedAt": "2026-11-27T00:00:00Z"})).await;
-    wait_for(&api, "pw", 30, "rebooting", |s| {
-        phase(s) == Some(Phase::Rebooting)
-            || s.status.as_ref().and_then(|st| st.observed_reboot_request.as_deref()) == Some("2026-11-27T00:00:00Z")
-    })
-    .await;
-    let active = wait_for(&api, "pw", 90, "active after reboot", |s| {
-        phase(s) == Some(Phase::Active)
-            && s.status
-                .as_ref()
-                .is_some_and(|st| st.reboot_from_instance.is_none() && st.observed_reboot_request.is_some())
-    })
-    .await;
-    let after = vmi_uid(&client, &ns, "pw").await.expect("a new instance");
-    assert_ne!(before, after, "the reboot replaced the instance");
-    assert!(active.status.unwrap().ip_address.is_some());
+    for (stamp, kind, event) in
+        [("2026-11-27T00:00:00Z", None, "SoftRebooted"), ("2026-11-27T00:00:01Z", Some("Hard"), "Reset")]
+    {
+        patch_spec(&api, "pw", json!({"rebootRequestedAt": stamp, "rebootType": kind})).await;
+        let active = wait_for(&api, "pw", 30, "active after the reboot", |s| {
+            phase(s) == Some(Phase::Active)
+                && s.status.as_ref().and_then(|st| st.observed_reboot_request.as_deref()) == Some(stamp)
+        })
+        .await;
+        assert_eq!(vmi_uid(&client, &ns, "pw").await.as_deref(), Some(before.as_str()), "{event}: the same instance");
+        assert!(active.status.unwrap().ip_address.is_some());
+        wait_until(10, &format!("an Event {event} on the instance"), || async {
+            support::events_about(&client, &ns, "VirtualMachineInstance", "pw", event).await > 0
+        })
+        .await;
+    }
+    assert!(!support::warning_event(&client, &ns, "RebootFallback").await);
 
     // The same stamp again is not a second reboot.
     patch_spec(&api, "pw", json!({"name": "pw-renamed"})).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    assert_eq!(vmi_uid(&client, &ns, "pw").await.as_deref(), Some(after.as_str()));
+    assert_eq!(vmi_uid(&client, &ns, "pw").await.as_deref(), Some(before.as_str()));
+    assert_eq!(support::events_about(&client, &ns, "VirtualMachineInstance", "pw", "Reset").await, 1, "one reset");
+}
+
+#[tokio::test]
+async fn a_reboot_the_host_cannot_do_restarts_the_instance() {
+    if support::skip_on_existing_cluster("it injects failures into the simulated hosts") {
+        return;
+    }
+    let (client, ns, api) = setup("reboot-fallback").await;
+    let mut s = server("rf");
+    s.metadata.annotations = Some([("simulator.vps.org/fail".to_string(), "reboot-fails".to_string())].into());
+    api.create(&PostParams::default(), &s).await.unwrap();
+    wait_phase(&api, "rf", Phase::Active).await;
+    let before = vmi_uid(&client, &ns, "rf").await.expect("a running instance");
+    patch_spec(&api, "rf", json!({"rebootRequestedAt": "2026-11-27T00:00:00Z"})).await;
+    wait_for(&api, "rf", 90, "active after the restart", |s| {
+        phase(s) == Some(Phase::Active)
+            && s.status.as_ref().is_some_and(|st| {
+                st.reboot_from_instance.is_none()
+                    && st.observed_reboot_request.as_deref() == Some("2026-11-27T00:00:00Z")
+            })
+    })
+    .await;
+    let after = vmi_uid(&client, &ns, "rf").await.expect("a new instance");
+    assert_ne!(before, after, "the restart replaced the instance");
+    assert!(support::warning_event(&client, &ns, "RebootFallback").await);
+    assert_eq!(support::events_about(&client, &ns, "VirtualMachineInstance", "rf", "SoftRebooted").await, 0);
 }
 
 #[tokio::test]

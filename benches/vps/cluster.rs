@@ -103,7 +103,8 @@ pub async fn start(servers: usize, logs: &Path) -> Result<Cluster> {
     let kubeconfig = plane.kubeconfig_path();
     let mut args = vec!["simulator".to_string()];
     args.extend(node_flags(servers));
-    say(format!("starting the simulator ({} nodes, zero delays)", args.len() - 1));
+    args.extend(plane.virt_handler_port().map(|p| format!("--virt-handler-port={p}")));
+    say(format!("starting the simulator ({} nodes, zero delays)", node_flags(servers).len()));
     let simulator = spawn("simulator", logs, &kubeconfig, &exe, &args)?;
     plane.adopt(simulator);
 

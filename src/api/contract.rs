@@ -27,8 +27,9 @@ pub const TEARDOWN_FINALIZER: &str = "vps.org/teardown";
 /// Server annotations with this prefix are meant for the node simulator (failure
 /// injection); the operator copies them onto the server's VirtualMachine.
 pub const SIMULATOR_ANNOTATION_PREFIX: &str = "simulator.vps.org/";
-/// The failure-injection annotation: `image-pull`, `data-volume`, `snapshot`, `crash` or
-/// `shutdown-hang` (a guest that ignores the shutdown request).
+/// The failure-injection annotation: `image-pull`, `data-volume`, `snapshot`, `crash`,
+/// `shutdown-hang` (a guest that ignores the shutdown request) or `reboot-fails` (virt-handler
+/// cannot reach the instance for a soft reboot or reset).
 pub const FAILURE_ANNOTATION: &str = "simulator.vps.org/fail";
 
 /// Field manager of the operator's writes.

@@ -14,8 +14,8 @@ pub use catalog::{ImageSource, VpsImage, VpsImageSpec, VpsLocation, VpsLocationS
 pub use conditions::{Condition, ConditionStatus};
 pub use contract::*;
 pub use server::{
-    Named, Phase, PowerState, Resolved, ResolvedKey, RestoreRequest, RestoreState, RestoreStatus, VpsServer,
-    VpsServerSpec, VpsServerStatus,
+    Named, Phase, PowerState, RebootType, Resolved, ResolvedKey, RestoreRequest, RestoreState, RestoreStatus,
+    VpsServer, VpsServerSpec, VpsServerStatus,
 };
 pub use tenancy::{VpsAccount, VpsAccountSpec, VpsSshKey, VpsSshKeySpec};
 

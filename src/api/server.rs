@@ -69,10 +69,17 @@ pub struct VpsServerSpec {
     /// Whether the server should be running.
     #[serde(default)]
     pub power_state: PowerState,
-    /// Set to a new value (a timestamp, by convention) to ask for one reboot.
+    /// Set to a new value (a timestamp, by convention) to ask for one reboot, of the kind
+    /// `rebootType` says.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 64))]
     pub reboot_requested_at: Option<String>,
+    /// How the next reboot is done: `Soft` (the default) asks the guest (KubeVirt's
+    /// `softreboot`: guest agent or ACPI), `Hard` resets the machine (KubeVirt's `reset`).
+    /// Neither replaces the instance: its pod, node and addresses stay. When virt-api cannot
+    /// reach the host, the operator restarts the instance instead (Warning `RebootFallback`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reboot_type: Option<RebootType>,
     /// Set to a new value (a timestamp, by convention), with `powerState: Stopped`, to stop the
     /// server at once: its instance's grace period becomes 0 (KubeVirt's `stop` with
     /// `gracePeriod: 0`), so a guest that does not shut down is not waited for.
@@ -161,6 +168,14 @@ pub enum PowerState {
     #[default]
     Running,
     Stopped,
+}
+
+/// How a server reboots.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+pub enum RebootType {
+    #[default]
+    Soft,
+    Hard,
 }
 
 /// What the operator observed.

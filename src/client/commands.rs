@@ -81,8 +81,8 @@ pub enum ServersCommand {
     Start(PowerArgs),
     /// Shut a running server down gracefully (`--force`: at once, not waiting for the guest).
     Stop(StopArgs),
-    /// Restart a running server gracefully.
-    Reboot(PowerArgs),
+    /// Restart a running server in place: the guest is asked to reboot (`--hard`: a reset).
+    Reboot(RebootArgs),
     /// Give a stopped server another plan (disks only grow); CPU and memory follow at the next start.
     Resize(ResizeArgs),
     /// A server's tracked actions, newest first (every page).
@@ -223,6 +223,17 @@ pub struct StopArgs {
     /// A forced stop (also of a server already stopping): the guest is not waited for.
     #[arg(long)]
     pub force: bool,
+    #[command(flatten)]
+    pub wait: WaitArgs,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct RebootArgs {
+    #[arg(value_name = "ID")]
+    pub id: u64,
+    /// A hard reboot: the machine is reset, the guest is not asked.
+    #[arg(long)]
+    pub hard: bool,
     #[command(flatten)]
     pub wait: WaitArgs,
 }

@@ -165,13 +165,16 @@ fn plan(command: &ClientCommand) -> Result<Plan> {
             }
             Plan { wait: waiting(&s.wait, Some(s.id), Until::Settled("stopped")), ..simple(request, Shows::Action) }
         }
-        ClientCommand::Servers(power @ (ServersCommand::Start(p) | ServersCommand::Reboot(p))) => {
-            let (action, expect) = match power {
-                ServersCommand::Start(_) => ("start", "active"),
-                _ => ("reboot", "active"),
-            };
-            let request = Request::new(Method::POST, format!("/api/v1/servers/{}/{action}/", p.id));
-            Plan { wait: waiting(&p.wait, Some(p.id), Until::Settled(expect)), ..simple(request, Shows::Action) }
+        ClientCommand::Servers(ServersCommand::Start(p)) => {
+            let request = Request::new(Method::POST, format!("/api/v1/servers/{}/start/", p.id));
+            Plan { wait: waiting(&p.wait, Some(p.id), Until::Settled("active")), ..simple(request, Shows::Action) }
+        }
+        ClientCommand::Servers(ServersCommand::Reboot(r)) => {
+            let mut request = Request::new(Method::POST, format!("/api/v1/servers/{}/reboot/", r.id));
+            if r.hard {
+                request = request.with_body(json!({"type": "hard"}));
+            }
+            Plan { wait: waiting(&r.wait, Some(r.id), Until::Settled("active")), ..simple(request, Shows::Action) }
         }
         ClientCommand::Servers(ServersCommand::Resize(r)) => {
             let request = Request::new(Method::POST, format!("/api/v1/servers/{}/resize/", r.id))
@@ -659,6 +662,12 @@ mod tests {
             ("/api/v1/servers/7/stop/", Some(json!({"force": true})))
         );
         assert_eq!(plan_of("servers stop 7").request.body, None);
+        let p = plan_of("servers reboot 7 --hard");
+        assert_eq!(
+            (p.request.path.as_str(), p.request.body.clone()),
+            ("/api/v1/servers/7/reboot/", Some(json!({"type": "hard"})))
+        );
+        assert_eq!(plan_of("servers reboot 7").request.body, None);
         let p = plan_of("servers restore 7 3");
         assert_eq!(
             (p.request.path.as_str(), p.request.body.clone()),

@@ -17,8 +17,8 @@ use serde_json::json;
 use super::process::{Supervised, free_port};
 use super::{Authority, ControlPlane};
 
-/// The namespace KubeVirt's components and its `KubeVirt` object live in.
-pub const KUBEVIRT_NAMESPACE: &str = "kubevirt";
+pub use crate::kubevirt::KUBEVIRT_NAMESPACE;
+use crate::kubevirt::{CA_CONFIG_MAP, HANDLER_SERVER_SECRET};
 
 impl ControlPlane {
     /// Starts virt-api and virt-controller (KubeVirt's CRDs must be installed) and registers
@@ -54,6 +54,8 @@ impl ControlPlane {
         kubevirts.patch_status("kubevirt", &PatchParams::default(), &Patch::Merge(&status)).await?;
 
         let pki = self.pki_dir();
+        let handler_port = free_port()?;
+        let handler_client = host_certificates(&client, &pki).await?;
         let ca = Authority::new("virt-api-webhook-ca")?;
         // The webhooks call it by address; the API aggregator by its Service's name.
         let serving = ca.serving("virt-api", &["127.0.0.1", "localhost", "virt-api.kubevirt.svc"])?;
@@ -66,11 +68,12 @@ impl ControlPlane {
             format!("--kubeconfig={kubeconfig}"),
             "--listen=127.0.0.1".into(),
             format!("--port={api_port}"),
-            format!("--console-server-port={}", free_port()?),
+            // Where virt-api calls a host's virt-handler (at its Pod's address).
+            format!("--console-server-port={handler_port}"),
             format!("--tls-cert-file={}", pki.join("virt-api.crt").display()),
             format!("--tls-key-file={}", pki.join("virt-api.key").display()),
-            format!("--handler-cert-file={}", pki.join("virt-api.crt").display()),
-            format!("--handler-key-file={}", pki.join("virt-api.key").display()),
+            format!("--handler-cert-file={}", handler_client.0.display()),
+            format!("--handler-key-file={}", handler_client.1.display()),
         ];
         let virt_api = self.binaries().kubevirt("virt-api")?;
         let log = self.dir().join("virt-api.log");
@@ -91,8 +94,50 @@ impl ControlPlane {
         let virt_controller = self.binaries().kubevirt("virt-controller")?;
         let log = self.dir().join("virt-controller.log");
         self.adopt_supervised(Supervised::spawn("virt-controller", &virt_controller, &args, &log)?);
+        self.virt_handler_port = Some(handler_port);
         Ok(())
     }
+
+    /// The port virt-api calls virt-handler on (its `--console-server-port`), once KubeVirt
+    /// runs: the node simulator's virt-handler listens there.
+    pub fn virt_handler_port(&self) -> Option<u16> {
+        self.virt_handler_port
+    }
+}
+
+/// What virt-operator issues for the hosts: a KubeVirt CA (ConfigMap `kubevirt/kubevirt-ca`,
+/// key `ca-bundle`), virt-handler's serving certificate (Secret
+/// `kubevirt/kubevirt-virt-handler-server-certs`) and virt-api's client certificate for
+/// virt-handler, with the common names each side checks. Returns the client certificate's
+/// and key's paths.
+async fn host_certificates(
+    client: &kube::Client,
+    pki: &std::path::Path,
+) -> Result<(std::path::PathBuf, std::path::PathBuf)> {
+    let ca = Authority::new("kubevirt.io")?;
+    let server = ca.serving("kubevirt.io:system:node:virt-handler", &[])?;
+    let handler_client = ca.client("kubevirt.io:system:client:virt-handler", None)?;
+    let params = PatchParams::apply("vps-testbed").force();
+    let config_map = json!({
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": CA_CONFIG_MAP, "namespace": KUBEVIRT_NAMESPACE},
+        "data": {"ca-bundle": ca.cert},
+    });
+    Api::<k8s_openapi::api::core::v1::ConfigMap>::namespaced(client.clone(), KUBEVIRT_NAMESPACE)
+        .patch(CA_CONFIG_MAP, &params, &Patch::Apply(&config_map))
+        .await?;
+    let secret = json!({
+        "apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
+        "metadata": {"name": HANDLER_SERVER_SECRET, "namespace": KUBEVIRT_NAMESPACE},
+        "stringData": {"tls.crt": server.cert, "tls.key": server.key},
+    });
+    Api::<k8s_openapi::api::core::v1::Secret>::namespaced(client.clone(), KUBEVIRT_NAMESPACE)
+        .patch(HANDLER_SERVER_SECRET, &params, &Patch::Apply(&secret))
+        .await?;
+    let (cert, key) = (pki.join("virt-handler-client.crt"), pki.join("virt-handler-client.key"));
+    std::fs::write(&cert, &handler_client.cert)?;
+    std::fs::write(&key, &handler_client.key)?;
+    Ok((cert, key))
 }
 
 /// The `KubeVirt` object virt-controller and virt-api read their configuration from:

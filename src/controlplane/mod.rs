@@ -67,6 +67,8 @@ pub struct ControlPlane {
     node: Option<node::Node>,
     processes: Vec<Process>,
     supervised: Vec<Supervised>,
+    /// virt-api's `--console-server-port`, once KubeVirt runs.
+    virt_handler_port: Option<u16>,
 }
 
 impl ControlPlane {
@@ -125,6 +127,7 @@ impl ControlPlane {
             node: None,
             processes: Vec::new(),
             supervised: Vec::new(),
+            virt_handler_port: None,
         };
         if plane.real_node {
             node::check_prerequisites()?;

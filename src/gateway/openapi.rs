@@ -62,7 +62,7 @@ impl Modify for BearerAuth {
     components(schemas(
         view::ServerListItem, view::ServerDetail, view::CreatedServer, view::ActionResponse, view::ActionServer, view::ApiStatus,
         view::PlanSummary, view::PlanDetail, view::OsRef, view::ResourceUsage, view::PlanView, view::LocationView,
-        view::SshKeyView, view::ActionView, view::BackupView, backups::BackupTaken, servers::CreateServer, servers::UpdateServer, servers::PatchServer, servers::SetProtection, power::Stop, lifecycle::Resize, lifecycle::Rebuild, backups::Restore, view::Protection, ssh_keys::CreateSshKey,
+        view::SshKeyView, view::ActionView, view::BackupView, backups::BackupTaken, servers::CreateServer, servers::UpdateServer, servers::PatchServer, servers::SetProtection, power::Stop, power::Reboot, lifecycle::Resize, lifecycle::Rebuild, backups::Restore, view::Protection, ssh_keys::CreateSshKey,
     )),
     modifiers(&BearerAuth),
     tags((name = "servers"), (name = "actions"), (name = "backups"), (name = "catalog"), (name = "ssh-keys"))

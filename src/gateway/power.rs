@@ -1,5 +1,5 @@
 //! The contract's power actions: start, stop (graceful, or forced with `{"force": true}`) and
-//! reboot, each a spec change of the server and a tracked action; and the answer they share
+//! reboot (soft, or hard with `{"type": "hard"}`), each a spec change of the server and a tracked action; and the answer they share
 //! with the other actions ([`action_response`]).
 
 use axum::extract::{Path, State};
@@ -15,7 +15,7 @@ use super::servers::{find, now_stamp, patch_server_object};
 use super::validate::{Fields, Presence};
 use super::view::{self, ActionResponse, ActionServer, ApiStatus, UPDATED_AT_ANNOTATION, api_status};
 use super::{AppState, route_both, with_405};
-use crate::api::{ActionType, Expectation, Phase, VpsServer};
+use crate::api::{ActionType, Expectation, Phase, RebootType, VpsServer};
 
 pub fn router() -> Router<AppState> {
     let r = route_both(Router::new(), "/api/v1/servers/{server_id}/start/", with_405(post(start_server), "POST"));
@@ -30,7 +30,7 @@ enum Action {
     Stop,
     /// A stop that does not wait for the guest (also of a server already stopping).
     ForceStop,
-    Reboot,
+    Reboot(RebootType),
 }
 
 impl Action {
@@ -40,13 +40,15 @@ impl Action {
         let (allowed_from, verb) = match self {
             Action::Start => (Phase::Stopped, "started"),
             Action::Stop | Action::ForceStop => (Phase::Active, "stopped"),
-            Action::Reboot => (Phase::Active, "rebooted"),
+            Action::Reboot(_) => (Phase::Active, "rebooted"),
         };
         match (self, status) {
             (_, s) if s == allowed_from => Ok(()),
             (Action::ForceStop, Phase::Stopping) => Ok(()),
             (Action::Start, Phase::Active) => Err("Server is already running.".into()),
-            (Action::Stop | Action::ForceStop | Action::Reboot, Phase::Stopped) => Err("Server is not running.".into()),
+            (Action::Stop | Action::ForceStop | Action::Reboot(_), Phase::Stopped) => {
+                Err("Server is not running.".into())
+            }
             (_, s) => Err(format!("Server cannot be {verb} while it is {}.", s.as_api_str())),
         }
     }
@@ -66,10 +68,10 @@ impl Action {
                 )
             }
             // Sub-second precision: two reboots in one second are two requests.
-            Action::Reboot => {
+            Action::Reboot(kind) => {
                 let stamp = jiff::Timestamp::now().to_string();
                 let expect = Expectation { reboot_request: Some(stamp.clone()), ..phase(Phase::Active) };
-                (json!({"rebootRequestedAt": stamp}), ActionType::Reboot, expect)
+                (json!({"rebootRequestedAt": stamp, "rebootType": kind}), ActionType::Reboot, expect)
             }
         }
     }
@@ -78,7 +80,7 @@ impl Action {
         match self {
             Action::Start => "Server is starting",
             Action::Stop | Action::ForceStop => "Server is stopping",
-            Action::Reboot => "Server is rebooting",
+            Action::Reboot(_) => "Server is rebooting",
         }
     }
 }
@@ -161,11 +163,31 @@ pub async fn stop_server(
     action(&state, &server, stop).await
 }
 
+/// The reboot body (optional).
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct Reboot {
+    /// `soft` (the default) asks the guest to reboot (KubeVirt's `softreboot`: guest agent or
+    /// ACPI); `hard` resets the machine (KubeVirt's `reset`). Neither replaces the server's
+    /// instance: its node and addresses stay.
+    #[schema(example = "soft")]
+    r#type: Option<RebootKind>,
+}
+
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+#[schema(rename_all = "lowercase")]
+enum RebootKind {
+    Soft,
+    Hard,
+}
+
 #[utoipa::path(post, path = "/api/v1/servers/{server_id}/reboot/", tag = "servers",
     params(("server_id" = i64, Path, description = "The server's id")),
+    request_body(content = Option<Reboot>, description = "Optional: `{\"type\": \"hard\"}` for a reset"),
     responses(
         (status = 200, description = "Rebooting", body = ActionResponse),
-        (status = 400, description = "Not running"),
+        (status = 400, description = "Not running, or a `type` that is neither `soft` nor `hard`"),
         (status = 401, description = "Missing or unknown token"),
         (status = 404, description = "No such server in this account"),
     ),
@@ -174,9 +196,15 @@ pub async fn reboot_server(
     tenant: Tenant,
     State(state): State<AppState>,
     Path(server_id): Path<String>,
-    _body: RawBody,
+    body: RawBody,
 ) -> Result<Json<ActionResponse>, ApiError> {
-    action(&state, &*find(&state, &tenant, &server_id)?, Action::Reboot).await
+    let server = find(&state, &tenant, &server_id)?; // 404 before the body's 400, as DRF does
+    let map = body.json_object()?;
+    let mut f = Fields::new(&map);
+    let kind = f.choice("type", Presence::Optional, &["soft", "hard"]);
+    f.errors.into_result()?;
+    let kind = if kind == Some("hard") { RebootType::Hard } else { RebootType::Soft };
+    action(&state, &server, Action::Reboot(kind)).await
 }
 
 #[cfg(test)]
@@ -188,14 +216,15 @@ mod tests {
     #[test]
     fn power_actions_follow_the_status() {
         use Phase::*;
-        for (action, allowed) in [(Action::Start, Stopped), (Action::Stop, Active), (Action::Reboot, Active)] {
+        let reboot = Action::Reboot(RebootType::Soft);
+        for (action, allowed) in [(Action::Start, Stopped), (Action::Stop, Active), (reboot, Active)] {
             for phase in Phase::ALL {
                 assert_eq!(action.check(phase).is_ok(), phase == allowed, "{action:?} while {phase:?}");
             }
         }
         assert_eq!(Action::Start.check(Active).unwrap_err(), "Server is already running.");
         assert_eq!(Action::Stop.check(Stopped).unwrap_err(), "Server is not running.");
-        assert_eq!(Action::Reboot.check(Stopped).unwrap_err(), "Server is not running.");
+        assert_eq!(reboot.check(Stopped).unwrap_err(), "Server is not running.");
         assert_eq!(Action::Stop.check(Rebooting).unwrap_err(), "Server cannot be stopped while it is rebooting.");
         assert_eq!(
             Action::Start.check(Provisioning).unwrap_err(),
@@ -243,5 +272,12 @@ mod tests {
         }
         let a = call(&app, "POST", "/api/v1/servers/4/stop/", Some(TOKEN), None).await;
         assert_eq!(a.body["detail"], "Server is not running.");
+        // A reboot's type is one of two words.
+        for (kind, said) in
+            [(json!("warm"), "\"warm\" is not a valid choice."), (json!(1), "\"1\" is not a valid choice.")]
+        {
+            let a = call(&app, "POST", "/api/v1/servers/2/reboot/", Some(TOKEN), Some(json!({"type": kind}))).await;
+            assert_eq!((a.status, &a.body), (400, &json!({"type": [said]})), "{a:?}");
+        }
     }
 }

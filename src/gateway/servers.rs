@@ -281,6 +281,7 @@ fn server_object(new: NewServer, id: i64, account: &str, idempotency_key: Option
             backups_enabled: new.backups_enabled,
             power_state: PowerState::Running,
             reboot_requested_at: None,
+            reboot_type: None,
             force_stop_requested_at: None,
             rebuild_requested_at: None,
             backup_requested_at: None,

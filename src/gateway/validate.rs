@@ -112,6 +112,20 @@ impl<'a> Fields<'a> {
         }
     }
 
+    /// One of `choices` (DRF's ChoiceField: a string, or a value whose text is one).
+    pub fn choice(&mut self, field: &str, presence: Presence, choices: &[&'static str]) -> Option<&'static str> {
+        let value = self.get(field, presence)?;
+        let text = match value {
+            Value::String(s) => s.clone(),
+            other => other.to_string(),
+        };
+        let found = choices.iter().copied().find(|c| *c == text);
+        if found.is_none() {
+            self.errors.add(field, format!("\"{text}\" is not a valid choice."));
+        }
+        found
+    }
+
     /// A field that may not be sent here at all.
     pub fn forbid(&mut self, field: &str, message: &str) {
         if self.body.contains_key(field) {

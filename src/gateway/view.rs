@@ -483,6 +483,7 @@ mod tests {
                 backups_enabled: false,
                 power_state: power,
                 reboot_requested_at: None,
+                reboot_type: None,
                 force_stop_requested_at: None,
                 rebuild_requested_at: None,
                 backup_requested_at: None,

@@ -18,7 +18,7 @@ use super::restore::{self, Restore};
 use super::status::{self, Reboot};
 use super::vm::{self, VmInputs};
 use super::{Context, Error, Result, actions, backups, references, resize};
-use crate::api::{OPERATOR_MANAGER, Resolved, SERVER_ID_LABEL, SERVER_LABEL, VpsServer, VpsServerStatus};
+use crate::api::{OPERATOR_MANAGER, RebootType, Resolved, SERVER_ID_LABEL, SERVER_LABEL, VpsServer, VpsServerStatus};
 use crate::credit_ledger::Reservation;
 use crate::ids::IdKind;
 use crate::kubevirt::{DataVolume, VirtualMachineInstanceView, VirtualMachineSnapshot, VirtualMachineView};
@@ -346,8 +346,11 @@ async fn ensure_clone_permission(ctx: &Context, ns: &str, image_ns: &str) -> Res
     Ok(())
 }
 
-/// Honours a new `rebootRequestedAt` once: deletes the running instance (KubeVirt starts a
-/// new one under `runStrategy: Always`) and remembers which instance it replaced. Returns
+/// Honours a new `rebootRequestedAt` once, on the running instance: KubeVirt's `softreboot`
+/// (`reset` for `rebootType: Hard`) through virt-api, which asks the host's virt-handler; the
+/// instance, its pod and addresses stay. When virt-api answers with an error (it cannot reach
+/// the host, say), the instance is deleted instead (KubeVirt starts a new one under
+/// `runStrategy: Always`) with a Warning, and the instance it replaced is remembered. Returns
 /// where the reboot stands, starting from what `old` recorded.
 async fn handle_reboot(
     server: &VpsServer,
@@ -363,22 +366,46 @@ async fn handle_reboot(
     if reboot.observed_request.as_ref() == Some(stamp) {
         return Ok(reboot);
     }
-    reboot.observed_request = Some(stamp.clone());
     let running = vmi.filter(|v| v.running);
     let Some(vmi) = running.filter(|_| vm::run_strategy(server) == "Always") else {
+        reboot.observed_request = Some(stamp.clone());
         return Ok(reboot); // nothing runs: nothing to reboot
     };
-    let uid = vmi.uid.as_deref().map(String::from);
     // The instance has the server's name.
-    let api: Api<VirtualMachineInstanceView> =
-        Api::namespaced(ctx.client.clone(), &server.namespace().unwrap_or_default());
+    let (ns, name) = (server.namespace().unwrap_or_default(), server.name_any());
+    let hard = server.spec.reboot_type == Some(RebootType::Hard);
+    let verb = if hard { "reset" } else { "softreboot" };
+    let path = format!("/apis/subresources.kubevirt.io/v1/namespaces/{ns}/virtualmachineinstances/{name}/{verb}");
+    let request = http::Request::put(path)
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .body(b"{}".to_vec())
+        .expect("a path of DNS labels and a constant header make a valid request");
+    let why = match ctx.client.request_text(request).await {
+        Ok(_) => {
+            reboot.observed_request = Some(stamp.clone());
+            let (reason, note) = match hard {
+                true => ("Reset", "Reset the virtual machine (KubeVirt's reset); the instance stays"),
+                false => ("Rebooted", "Asked the guest to reboot (KubeVirt's softreboot); the instance stays"),
+            };
+            publish(ctx, server, EventType::Normal, reason, note).await;
+            return Ok(reboot);
+        }
+        // An answer: this way will not work now. Anything else (the API server unreachable)
+        // is tried again.
+        Err(kube::Error::Api(e)) => e.message,
+        Err(e) => return Err(e.into()),
+    };
+    reboot.observed_request = Some(stamp.clone());
+    let uid = vmi.uid.as_deref().map(String::from);
+    let api: Api<VirtualMachineInstanceView> = Api::namespaced(ctx.client.clone(), &ns);
     let dp = DeleteParams {
         preconditions: Some(Preconditions { uid: uid.clone(), resource_version: None }),
         ..Default::default()
     };
-    ignore_not_found(api.delete(&server.name_any(), &dp).await)?;
+    ignore_not_found(api.delete(&name, &dp).await)?;
     reboot.from_instance = uid;
-    publish(ctx, server, EventType::Normal, "Rebooting", "Restarting the virtual machine instance").await;
+    let note = format!("KubeVirt's {verb} failed ({why}): restarting the virtual machine instance instead");
+    publish(ctx, server, EventType::Warning, "RebootFallback", &note).await;
     Ok(reboot)
 }
 

@@ -5,6 +5,7 @@
 //!   labels, heartbeat and device resources.
 //! - [`pods`]: kubelet's part for launcher Pods.
 //! - [`vmis`]: virt-handler's part for VirtualMachineInstances.
+//! - [`handler`]: virt-handler's endpoint that virt-api calls (soft reboot, reset).
 //! - [`volumes`]: CDI's importer for DataVolumes (a bound PVC, then Succeeded), and a CSI
 //!   snapshotter's part for VolumeSnapshots.
 //!
@@ -12,6 +13,7 @@
 //! annotation [`FAILURE_ANNOTATION`] (the operator copies it from the server).
 
 pub mod addresses;
+pub mod handler;
 pub mod nodes;
 pub mod pods;
 pub mod vmis;
@@ -41,6 +43,8 @@ pub enum Failure {
     Crash,
     /// The guest ignores the shutdown request: the instance stops when its grace period ends.
     ShutdownHang,
+    /// virt-handler cannot reach the instance's launcher: a soft reboot or reset fails.
+    RebootFails,
 }
 
 impl Failure {
@@ -51,6 +55,7 @@ impl Failure {
             "snapshot" => Some(Failure::Snapshot),
             "crash" => Some(Failure::Crash),
             "shutdown-hang" => Some(Failure::ShutdownHang),
+            "reboot-fails" => Some(Failure::RebootFails),
             _ => None,
         }
     }
@@ -89,6 +94,11 @@ pub struct SimulatorConfig {
     /// The kubelet version the simulated nodes report; that of the API server when unset.
     #[arg(long)]
     pub kubelet_version: Option<String>,
+    /// virt-handler: serve its endpoint (soft reboot, reset) on 127.0.0.1 at this port, the
+    /// `--console-server-port` of virt-api, with the certificates of the KubeVirt CA in
+    /// KubeVirt's namespace; and register a virt-handler Pod per node. Unset: no endpoint.
+    #[arg(long)]
+    pub virt_handler_port: Option<u16>,
 }
 
 impl Default for SimulatorConfig {
@@ -143,6 +153,7 @@ pub async fn run(client: Client, config: SimulatorConfig) -> anyhow::Result<()> 
             .reflect(vm_writer)
             .for_each(|_| async {})
     };
+    let handler_port = config.virt_handler_port;
     let sim = Arc::new(Sim {
         client: client.clone(),
         node_names: specs.iter().map(|s| s.name.clone()).collect(),
@@ -150,7 +161,14 @@ pub async fn run(client: Client, config: SimulatorConfig) -> anyhow::Result<()> 
         vms,
         pools,
     });
+    let handler = async {
+        match handler_port {
+            Some(port) => handler::run(sim.clone(), port).await,
+            None => std::future::pending().await,
+        }
+    };
     tokio::select! {
+        r = handler => r?,
         _ = vm_watch => {}
         r = nodes::heartbeat(client.clone(), specs) => r?,
         r = pods::run(sim.clone()) => r?,

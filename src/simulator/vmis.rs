@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 
 use super::{Failure, Sim, remaining};
 
-fn resource() -> ApiResource {
+pub fn resource() -> ApiResource {
     ApiResource {
         group: "kubevirt.io".into(),
         version: "v1".into(),

@@ -161,9 +161,10 @@ async fn run_operator(kubeconfig: PathBuf, config: OperatorConfig, metrics: std:
     }
 }
 
-/// The simulator configuration of the test run (`VPS_SIM_DELAY` for every step).
-pub fn simulator_config() -> SimulatorConfig {
-    let mut config = SimulatorConfig::default();
+/// The simulator configuration of the test run (`VPS_SIM_DELAY` for every step), with
+/// virt-handler's endpoint where virt-api calls it.
+pub fn simulator_config(virt_handler_port: Option<u16>) -> SimulatorConfig {
+    let mut config = SimulatorConfig { virt_handler_port, ..SimulatorConfig::default() };
     if let Ok(delay) = std::env::var("VPS_SIM_DELAY") {
         let d = vps_operator::flags::duration(&delay).expect("VPS_SIM_DELAY is a duration");
         config.pod_start_delay = d;
@@ -246,10 +247,11 @@ fn start(mode: Mode) -> anyhow::Result<Shared> {
         anyhow::Ok(plane)
     })?;
     let kubeconfig = plane.kubeconfig_path();
+    let simulator = simulator_config(plane.virt_handler_port());
     if mode == Mode::RealNode {
         let client = runtime.block_on(plane.client())?;
         runtime.spawn(async move {
-            if let Err(e) = vps_operator::simulator::run(client, simulator_config()).await {
+            if let Err(e) = vps_operator::simulator::run(client, simulator).await {
                 panic!("the simulator stopped: {e:?}");
             }
         });
@@ -266,7 +268,7 @@ fn start(mode: Mode) -> anyhow::Result<Shared> {
         let operator_config = operator_config();
         let client = runtime.block_on(plane.client())?;
         runtime.spawn(async move {
-            if let Err(e) = vps_operator::simulator::run(client, simulator_config()).await {
+            if let Err(e) = vps_operator::simulator::run(client, simulator).await {
                 panic!("the simulator stopped: {e:?}");
             }
         });
@@ -323,6 +325,24 @@ pub fn kubectl(args: &[&str]) -> (bool, String, String) {
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+/// How many Events with `reason` are about the `kind` named `name` in namespace `ns` (a
+/// repeated Event counted as often as it happened).
+pub async fn events_about(client: &Client, ns: &str, kind: &str, name: &str, reason: &str) -> i32 {
+    let events = Api::<k8s_openapi::api::events::v1::Event>::namespaced(client.clone(), ns)
+        .list(&Default::default())
+        .await
+        .expect("list events");
+    events
+        .items
+        .iter()
+        .filter(|e| e.reason.as_deref() == Some(reason))
+        .filter(|e| {
+            e.regarding.as_ref().is_some_and(|r| r.kind.as_deref() == Some(kind) && r.name.as_deref() == Some(name))
+        })
+        .map(|e| e.series.as_ref().map_or(1, |s| s.count))
+        .sum()
 }
 
 /// Whether a Warning Event with `reason` was published in namespace `ns`.
