@@ -225,6 +225,9 @@ pub struct VirtualMachineSnapshotSpec {
 pub struct VirtualMachineSnapshotStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phase: Option<String>,
+    /// The VirtualMachineSnapshotContent holding the volumes' snapshots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub virtual_machine_snapshot_content_name: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ready_to_use: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -253,8 +256,20 @@ pub struct VolumeSnapshotSpec {
 pub struct VolumeSnapshotStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ready_to_use: Option<bool>,
+    /// The smallest size a volume restored from it may have (a quantity).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restore_size: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub creation_time: Option<String>,
+}
+
+/// Bytes of a quantity as the operator and the API server write sizes (`80Gi`, `1Ti`, `512Mi`,
+/// plain bytes); `None` for any other form.
+pub fn quantity_bytes(q: &str) -> Option<u128> {
+    let units = [("Ki", 1u128 << 10), ("Mi", 1 << 20), ("Gi", 1 << 30), ("Ti", 1 << 40), ("Pi", 1 << 50)];
+    let (digits, factor) =
+        units.iter().find_map(|(suffix, f)| q.strip_suffix(suffix).map(|d| (d, *f))).unwrap_or((q, 1));
+    digits.parse::<u128>().ok().map(|n| n * factor)
 }
 
 /// How long KubeVirt may take over an on-demand backup the gateway asks for (the operator's
@@ -331,4 +346,18 @@ pub fn vm_restore(ns: &str, server: &str, name: &str, backup: i64) -> Value {
             "volumeRestorePolicy": "InPlace",
         },
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::quantity_bytes;
+
+    #[test]
+    fn sizes_compare_across_units() {
+        assert_eq!(quantity_bytes("80Gi"), Some(80 << 30));
+        assert!(quantity_bytes("160Gi") > quantity_bytes("80Gi"));
+        assert_eq!(quantity_bytes("1Ti"), quantity_bytes("1024Gi"));
+        assert_eq!(quantity_bytes("512"), Some(512));
+        assert_eq!(quantity_bytes("1.5Gi"), None);
+    }
 }

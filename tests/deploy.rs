@@ -580,6 +580,20 @@ async fn lifecycle_with_service_account_credentials_only() {
     }
     assert_eq!(vmis.get(&vm_name).await.unwrap().uid(), before, "the instance stayed");
     assert!(!support::warning_event(&admin, &tenant.namespace, "RebootFallback").await);
+
+    // A backup, and its size from its volume snapshots (the operator's grants to read them).
+    let backups = format!("/api/v1/servers/{id}/backups/");
+    let (status, body) = gw.call("POST", &backups, token, None).await;
+    assert_eq!(status, 201, "{body}");
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let (_, list) = gw.call("GET", &backups, token, None).await;
+        if list["results"][0]["size"].is_i64() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the backup never showed its size: {list}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
     wait_rest(&gw, token, id, "active after the reboot", active).await;
 
     let (status, body) = gw.call("DELETE", &format!("/api/v1/servers/{id}/"), token, None).await;

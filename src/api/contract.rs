@@ -16,6 +16,9 @@ pub const SERVER_LABEL: &str = "vps.org/server";
 pub const BACKUP_ID_LABEL: &str = "vps.org/backup-id";
 /// Label saying how a backup came to be: `scheduled` or `on-demand`.
 pub const BACKUP_KIND_LABEL: &str = "vps.org/backup-kind";
+/// Annotation on a ready backup: the bytes a disk restored from it needs (the sum of its
+/// VolumeSnapshots' `restoreSize`), written once by the operator.
+pub const BACKUP_SIZE_ANNOTATION: &str = "vps.org/backup-size";
 /// Annotation on an on-demand backup: the `spec.backupRequestedAt` it answers.
 pub const BACKUP_REQUEST_ANNOTATION: &str = "vps.org/backup-request";
 

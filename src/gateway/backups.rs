@@ -264,7 +264,13 @@ mod tests {
             vec![],
         );
         fixture.snapshots = vec![
-            snapshot("acme", "srv-7", Some(11), "scheduled", true),
+            {
+                // 80 GiB and a byte: a size rounds up to whole GiB.
+                let mut sized = snapshot("acme", "srv-7", Some(11), "scheduled", true);
+                let bytes = ((80u64 << 30) + 1).to_string();
+                sized.metadata.annotations = Some([(crate::api::BACKUP_SIZE_ANNOTATION.to_string(), bytes)].into());
+                sized
+            },
             snapshot("acme", "srv-7", Some(12), "on-demand", false),
             snapshot("acme", "srv-7", None, "scheduled", true),
             snapshot("other", "srv-8", Some(13), "scheduled", true),
@@ -285,6 +291,9 @@ mod tests {
             .map(|b| (b["id"].as_i64().unwrap(), b["type"].as_str().unwrap(), b["status"].as_str().unwrap()))
             .collect();
         assert_eq!(got, [(12, "on-demand", "in-progress"), (11, "scheduled", "available")], "with ids, newest first");
+        let sizes: Vec<&serde_json::Value> =
+            list.body["results"].as_array().unwrap().iter().map(|b| &b["size"]).collect();
+        assert_eq!(sizes, [&serde_json::Value::Null, &serde_json::json!(81)], "where known, rounded up");
         assert_eq!(call(&app, "GET", "/api/v1/servers/8/backups/", Some(TOKEN), None).await.status, 404);
         assert_eq!(call(&app, "GET", "/api/v1/servers/8/backups/", Some(OTHER_TOKEN), None).await.status, 200);
         for path in [

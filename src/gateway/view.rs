@@ -10,8 +10,8 @@ use utoipa::ToSchema;
 
 use crate::api::SSH_KEY_ID_LABEL;
 use crate::api::{
-    ActionState, BACKUP_ID_LABEL, BACKUP_KIND_LABEL, Phase, PowerState, VpsAction, VpsImage, VpsImageSpec, VpsLocation,
-    VpsPlan, VpsPlanSpec, VpsServer, VpsSshKey,
+    ActionState, BACKUP_ID_LABEL, BACKUP_KIND_LABEL, BACKUP_SIZE_ANNOTATION, Phase, PowerState, VpsAction, VpsImage,
+    VpsImageSpec, VpsLocation, VpsPlan, VpsPlanSpec, VpsServer, VpsSshKey,
 };
 use crate::kubevirt::VirtualMachineSnapshot;
 
@@ -248,7 +248,7 @@ pub struct BackupView {
     /// in-progress, available or failed.
     pub status: &'static str,
     pub created_at: Option<String>,
-    /// GiB, where known.
+    /// GiB (rounded up) a disk restored from it needs, where its volume snapshots say.
     pub size: Option<i64>,
 }
 
@@ -275,7 +275,11 @@ pub fn backup_view(s: &VirtualMachineSnapshot) -> Option<BackupView> {
         type_: s.labels().get(BACKUP_KIND_LABEL).cloned().unwrap_or_else(|| "scheduled".into()),
         status,
         created_at: created_at(s),
-        size: None,
+        size: s
+            .annotations()
+            .get(BACKUP_SIZE_ANNOTATION)
+            .and_then(|b| b.parse::<u128>().ok())
+            .and_then(|b| i64::try_from(b.div_ceil(1 << 30)).ok()),
     })
 }
 

@@ -2,21 +2,22 @@
 //! the newest N of those kept, and one more whenever `spec.backupRequestedAt` changes (an
 //! on-demand backup, kept until it is deleted); each with an integer id. `lastBackupTime`
 //! and where the last requested backup stands go in the status. Disabling stops new
-//! scheduled snapshots and keeps the existing ones.
+//! scheduled snapshots and keeps the existing ones. A ready backup gets its size once
+//! ([`BACKUP_SIZE_ANNOTATION`]: what its VolumeSnapshots say a restored disk needs).
 
 use std::time::Duration;
 
 use jiff::Timestamp;
 use kube::ResourceExt;
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
 
 use super::{Context, Result};
 use crate::api::{
-    BACKUP_KIND_LABEL, BACKUP_REQUEST_ANNOTATION, ConditionStatus, OPERATOR_MANAGER, Phase, SERVER_LABEL, VpsServer,
-    VpsServerStatus,
+    BACKUP_KIND_LABEL, BACKUP_REQUEST_ANNOTATION, BACKUP_SIZE_ANNOTATION, ConditionStatus, OPERATOR_MANAGER, Phase,
+    SERVER_LABEL, VpsServer, VpsServerStatus,
 };
 use crate::ids::IdKind;
-use crate::kubevirt::{VirtualMachineSnapshot, backup_snapshot};
+use crate::kubevirt::{VirtualMachineSnapshot, VolumeSnapshot, backup_snapshot, quantity_bytes};
 
 /// The `BackupsSucceeded` condition's status, CamelCase reason and message.
 pub type Verdict = (ConditionStatus, String, String);
@@ -105,6 +106,60 @@ async fn take(
     Ok(())
 }
 
+/// The bytes a disk restored from `snapshot` needs: the sum of its VolumeSnapshots'
+/// `restoreSize` (found through its VirtualMachineSnapshotContent); `None` while any is unknown.
+async fn restore_size(ctx: &Context, ns: &str, snapshot: &VirtualMachineSnapshot) -> Result<Option<u128>> {
+    let Some(content) = snapshot.status.as_ref().and_then(|s| s.virtual_machine_snapshot_content_name.as_deref())
+    else {
+        return Ok(None);
+    };
+    let resource = ApiResource {
+        group: "snapshot.kubevirt.io".into(),
+        version: "v1beta1".into(),
+        api_version: "snapshot.kubevirt.io/v1beta1".into(),
+        kind: "VirtualMachineSnapshotContent".into(),
+        plural: "virtualmachinesnapshotcontents".into(),
+    };
+    let contents: Api<DynamicObject> = Api::namespaced_with(ctx.client.clone(), ns, &resource);
+    let Some(content) = contents.get_opt(content).await? else { return Ok(None) };
+    let names: Vec<String> = content.data["status"]["volumeSnapshotStatus"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|v| v["volumeSnapshotName"].as_str().map(String::from))
+        .collect();
+    if names.is_empty() {
+        return Ok(None);
+    }
+    let volumes: Api<VolumeSnapshot> = Api::namespaced(ctx.client.clone(), ns);
+    let mut total = 0;
+    for name in names {
+        let size = volumes.get_opt(&name).await?.and_then(|v| v.status).and_then(|s| s.restore_size);
+        let Some(bytes) = size.as_deref().and_then(quantity_bytes) else { return Ok(None) };
+        total += bytes;
+    }
+    Ok(Some(total))
+}
+
+/// Gives each ready backup of `list` without a size its size, where its volumes tell it.
+async fn record_sizes(
+    ctx: &Context,
+    api: &Api<VirtualMachineSnapshot>,
+    ns: &str,
+    list: &[VirtualMachineSnapshot],
+) -> Result<()> {
+    let without_size =
+        list.iter().filter(|s| state_of(s) == "Ready" && !s.annotations().contains_key(BACKUP_SIZE_ANNOTATION));
+    for snapshot in without_size {
+        if let Some(bytes) = restore_size(ctx, ns, snapshot).await? {
+            let patch = serde_json::json!({"metadata": {"annotations": {BACKUP_SIZE_ANNOTATION: bytes.to_string()}}});
+            let pp = PatchParams { field_manager: Some(OPERATOR_MANAGER.into()), ..Default::default() };
+            api.patch(&snapshot.name_any(), &pp, &Patch::Merge(&patch)).await?;
+        }
+    }
+    Ok(())
+}
+
 /// Runs the backups of one server (`None`: the schedule is off and no request is open).
 pub async fn reconcile(
     server: &VpsServer,
@@ -135,6 +190,10 @@ pub async fn reconcile(
             failed: state_of(s) == "Failed",
         })
         .collect();
+    // A size is for the customer's eyes: not knowing it stops nothing.
+    if let Err(e) = record_sizes(ctx, &api, ns, &list.items).await {
+        tracing::warn!(namespace = %ns, server = %name, "Could not record the size of a backup: {e}");
+    }
     let now = Timestamp::now();
     let can_snapshot = matches!(phase, Phase::Active | Phase::Stopped);
     let plan = plan(&seen, now, ctx.config.backup_interval, ctx.config.backup_keep, can_snapshot);

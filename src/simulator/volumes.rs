@@ -17,7 +17,7 @@ use kube::{Client, Resource, ResourceExt};
 use serde_json::json;
 
 use super::{DRIVER, Failure, STORAGE_CLASS, Sim, remaining};
-use crate::kubevirt::{DataVolume, VolumeSnapshot};
+use crate::kubevirt::{DataVolume, VolumeSnapshot, quantity_bytes};
 
 use crate::api::SIMULATOR_MANAGER as MANAGER;
 
@@ -193,15 +193,6 @@ pub async fn run_volumes(sim: Arc<Sim>) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Bytes of a quantity as the operator and the API server write sizes (`80Gi`, `1Ti`, `512Mi`,
-/// plain bytes); `None` for any other form.
-pub fn quantity_bytes(q: &str) -> Option<u128> {
-    let units = [("Ki", 1u128 << 10), ("Mi", 1 << 20), ("Gi", 1 << 30), ("Ti", 1 << 40), ("Pi", 1 << 50)];
-    let (digits, factor) =
-        units.iter().find_map(|(suffix, f)| q.strip_suffix(suffix).map(|d| (d, *f))).unwrap_or((q, 1));
-    digits.parse::<u128>().ok().map(|n| n * factor)
-}
-
 /// The simulated claims: restored ones bound and adopted ([`bind_restored`],
 /// [`adopt_prepopulated`]); and the CSI resizer (and the kubelet's filesystem growth): a bound
 /// claim whose request is larger than its capacity gets a PV and a capacity of that size.
@@ -356,18 +347,4 @@ async fn reconcile_snapshot(snapshot: Arc<VolumeSnapshot>, sim: Arc<Sim>) -> Res
         .patch_status(&snapshot.name_any(), &PatchParams::default(), &Patch::Merge(&status))
         .await?;
     Ok(Action::await_change())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::quantity_bytes;
-
-    #[test]
-    fn sizes_compare_across_units() {
-        assert_eq!(quantity_bytes("80Gi"), Some(80 << 30));
-        assert!(quantity_bytes("160Gi") > quantity_bytes("80Gi"));
-        assert_eq!(quantity_bytes("1Ti"), quantity_bytes("1024Gi"));
-        assert_eq!(quantity_bytes("512"), Some(512));
-        assert_eq!(quantity_bytes("1.5Gi"), None);
-    }
 }
