@@ -23,6 +23,9 @@ if ! command -v containerd >/dev/null || ! command -v runc >/dev/null || ! comma
 	fi
 fi
 cargo test --locked "$@"
+# The benchmark's smoke mode: a short run on a control plane of its own that fails when
+# something does not work; it judges no timing (those belong in the bench's table).
+cargo test --locked --bench vps -- --bench --smoke
 # The operator's lifecycle and fault suites once more with every simulated host step taking 300 ms,
 # so that nothing depends on the simulator answering instantly.
 VPS_SIM_DELAY=300ms cargo test --locked --test lifecycle --test api_lifecycle --test faults "$@"

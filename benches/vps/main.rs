@@ -7,13 +7,19 @@
 //! binary, and a bare axum handler as a child process of this bench. Then:
 //!
 //! 1. creates `--create` servers through the REST API with `--clients` parallel clients and
-//!    times them until all are `active`, counting kube-apiserver's write requests;
+//!    times them until all are `active`, counting kube-apiserver's write requests; then applies
+//!    as many bare KubeVirt VMs (the VM the operator builds, without the operator) and times
+//!    them until Running, for the operator's overhead against KubeVirt's own;
 //! 2. creates more until `--servers` exist, and waits (at most `--fill-timeout`) for them;
 //! 3. counts kube-apiserver writes to the operator's resources over `--settle` seconds;
 //! 4. reads the operator's and the gateway's resident memory;
 //! 5. drives `GET /api/v1/servers/{id}/` on the gateway, the bare handler and kube-apiserver,
 //!    and the list endpoint, each with the same load generator (`--concurrency` connections,
 //!    `--duration` seconds after a one-second warm-up).
+//!
+//! `--smoke` is a short run (200 servers, 20 created, 2 s per load run) that `scripts/test.sh`
+//! runs so the bench keeps working: it fails when something does not work (a create refused,
+//! a server not active, a load run with errors), never on a timing.
 //!
 //! Load goes to loopback only and every loop is bounded in time.
 
@@ -54,6 +60,8 @@ struct Args {
     perf: bool,
     /// Record a 60 s CPU profile of kube-apiserver while the servers are created.
     profile_apiserver: bool,
+    /// A short run that fails on what does not work, not on timings.
+    smoke: bool,
 }
 
 fn parse_args() -> Result<Option<Args>> {
@@ -69,6 +77,7 @@ fn parse_args() -> Result<Option<Args>> {
         perf: false,
         profile_apiserver: false,
         fill_rest: false,
+        smoke: false,
     };
     let mut bench = false;
     let mut it = std::env::args().skip(1);
@@ -86,6 +95,18 @@ fn parse_args() -> Result<Option<Args>> {
             "--perf" => args.perf = true,
             "--profile-apiserver" => args.profile_apiserver = true,
             "--fill-rest" => args.fill_rest = true,
+            "--smoke" => {
+                args = Args {
+                    servers: 200,
+                    create: 20,
+                    duration: Duration::from_secs(2),
+                    settle: Duration::from_secs(5),
+                    fill_timeout: Duration::from_secs(180),
+                    create_timeout: Duration::from_secs(180),
+                    smoke: true,
+                    ..args
+                }
+            }
             "--servers" => args.servers = value()? as usize,
             "--create" => args.create = value()? as usize,
             "--clients" => args.clients = value()? as usize,
@@ -97,7 +118,7 @@ fn parse_args() -> Result<Option<Args>> {
             "--help" | "-h" => {
                 println!(
                     "cargo bench --bench vps -- [--servers 10000] [--create 1000] [--clients 32] [--concurrency 16] \
-                     [--duration 10] [--settle 60] [--fill-timeout 900] [--create-timeout 600] [--fill-rest] [--perf] [--profile-apiserver]"
+                     [--duration 10] [--settle 60] [--fill-timeout 900] [--create-timeout 600] [--fill-rest] [--perf] [--profile-apiserver] [--smoke]"
                 );
                 return Ok(None);
             }
@@ -304,11 +325,12 @@ fn mib(kib: u64) -> f64 {
     kib as f64 / 1024.0
 }
 
-/// The table being built, and the notes under it.
+/// The table being built, the notes under it, and what did not work (a smoke run fails on it).
 #[derive(Default)]
 struct Report {
     rows: Vec<Row>,
     notes: Vec<String>,
+    broken: Vec<String>,
 }
 
 impl Report {
@@ -332,7 +354,8 @@ async fn bench(args: Args) -> Result<()> {
     let api = Arc::new(Api::new(&c)?);
     let mut report = Report::default();
 
-    let mut ids = provisioning(&args, &c, &api, &mut report).await?;
+    let (mut ids, rest) = provisioning(&args, &c, &api, &mut report).await?;
+    bare_vms(&args, &c, ids[0], rest, &mut report).await?;
     if args.fill_rest && args.servers > ids.len() {
         fill_through_rest(&args, &api, &mut ids, &mut report).await?;
     }
@@ -374,11 +397,28 @@ async fn bench(args: Args) -> Result<()> {
         operator_at_n(&args, &mut c, &api, &ids, &mut report).await?;
     }
     print_table(&report.rows, &args, &state, &report.notes);
+    if !report.broken.is_empty() {
+        bail!("what did not work:\n  {}", report.broken.join("\n  "));
+    }
     Ok(())
 }
 
-/// Benchmark 3: `--create` servers through the REST API until all are active; their ids.
-async fn provisioning(args: &Args, c: &Cluster, api: &Arc<Api>, report: &mut Report) -> Result<Vec<i64>> {
+/// What the REST creates took: until all were active, and the writes per server to the kinds
+/// the project writes ([`cluster::operator_resource`]).
+#[derive(Clone, Copy)]
+struct RestCreates {
+    wall: Duration,
+    project_kind_writes: f64,
+}
+
+/// Benchmark 3: `--create` servers through the REST API until all are active; their ids and
+/// what it took.
+async fn provisioning(
+    args: &Args,
+    c: &Cluster,
+    api: &Arc<Api>,
+    report: &mut Report,
+) -> Result<(Vec<i64>, RestCreates)> {
     say(format!("creating {} servers through the REST API with {} clients", args.create, args.clients));
     let before = cluster::apiserver_writes(&c.client).await?;
     let cpu_before = cluster::child_cpu_seconds();
@@ -409,6 +449,9 @@ async fn provisioning(args: &Args, c: &Cluster, api: &Arc<Api>, report: &mut Rep
         }
     }
     let created_ok = all_active && failed == 0 && ids.len() == args.create;
+    if !created_ok {
+        report.broken.push(format!("{} of {} creates answered 201, all active: {all_active}", ids.len(), args.create));
+    }
     report.add(
         "3",
         format!("create {} servers via REST ({} clients) until all active", args.create, args.clients),
@@ -431,7 +474,132 @@ async fn provisioning(args: &Args, c: &Cluster, api: &Arc<Api>, report: &mut Rep
         "(reported)",
         None,
     );
-    Ok(ids)
+    let project_kind_writes = project_kind_writes(&writes, ids.len());
+    Ok((ids, RestCreates { wall, project_kind_writes }))
+}
+
+/// Writes per object to the kinds the project writes: vps.org objects, VMs (not their
+/// status), snapshots, RoleBindings, events.k8s.io Events and ConfigMaps. virt-controller
+/// writes to VMs too (its finalizer): the bare stage measures that part.
+fn project_kind_writes(writes: &Writes, objects: usize) -> f64 {
+    let n: u64 = writes.iter().filter(|(k, _)| cluster::operator_resource(k)).map(|(_, v)| v).sum();
+    n as f64 / objects.max(1) as f64
+}
+
+/// The operator's overhead against KubeVirt itself: as many bare KubeVirt VMs as servers were
+/// created, each the VM the operator builds (its own `build_vm`, without the operator's labels
+/// and owner) server-side applied by the bench and started, with the same simulator, timed
+/// until every one is Running; then deleted (waiting until they are gone, so that the later
+/// stages see the cluster as before). `rest` is how long the REST creates took to `active`.
+async fn bare_vms(args: &Args, c: &Cluster, template_id: i64, rest: RestCreates, report: &mut Report) -> Result<()> {
+    use futures::{StreamExt, TryStreamExt};
+    use kube::Api;
+    use kube::api::{ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
+    use vps_operator::api::VpsServer;
+    use vps_operator::kubevirt::VirtualMachine;
+    use vps_operator::operator::vm::{VmInputs, build_vm};
+
+    const LABEL: &str = "bench.vps.org/bare";
+    let n = args.create;
+    let servers: Api<VpsServer> = Api::namespaced(c.client.clone(), ACCOUNT);
+    let template = servers.get(&format!("srv-{template_id}")).await?;
+    let resolved = template.status.as_ref().and_then(|s| s.resolved.clone()).context("the template is resolved")?;
+    let vm_resource = ApiResource::erase::<VirtualMachine>(&());
+    let vms: Api<DynamicObject> = Api::namespaced_with(c.client.clone(), ACCOUNT, &vm_resource);
+    say(format!(
+        "applying {n} bare KubeVirt VMs (the operator's VM, without the operator) with {} clients",
+        args.clients
+    ));
+    let before = cluster::apiserver_writes(&c.client).await?;
+    let started = Instant::now();
+    let (template, resolved) = (&template, &resolved);
+    futures::stream::iter(0..n)
+        .map(|i| {
+            let vms = vms.clone();
+            async move {
+                let name = format!("bare-{i}");
+                let mut server = template.clone();
+                server.metadata.name = Some(name.clone());
+                let inputs =
+                    VmInputs { server: &server, id: i as i64, resolved, halted: false, simulator_annotations: false };
+                let mut vm = build_vm(&inputs);
+                let labels = json!({LABEL: "true"});
+                vm["metadata"]["labels"] = labels.clone();
+                vm["metadata"]["ownerReferences"] = json!([]);
+                vm["spec"]["dataVolumeTemplates"][0]["metadata"]["labels"] = labels.clone();
+                vm["spec"]["template"]["metadata"]["labels"] = labels;
+                vms.patch(&name, &PatchParams::apply("vps-bench-bare").force(), &Patch::Apply(&vm)).await?;
+                anyhow::Ok(())
+            }
+        })
+        .buffer_unordered(args.clients)
+        .try_collect::<()>()
+        .await?;
+    let applied = started.elapsed();
+    let selector = ListParams::default().labels(&format!("{LABEL}=true"));
+    let running =
+        |vm: &DynamicObject| vm.data["status"]["printableStatus"] == "Running" && vm.data["status"]["ready"] == true;
+    let all_running = loop {
+        let list = vms.list(&selector).await?;
+        if list.items.iter().filter(|vm| running(vm)).count() >= n {
+            break true;
+        }
+        if started.elapsed() > args.create_timeout {
+            break false;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let wall = started.elapsed();
+    let writes = cluster::diff(&before, &cluster::apiserver_writes(&c.client).await?);
+    say(format!(
+        "{n} bare VMs Running: {all_running} after {:.1} s (applied in {:.1} s); {} apiserver writes ({:.1} per VM)",
+        wall.as_secs_f64(),
+        applied.as_secs_f64(),
+        total(&writes),
+        total(&writes) as f64 / n.max(1) as f64
+    ));
+    if !all_running {
+        report.broken.push(format!("not all {n} bare VMs were Running after {:.0} s", wall.as_secs_f64()));
+    }
+    report.add(
+        "3",
+        format!("{n} bare KubeVirt VMs applied and started until Running (no operator)"),
+        format!("{:.1} s ({:.1} apiserver writes per VM)", wall.as_secs_f64(), total(&writes) as f64 / n.max(1) as f64),
+        "(reported)",
+        None,
+    );
+    let ratio = rest.wall.as_secs_f64() / wall.as_secs_f64().max(1e-9);
+    report.add(
+        "3",
+        format!("REST-to-active ÷ bare-VM-to-Running, {n} each"),
+        format!("{ratio:.2}×"),
+        "≤ 1.15× at 300",
+        (n == 300 && all_running).then_some(ratio <= 1.15),
+    );
+    // The same kinds' writes of the bare stage are the bench's apply (1 per VM) and
+    // KubeVirt's own; the rest of the REST stage's are the project's.
+    let bare_kind = project_kind_writes(&writes, n);
+    let own = rest.project_kind_writes - (bare_kind - 1.0);
+    report.add(
+        "3",
+        "the project's own API writes per server (REST stage's to its kinds, less KubeVirt's there)",
+        format!(
+            "{own:.1} ({:.1} to those kinds, {bare_kind:.1} per bare VM of which 1 is the apply)",
+            rest.project_kind_writes
+        ),
+        "≤ 5",
+        all_running.then_some(own <= 5.0),
+    );
+    say("deleting the bare VMs");
+    vms.delete_collection(&DeleteParams::foreground(), &selector).await?;
+    let gone = Instant::now();
+    while !vms.list(&selector).await?.items.is_empty() {
+        if gone.elapsed() > args.fill_timeout {
+            bail!("the bare VMs were not gone after {:.0} s", gone.elapsed().as_secs_f64());
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    Ok(())
 }
 
 /// Fills up to `--servers` through the REST API (when the cluster can provision that many).
@@ -466,7 +634,7 @@ async fn settled_writes(
     counts: &BTreeMap<&'static str, usize>,
     report: &mut Report,
 ) -> Result<()> {
-    let grace = Duration::from_secs(20);
+    let grace = Duration::from_secs(if args.smoke { 2 } else { 20 });
     say(format!("settling {:.0} s, then counting writes for {:.0} s", grace.as_secs_f64(), args.settle.as_secs_f64()));
     tokio::time::sleep(grace).await;
     let before = cluster::apiserver_writes(&c.client).await?;
@@ -605,6 +773,11 @@ async fn get_one_server(args: &Args, c: &Cluster, api: &Arc<Api>, ids: &[i64], r
         None,
     );
     report.add("1", format!("kube-apiserver GET of the same VpsServer, {conc} conns"), describe(&kube), "", None);
+    for (what, o) in [("gateway", &gw), ("bare handler", &bare_out), ("kube-apiserver", &kube)] {
+        if o.errors > 0 || o.ok == 0 {
+            report.broken.push(format!("GET one server on the {what}: {} errors, {} answers", o.errors, o.ok));
+        }
+    }
     let vs_bare = gw.rps / bare_out.rps.max(1e-9);
     let vs_kube = gw.rps / kube.rps.max(1e-9);
     let ok = gw.errors == 0;
@@ -637,6 +810,9 @@ async fn lists(args: &Args, c: &Cluster, servers: usize, report: &mut Report) ->
         let o = profiled(args, c, name, load::run(run)).await?;
         say(format!("  {o}"));
         let errors = if o.errors > 0 { format!(" ({} errors)", o.errors) } else { String::new() };
+        if o.errors > 0 || o.ok == 0 {
+            report.broken.push(format!("{label}: {} errors, {} answers", o.errors, o.ok));
+        }
         report.add(
             "2",
             format!("gateway {label}, {servers} servers, {} conns", args.concurrency),
