@@ -27,6 +27,7 @@ pub struct Cluster {
     pub gateway_pid: u32,
     pub operator_pid: u32,
     pub operator_metrics: SocketAddr,
+    pub gateway_metrics: SocketAddr,
     pub token: String,
     pub logs: PathBuf,
     exe: PathBuf,
@@ -114,6 +115,7 @@ pub async fn start(servers: usize, logs: &Path) -> Result<Cluster> {
     let operator_pid = operator.pid();
 
     let gateway_addr: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
+    let gateway_metrics: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
     say("starting the gateway");
     let mut gateway = spawn(
         "gateway",
@@ -124,7 +126,7 @@ pub async fn start(servers: usize, logs: &Path) -> Result<Cluster> {
         &[
             "gateway".into(),
             format!("--listen={gateway_addr}"),
-            "--metrics-listen=127.0.0.1:0".into(),
+            format!("--metrics-listen={gateway_metrics}"),
             format!("--system-namespace={SYSTEM_NAMESPACE}"),
             "--rate-limit=0".into(),
         ],
@@ -143,6 +145,7 @@ pub async fn start(servers: usize, logs: &Path) -> Result<Cluster> {
         gateway_pid,
         operator_pid,
         operator_metrics,
+        gateway_metrics,
         token,
         logs: logs.to_path_buf(),
         exe,
@@ -283,6 +286,19 @@ pub fn operator_resource(k: &WriteKey) -> bool {
         || (k.group == "rbac.authorization.k8s.io" && k.resource == "rolebindings")
         || (k.group == "events.k8s.io" && k.resource == "events")
         || (k.group.is_empty() && k.resource == "configmaps")
+}
+
+/// A process's own writes to the Kubernetes API so far (`*_kube_write_requests_total`, by
+/// method and resource), from its `/metrics`.
+pub async fn own_writes(addr: SocketAddr) -> Result<BTreeMap<String, u64>> {
+    let text = reqwest::get(format!("http://{addr}/metrics")).await?.text().await?;
+    let mut out = BTreeMap::new();
+    for line in text.lines().filter(|l| l.contains("_kube_write_requests_total{")) {
+        let Some((labels, value)) = line.split_once('{').and_then(|(_, rest)| rest.rsplit_once("} ")) else { continue };
+        let value: f64 = value.trim().parse().unwrap_or(0.0);
+        out.insert(labels.replace('"', ""), value as u64);
+    }
+    Ok(out)
 }
 
 /// The operator's reconcile count (all results), from its `/metrics`.

@@ -48,6 +48,7 @@ impl Metrics {
         registry.register("http_requests", "HTTP requests answered", requests.clone());
         registry.register("http_request_duration_seconds", "Time to answer an HTTP request", latency.clone());
         crate::telemetry::register_build_info(&mut registry);
+        crate::telemetry::register_kube_writes(&mut registry);
         Metrics { registry, requests, latency }
     }
 

@@ -335,7 +335,8 @@ pub async fn serve_metrics(listener: tokio::net::TcpListener, state: AppState) -
 
 /// Runs the gateway until SIGTERM or Ctrl-C.
 pub async fn run(args: GatewayArgs) -> Result<()> {
-    let client = Client::try_default().await.context("connect to the cluster")?;
+    let config = kube::Config::infer().await.context("find the cluster's configuration")?;
+    let client = crate::telemetry::counting_client(config).context("connect to the cluster")?;
     let state = start(client, &args).await?;
     tokio::spawn(crate::memory::trim_forever(crate::memory::TRIM_EVERY));
     let listener =

@@ -51,6 +51,7 @@ impl Default for Metrics {
         registry.register("queue_running", "Reconciles running now", queue.running.clone());
         registry.register("queue_retries", "Failed reconciles scheduled again after a backoff", queue.retries.clone());
         crate::telemetry::register_build_info(&mut registry);
+        crate::telemetry::register_kube_writes(&mut registry);
         Metrics { registry: Arc::new(registry), reconciles, duration, queue, ready: Arc::new(AtomicBool::new(false)) }
     }
 }

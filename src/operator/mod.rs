@@ -194,7 +194,7 @@ fn clients(kube_config: kube::Config, timeout: Duration) -> anyhow::Result<(Clie
     call_config.read_timeout = Some(timeout);
     call_config.write_timeout = Some(timeout);
     call_config.connect_timeout = Some(timeout);
-    Ok((watch_client, Client::try_from(call_config)?))
+    Ok((watch_client, crate::telemetry::counting_client(call_config)?))
 }
 
 /// Runs the operator until `shutdown` resolves; then it starts no new reconcile and returns
