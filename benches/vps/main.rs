@@ -583,7 +583,26 @@ async fn bare_vms(args: &Args, c: &Cluster, template_id: i64, rest: Duration, re
         (n == 300 && all_running).then_some(ratio <= 1.15),
     );
     say("deleting the bare VMs");
-    vms.delete_collection(&DeleteParams::foreground(), &selector).await?;
+    futures::stream::iter(0..n)
+        .map(|i| {
+            let vms = vms.clone();
+            async move {
+                // A loaded API server may drop a connection: each delete is tried thrice.
+                let mut tries = 0;
+                loop {
+                    match vms.delete(&format!("bare-{i}"), &DeleteParams::foreground()).await {
+                        Ok(_) => return anyhow::Ok(()),
+                        Err(kube::Error::Api(e)) if e.code == 404 => return Ok(()),
+                        Err(_) if tries < 2 => tries += 1,
+                        Err(e) => return Err(e.into()),
+                    }
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            }
+        })
+        .buffer_unordered(args.clients)
+        .try_collect::<()>()
+        .await?;
     let gone = Instant::now();
     while !vms.list(&selector).await?.items.is_empty() {
         if gone.elapsed() > args.fill_timeout {
