@@ -190,10 +190,6 @@ pub async fn reconcile(
             failed: state_of(s) == "Failed",
         })
         .collect();
-    // A size is for the customer's eyes: not knowing it stops nothing.
-    if let Err(e) = record_sizes(ctx, &api, ns, &list.items).await {
-        tracing::warn!(namespace = %ns, server = %name, "Could not record the size of a backup: {e}");
-    }
     let now = Timestamp::now();
     let can_snapshot = matches!(phase, Phase::Active | Phase::Stopped);
     let plan = plan(&seen, now, ctx.config.backup_interval, ctx.config.backup_keep, can_snapshot);
@@ -205,6 +201,12 @@ pub async fn reconcile(
         for old in &plan.prune {
             let _ = api.delete(old, &DeleteParams::background()).await;
         }
+    }
+    // A size is for the customer's eyes: not knowing it stops nothing (and it waits for the
+    // schedule's own work).
+    let kept: Vec<_> = list.items.iter().filter(|s| !plan.prune.contains(&s.name_any())).cloned().collect();
+    if let Err(e) = record_sizes(ctx, &api, ns, &kept).await {
+        tracing::warn!(namespace = %ns, server = %name, "Could not record the size of a backup: {e}");
     }
     // An on-demand backup: taken once the server can be snapshotted.
     let (mut observed_request, mut request_state) =

@@ -98,7 +98,7 @@ pub async fn apply(server: Arc<VpsServer>, ctx: Arc<Context>) -> Result<Next> {
         now: &now,
     });
     // Condition times only move when a status flips: an unchanged world writes nothing.
-    if old != new {
+    if status::worth_writing(&old, &new) {
         write_status(&server, &ctx, &key, &new).await?;
         for notice in status::notices(&old, &new, &obs) {
             publish(&ctx, &server, notice.type_, &notice.reason, &notice.message).await;

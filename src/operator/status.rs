@@ -98,6 +98,25 @@ pub fn next(inputs: &Inputs<'_>) -> VpsServerStatus {
     status
 }
 
+/// Whether `new` is worth a status write over `old`. What a step of provisioning or starting
+/// only adds (the root disk's uid once CDI made it; the addresses while the server is still
+/// starting) waits for the next write, which the step after it brings: each is a write less
+/// per server, and nothing is lost (the next reconcile finds them again).
+pub fn worth_writing(old: &VpsServerStatus, new: &VpsServerStatus) -> bool {
+    if old == new {
+        return false;
+    }
+    let mut waiting = new.clone();
+    if old.root_volume_uid.is_none() {
+        waiting.root_volume_uid = None;
+    }
+    let starting = matches!(new.phase, Some(Phase::Provisioning | Phase::Starting));
+    if starting && old.ip_address.is_none() && old.ipv6_address.is_none() {
+        (waiting.ip_address, waiting.ipv6_address) = (None, None);
+    }
+    waiting != *old
+}
+
 /// An Event to publish about a server.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Notice {
@@ -107,12 +126,14 @@ pub struct Notice {
 }
 
 /// What a status change from `old` to `new` tells: a phase transition (a first status only
-/// when it is an error: the `VirtualMachineCreated` Event tells of the rest), and a backup
-/// that just failed. Errors are Warnings.
+/// when it is an error: the `VirtualMachineCreated` Event tells of the rest; nor the step from
+/// provisioning to starting, which `Active` follows), and a backup that just failed. Errors
+/// are Warnings.
 pub fn notices(old: &VpsServerStatus, new: &VpsServerStatus, obs: &Observation) -> Vec<Notice> {
     let mut out = Vec::new();
     let first = old.phase.is_none() && obs.phase != Phase::Error;
-    if old.phase != new.phase && !first {
+    let step = old.phase == Some(Phase::Provisioning) && new.phase == Some(Phase::Starting);
+    if old.phase != new.phase && !first && !step {
         let (type_, reason) = match obs.phase {
             Phase::Error => (EventType::Warning, obs.reason.clone()),
             p => (EventType::Normal, format!("{p:?}")),
@@ -286,6 +307,25 @@ mod tests {
         let rebooting = obs(Phase::Rebooting);
         assert_eq!(next(&inputs(&old, &rebooting, &reboot)).reboot_from_instance.as_deref(), Some("uid-1"));
         assert_eq!(next(&inputs(&new, &starting, &reboot)), new, "the same world, the same status");
+    }
+
+    #[test]
+    fn what_a_step_only_adds_waits_for_the_next_write() {
+        let provisioning =
+            VpsServerStatus { phase: Some(Phase::Provisioning), vm_uid: Some("vm".into()), ..Default::default() };
+        let disk = VpsServerStatus { root_volume_uid: Some("dv".into()), ..provisioning.clone() };
+        assert!(!worth_writing(&provisioning, &disk), "the disk's uid alone");
+        let starting = VpsServerStatus { phase: Some(Phase::Starting), ..disk.clone() };
+        assert!(worth_writing(&provisioning, &starting), "a new phase, with the uid");
+        let addressed = VpsServerStatus { ip_address: Some("198.18.0.7".into()), ..starting.clone() };
+        assert!(!worth_writing(&starting, &addressed), "addresses while starting");
+        let active = VpsServerStatus { phase: Some(Phase::Active), ..addressed.clone() };
+        assert!(worth_writing(&starting, &active));
+        let moved = VpsServerStatus { ip_address: Some("198.18.0.8".into()), ..active.clone() };
+        assert!(worth_writing(&active, &moved), "a changed address is written at once");
+        let gone = VpsServerStatus { ip_address: None, ..addressed.clone() };
+        assert!(worth_writing(&addressed, &gone), "so is a lost one");
+        assert!(!worth_writing(&active, &active.clone()));
     }
 
     #[test]
