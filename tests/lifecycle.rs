@@ -218,7 +218,9 @@ async fn bad_references_are_errors_until_fixed() {
                 .any(|c| c.type_ == "ReferencesResolved" && c.reason == reason_want)
         );
         assert!(vms.get_opt(&name).await.unwrap().is_none(), "no VM for a server with a bad {field}");
-        assert!(support::warning_event(&client, &ns, reason_want).await, "a Warning event {reason_want}");
+        // The Event follows the status write.
+        wait_until(10, &format!("a Warning event {reason_want}"), || support::warning_event(&client, &ns, reason_want))
+            .await;
         match fixed {
             // The missing key appears: the server recovers on its own.
             Some(key) => {
