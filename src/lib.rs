@@ -7,7 +7,8 @@
 //!    ([`api::contract`]). Imports nothing of ours.
 //! 2. Shared leaves, importing at most [`api`]: [`kubevirt`] (KubeVirt's, CDI's and the
 //!    snapshotter's objects), [`ids`] (the cluster-wide integer ids), [`credit_ledger`] (what
-//!    each account's servers commit of its credit), [`tokens`] (API
+//!    each account's servers commit of its credit), [`address_pool`] (a location's address
+//!    pools as arithmetic), [`tokens`] (API
 //!    tokens), [`watch_cache`] (caches kept from a watch), [`preflight`] (start-up checks),
 //!    [`flags`], [`shutdown`], [`timestamps`], [`memory`], [`probe`] (`vps-operator check`),
 //!    [`telemetry`] (log lines, shared metrics).
@@ -20,6 +21,7 @@
 // kube-derive's repeated `printcolumn(type_ = ...)` attributes trip this lint.
 #![allow(clippy::duplicated_attributes)]
 
+pub mod address_pool;
 pub mod api;
 pub mod client;
 pub mod controlplane;

@@ -139,6 +139,12 @@ async fn start(args: &LocalArgs) -> Result<Running> {
     if demo {
         crate::testbed::install_demo_catalog(&client).await.context("load the demo catalog")?;
     }
+    if plane.is_some() {
+        // Its own control plane has Multus' CRD: a location on a provider network too.
+        crate::controlplane::apply_yaml(&client, crate::testbed::PROVIDER_NETWORK_SAMPLE, &system_namespace)
+            .await
+            .context("load the provider network sample")?;
+    }
     if args.cluster_only {
         if let Some(path) = &args.env_file {
             write_private(path, format!("KUBECONFIG={}\n", kubeconfig.display()).as_bytes())?;

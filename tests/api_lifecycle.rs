@@ -657,3 +657,180 @@ async fn a_forced_stop_does_not_wait_for_a_hung_guest() {
     let again = stop(Some(json!({"force": true}))).await;
     assert_eq!((again.status, &again.body["detail"]), (400, &json!("Server is not running.")), "{again:?}");
 }
+
+/// A location on a provider network: each server gets its own addresses from the pools
+/// (distinct under concurrent creates), keeps them through stop, start, reboot, resize and
+/// rebuild, and the guest is configured with them (the simulator reports what the network
+/// data says); a full pool answers 409, and a server made with kubectl waits in an error
+/// until an address is released and its cool-down has passed.
+#[tokio::test]
+async fn servers_keep_their_own_addresses_on_a_provider_network() {
+    use vps_operator::api::{VpsAddress, VpsLocation};
+    let (client, gw, t) = setup("api-net").await;
+    let crds: Api<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> =
+        Api::all(client.clone());
+    if crds.get_opt("network-attachment-definitions.k8s.cni.cncf.io").await.unwrap().is_none() {
+        eprintln!("skipped: the cluster has no Multus (NetworkAttachmentDefinition CRD)");
+        return;
+    }
+    let nad = kube::api::ApiResource {
+        group: "k8s.cni.cncf.io".into(),
+        version: "v1".into(),
+        api_version: "k8s.cni.cncf.io/v1".into(),
+        kind: "NetworkAttachmentDefinition".into(),
+        plural: "network-attachment-definitions".into(),
+    };
+    let attachment: kube::api::DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "k8s.cni.cncf.io/v1", "kind": "NetworkAttachmentDefinition",
+        "metadata": {"name": "public", "namespace": t.namespace},
+        "spec": {"config": r#"{"cniVersion": "0.4.0", "name": "public", "type": "bridge", "bridge": "br-public", "ipam": {}}"#},
+    }))
+    .unwrap();
+    Api::<kube::api::DynamicObject>::namespaced_with(client.clone(), &t.namespace, &nad)
+        .create(&PostParams::default(), &attachment)
+        .await
+        .unwrap();
+    // Two addresses: .0 network, .1 gateway, .2-.4 excluded, .7 broadcast.
+    let code = format!("pn-{}", t.namespace.rsplit('-').next().unwrap());
+    let location: VpsLocation = serde_json::from_value(json!({
+        "apiVersion": "vps.org/v1alpha1", "kind": "VpsLocation", "metadata": {"name": code},
+        "spec": {"displayName": "Provider network", "nodeSelector": {"topology.kubernetes.io/region": "us-west"},
+                 "network": {"attachment": format!("{}/public", t.namespace),
+                             "ipv4": {"cidr": "203.0.113.0/29", "gateway": "203.0.113.1", "dns": ["203.0.113.53"],
+                                      "excluded": ["203.0.113.2-203.0.113.4"]},
+                             "ipv6": {"cidr": "2001:db8:16::/64", "gateway": "2001:db8:16::1"}}},
+    }))
+    .unwrap();
+    let locations: Api<VpsLocation> = Api::all(client.clone());
+    locations.create(&PostParams::default(), &location).await.unwrap();
+    let left = || async {
+        let list = gw.call("GET", "/api/v1/locations/?page_size=100", Some(&t.token), None).await;
+        list.body["results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|l| l["code"] == code)
+            .map(|l| l["addresses_available"].clone())
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while left().await != Some(json!(2)) {
+        assert!(Instant::now() < deadline, "the location never showed 2 addresses: {:?}", left().await);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    let create = |name: &'static str| {
+        let (gw, token, code) = (&gw, &t.token, &code);
+        async move {
+            gw.call(
+                "POST",
+                "/api/v1/servers/",
+                Some(token),
+                Some(json!({"name": name, "plan_id": 1, "os_id": 5, "location": code})),
+            )
+            .await
+        }
+    };
+    let (a, b) = tokio::join!(create("net-a"), create("net-b"));
+    assert_eq!((a.status, b.status), (201, 201), "{a:?} {b:?}");
+    let (a, b) = (a.body["id"].as_i64().unwrap(), b.body["id"].as_i64().unwrap());
+    let shown_a = wait_status(&gw, &t.token, a, "active").await;
+    let shown_b = wait_status(&gw, &t.token, b, "active").await;
+    let ip_a = shown_a["ip_address"].as_str().unwrap().to_string();
+    let ip_b = shown_b["ip_address"].as_str().unwrap().to_string();
+    let mut ips = [ip_a.clone(), ip_b.clone()];
+    ips.sort();
+    assert_eq!(ips, ["203.0.113.5", "203.0.113.6"], "one address each, from the pool");
+    let last = ip_a.rsplit('.').next().unwrap();
+    assert_eq!(shown_a["ipv6_address"], json!(format!("2001:db8:16::{last}")), "the same offset in the IPv6 pool");
+    assert_eq!(left().await, Some(json!(0)));
+
+    // The VM is bridged to the attachment with its fixed MAC and the guest's network data;
+    // its instance reports exactly those addresses.
+    let servers: Api<VpsServer> = Api::namespaced(client.clone(), &t.namespace);
+    let status = servers.get(&format!("srv-{a}")).await.unwrap().status.unwrap();
+    let mac = status.mac_address.clone().expect("a fixed MAC");
+    assert_eq!(status.address_claim.as_deref(), Some(format!("{code}.{ip_a}").as_str()));
+    let vm = serde_json::to_value(
+        Api::<VirtualMachine>::namespaced(client.clone(), &t.namespace).get(&format!("srv-{a}")).await.unwrap(),
+    )
+    .unwrap();
+    let template = &vm["spec"]["template"]["spec"];
+    assert_eq!(template["networks"][0]["multus"]["networkName"], json!(format!("{}/public", t.namespace)));
+    assert_eq!(template["domain"]["devices"]["interfaces"][0]["macAddress"], json!(mac));
+    let network_data = template["volumes"][1]["cloudInitNoCloud"]["networkData"].as_str().unwrap();
+    assert!(network_data.contains(&format!("{ip_a}/29")) && network_data.contains("203.0.113.1"), "{network_data}");
+    let vmi_kind = kube::api::ApiResource::erase::<VirtualMachineInstance>(&());
+    let vmi = Api::<kube::api::DynamicObject>::namespaced_with(client.clone(), &t.namespace, &vmi_kind)
+        .get(&format!("srv-{a}"))
+        .await
+        .unwrap()
+        .data;
+    assert_eq!(vmi["status"]["interfaces"][0]["ipAddress"], json!(ip_a));
+    assert_eq!(vmi["status"]["interfaces"][0]["mac"], json!(mac));
+    let (ok, out, err) = support::kubectl(&["get", "vps", "-n", &t.namespace, "-o", "wide", "--no-headers"]);
+    assert!(ok && out.contains(&ip_a) && out.contains(&format!("2001:db8:16::{last}")), "{out}{err}");
+
+    // A full pool: a clear 409 from the API.
+    let full = create("net-c").await;
+    assert_eq!(full.status, 409, "{full:?}");
+    assert!(full.body["detail"].as_str().unwrap().contains("No public address is left"), "{full:?}");
+
+    // The addresses stay through stop, resize, start, hard reboot and rebuild.
+    let same = |shown: &Value| assert_eq!(shown["ip_address"], json!(ip_a), "{shown}");
+    assert_eq!(action(&gw, &t.token, a, "stop").await.status, 200);
+    same(&wait_status(&gw, &t.token, a, "stopped").await);
+    let resized =
+        gw.call("POST", &format!("/api/v1/servers/{a}/resize/"), Some(&t.token), Some(json!({"plan_id": 2}))).await;
+    assert_eq!(resized.status, 200, "{resized:?}");
+    same(&wait_status(&gw, &t.token, a, "stopped").await);
+    assert_eq!(action(&gw, &t.token, a, "start").await.status, 200);
+    same(&wait_status(&gw, &t.token, a, "active").await);
+    let reboot =
+        gw.call("POST", &format!("/api/v1/servers/{a}/reboot/"), Some(&t.token), Some(json!({"type": "hard"}))).await;
+    assert_eq!(reboot.status, 200, "{reboot:?}");
+    settled_action(&gw, &t.token, a).await;
+    same(&wait_status(&gw, &t.token, a, "active").await);
+    let rebuilt =
+        gw.call("POST", &format!("/api/v1/servers/{a}/rebuild/"), Some(&t.token), Some(json!({"os_id": 3}))).await;
+    assert_eq!(rebuilt.status, 200, "{rebuilt:?}");
+    wait_status(&gw, &t.token, a, "rebuilding").await;
+    same(&wait_status(&gw, &t.token, a, "active").await);
+
+    // A server made with kubectl in the full location waits, in an error that says why.
+    let manifest: VpsServer = serde_json::from_value(json!({
+        "apiVersion": "vps.org/v1alpha1", "kind": "VpsServer",
+        "metadata": {"name": "net-d", "namespace": t.namespace},
+        "spec": {"name": "net-d", "plan": "standard", "os": "debian-12", "location": code},
+    }))
+    .unwrap();
+    servers.create(&PostParams::default(), &manifest).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let status = servers.get("net-d").await.unwrap().status.unwrap_or_default();
+        let ready = status.conditions.iter().find(|c| c.type_ == "Ready").map(|c| c.reason.clone());
+        if status.phase == Some(vps_operator::api::Phase::Error) && ready.as_deref() == Some("AddressPoolExhausted") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not held for an address: {status:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // b's teardown releases its address; after the cool-down it is net-d's.
+    assert_eq!(gw.call("DELETE", &format!("/api/v1/servers/{b}/"), Some(&t.token), None).await.status, 204);
+    let claims: Api<VpsAddress> = Api::all(client.clone());
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let claim = claims.get(&format!("{code}.{ip_b}")).await.unwrap();
+        let d = servers.get("net-d").await.unwrap().status.unwrap_or_default();
+        if claim.spec.server.name == "net-d" && d.phase == Some(vps_operator::api::Phase::Active) {
+            assert_eq!(d.ip_address.as_deref(), Some(ip_b.as_str()), "the released address, reused");
+            assert_eq!(claim.spec.reusable_after, None);
+            break;
+        }
+        assert!(Instant::now() < deadline, "net-d never got the released address: {claim:?} {d:?}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    servers.delete("net-d", &Default::default()).await.unwrap();
+    assert_eq!(gw.call("DELETE", &format!("/api/v1/servers/{a}/"), Some(&t.token), None).await.status, 204);
+    locations.delete(&code, &Default::default()).await.unwrap();
+}

@@ -95,6 +95,13 @@ async fn deploy_manifests_are_accepted_by_the_api_server() {
     let out = dry_run(root().join("deploy/samples").to_str().unwrap(), None);
     assert!(out.contains("vpsserver.vps.org/web-server-01"), "{out}");
     assert!(out.contains("vpsplan.vps.org/standard"), "{out}");
+    // The provider network sample, where Multus is installed.
+    let (multus, _, _) = support::kubectl(&["get", "crd", "network-attachment-definitions.k8s.cni.cncf.io"]);
+    if multus {
+        let out = dry_run(root().join("deploy/samples/provider-network").to_str().unwrap(), None);
+        assert!(out.contains("vpslocation.vps.org/eu-central"), "{out}");
+        assert!(out.contains("networkattachmentdefinition.k8s.cni.cncf.io/public-eu-central"), "{out}");
+    }
 }
 
 #[test]

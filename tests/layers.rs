@@ -7,7 +7,8 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
-const LEAVES: [&str; 13] = [
+const LEAVES: [&str; 14] = [
+    "address_pool",
     "kubevirt",
     "ids",
     "credit_ledger",

@@ -340,8 +340,14 @@ async fn webhooks_accept_every_catalog_vm_and_refuse_a_broken_one() {
             for location in &locations {
                 let key = ResolvedKey { name: "k".into(), public_key: KEY.into() };
                 let resolved = Resolved::of(plan, image, location, Some(key));
-                let inputs =
-                    VmInputs { server: &owner, id: 1, resolved: &resolved, halted: false, simulator_annotations: true };
+                let inputs = VmInputs {
+                    server: &owner,
+                    id: 1,
+                    resolved: &resolved,
+                    halted: false,
+                    simulator_annotations: true,
+                    attached: None,
+                };
                 let mut vm = build_vm(&inputs);
                 vm["metadata"]["name"] =
                     json!(format!("dry-{}-{}-{}", plan.name_any(), image.name_any(), location.name_any()));
@@ -357,10 +363,40 @@ async fn webhooks_accept_every_catalog_vm_and_refuse_a_broken_one() {
             }
         }
     }
+    // On a provider network: bridged to a Multus attachment, with a fixed MAC and network data.
+    let network_data = "version: 2\nethernets:\n  eth0:\n    match: {macaddress: '02:aa:00:00:00:05'}\n    addresses: [203.0.113.5/24]\n";
+    for plan in &plans {
+        let resolved = Resolved::of(plan, &images[0], &locations[0], None);
+        let attached = vps_operator::operator::vm::Attached {
+            attachment: "vps-system/public",
+            mac: "02:aa:00:00:00:05",
+            network_data,
+        };
+        let inputs = VmInputs {
+            server: &owner,
+            id: 1,
+            resolved: &resolved,
+            halted: false,
+            simulator_annotations: true,
+            attached: Some(attached),
+        };
+        let mut vm = build_vm(&inputs);
+        vm["metadata"]["name"] = json!(format!("dry-public-{}", plan.name_any()));
+        let object: kube::api::DynamicObject = serde_json::from_value(vm).unwrap();
+        raw.create(&dry, &object)
+            .await
+            .unwrap_or_else(|e| panic!("virt-api refused the provider-network VM for {}: {e}", plan.name_any()));
+    }
     // A disk that names no volume: KubeVirt's own validation refuses it.
     let resolved = Resolved::of(&plans[0], &images[0], &locations[0], None);
-    let mut broken =
-        build_vm(&VmInputs { server: &owner, id: 1, resolved: &resolved, halted: false, simulator_annotations: true });
+    let mut broken = build_vm(&VmInputs {
+        server: &owner,
+        id: 1,
+        resolved: &resolved,
+        halted: false,
+        simulator_annotations: true,
+        attached: None,
+    });
     broken["metadata"]["name"] = json!("dry-broken");
     broken["spec"]["template"]["spec"]["domain"]["devices"]["disks"]
         .as_array_mut()

@@ -526,8 +526,14 @@ async fn bare_vms(args: &Args, c: &Cluster, template_id: i64, rest: Duration, re
                 let name = format!("bare-{i}");
                 let mut server = template.clone();
                 server.metadata.name = Some(name.clone());
-                let inputs =
-                    VmInputs { server: &server, id: i as i64, resolved, halted: false, simulator_annotations: false };
+                let inputs = VmInputs {
+                    server: &server,
+                    id: i as i64,
+                    resolved,
+                    halted: false,
+                    simulator_annotations: false,
+                    attached: None,
+                };
                 let mut vm = build_vm(&inputs);
                 let labels = json!({LABEL: "true"});
                 vm["metadata"]["labels"] = labels.clone();
@@ -949,7 +955,14 @@ async fn stage_vms(c: &Cluster, template_id: i64, ids: &[i64], clients: usize) -
             async move {
                 let name = format!("srv-{id}");
                 let server = servers.get(&name).await?;
-                let inputs = VmInputs { server: &server, id, resolved, halted: false, simulator_annotations: false };
+                let inputs = VmInputs {
+                    server: &server,
+                    id,
+                    resolved,
+                    halted: false,
+                    simulator_annotations: false,
+                    attached: None,
+                };
                 let apply = PatchParams::apply(vps_operator::api::OPERATOR_MANAGER).force();
                 let vm = vms.patch(&name, &apply, &Patch::Apply(&build_vm(&inputs))).await?;
                 vms.patch_status(&name, &PatchParams::default(), &Patch::Merge(&json!({"status": vm_status}))).await?;

@@ -96,11 +96,13 @@ pub struct ImageSource {
     group = "vps.org",
     version = "v1alpha1",
     kind = "VpsLocation",
-    doc = "A place servers run in: the nodes (a node selector) and the storage class of its servers. Cluster-scoped; its name is the REST API's location code.",
+    doc = "A place servers run in: the nodes (a node selector), the storage class of its servers and their network (the pod network, or a provider network with address pools). Cluster-scoped; its name is the REST API's location code.",
     shortname = "vpsloc",
     category = "hosting",
     printcolumn(name = "Name", type_ = "string", json_path = ".spec.displayName"),
-    printcolumn(name = "StorageClass", type_ = "string", json_path = ".spec.storageClass")
+    printcolumn(name = "StorageClass", type_ = "string", json_path = ".spec.storageClass"),
+    printcolumn(name = "Network", type_ = "string", json_path = ".spec.network.attachment"),
+    printcolumn(name = "IPv4 Pool", type_ = "string", json_path = ".spec.network.ipv4.cidr")
 )]
 #[serde(rename_all = "camelCase")]
 pub struct VpsLocationSpec {
@@ -113,4 +115,8 @@ pub struct VpsLocationSpec {
     /// StorageClass of the servers' root disks; the cluster default when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub storage_class: Option<String>,
+    /// The provider network the servers are bridged to, with the pools their addresses come
+    /// from; the pod network (masquerade NAT) when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<super::LocationNetwork>,
 }

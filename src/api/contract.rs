@@ -22,6 +22,11 @@ pub const BACKUP_SIZE_ANNOTATION: &str = "vps.org/backup-size";
 /// Annotation on an on-demand backup: the `spec.backupRequestedAt` it answers.
 pub const BACKUP_REQUEST_ANNOTATION: &str = "vps.org/backup-request";
 
+/// Label on a `VpsAddress`: the location code whose pools it is from.
+pub const LOCATION_LABEL: &str = "vps.org/location";
+/// Label on a `VpsAddress`: the UID of the server holding it.
+pub const SERVER_UID_LABEL: &str = "vps.org/server-uid";
+
 /// The finalizer that guarantees the teardown of a server's VM, disks and snapshots. The
 /// gateway creates servers with it in place; the operator adds it to servers made with
 /// kubectl and removes it once everything is gone.

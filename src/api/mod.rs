@@ -5,6 +5,7 @@ mod action;
 mod catalog;
 mod conditions;
 pub mod contract;
+mod network;
 mod server;
 pub mod ssh;
 mod tenancy;
@@ -13,6 +14,7 @@ pub use action::{ActionState, ActionType, Expectation, VpsAction, VpsActionSpec,
 pub use catalog::{ImageSource, VpsImage, VpsImageSpec, VpsLocation, VpsLocationSpec, VpsPlan, VpsPlanSpec};
 pub use conditions::{Condition, ConditionStatus};
 pub use contract::*;
+pub use network::{AddressHolder, AddressPool, LocationNetwork, VpsAddress, VpsAddressSpec};
 pub use server::{
     Named, Phase, PowerState, RebootType, Resolved, ResolvedKey, RestoreRequest, RestoreState, RestoreStatus,
     VpsServer, VpsServerSpec, VpsServerStatus,
@@ -44,6 +46,7 @@ pub fn crds() -> Vec<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensi
         VpsAccount::crd(),
         VpsSshKey::crd(),
         VpsAction::crd(),
+        VpsAddress::crd(),
     ]
 }
 

@@ -25,7 +25,8 @@ use super::conditions::{Condition, conditions_schema};
     printcolumn(name = "IP", type_ = "string", json_path = ".status.ipAddress"),
     printcolumn(name = "Plan", type_ = "string", json_path = ".spec.plan"),
     printcolumn(name = "Location", type_ = "string", json_path = ".spec.location"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
+    printcolumn(name = "IPv6", type_ = "string", json_path = ".status.ipv6Address", priority = 1)
 )]
 #[serde(rename_all = "camelCase")]
 #[schemars(extend("x-kubernetes-validations" = [{
@@ -188,12 +189,19 @@ pub struct VpsServerStatus {
     /// Lifecycle phase.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phase: Option<Phase>,
-    /// The guest's IPv4 address, once it reports one.
+    /// The server's IPv4 address: its own for its life on a provider network (from its
+    /// `VpsAddress`), else the one its instance reports.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ip_address: Option<String>,
-    /// The guest's IPv6 address, once it reports one.
+    /// The server's IPv6 address, as the IPv4 one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ipv6_address: Option<String>,
+    /// The `VpsAddress` holding the server's addresses, on a provider network.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address_claim: Option<String>,
+    /// The fixed MAC address of the server's interface, on a provider network.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac_address: Option<String>,
     /// Name of the KubeVirt VirtualMachine.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vm_name: Option<String>,

@@ -23,7 +23,9 @@ use serde::de::DeserializeOwned;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::api::{SERVER_LABEL, VpsAccount, VpsAction, VpsImage, VpsLocation, VpsPlan, VpsServer, VpsSshKey};
+use crate::api::{
+    SERVER_LABEL, VpsAccount, VpsAction, VpsAddress, VpsImage, VpsLocation, VpsPlan, VpsServer, VpsSshKey,
+};
 use crate::kubevirt::VirtualMachineSnapshot;
 use crate::tokens::{TOKEN_LABEL, TokenRecord, read_token_secret};
 use crate::watch_cache::{self, Feed, Index, Ready};
@@ -47,6 +49,8 @@ pub struct Caches {
     pub actions: Store<VpsAction>,
     /// The servers' backups (VirtualMachineSnapshots with a server label).
     pub snapshots: Store<VirtualMachineSnapshot>,
+    /// The addresses given out in the locations' pools.
+    pub addresses: Store<VpsAddress>,
     pub tokens: Arc<TokenIndex>,
     /// Moves on with every change of a plan or image: rendered servers show both.
     catalog_version: Arc<AtomicU64>,
@@ -65,6 +69,7 @@ pub struct Feeds {
     pub ssh_keys: Writer<VpsSshKey>,
     pub actions: Writer<VpsAction>,
     pub snapshots: Writer<VirtualMachineSnapshot>,
+    pub addresses: Writer<VpsAddress>,
     catalog_version: Arc<AtomicU64>,
 }
 
@@ -228,9 +233,10 @@ impl Caches {
         let (ssh_keys, key_writer) = reflector::store();
         let (actions, action_writer) = reflector::store();
         let (snapshots, snapshot_writer) = reflector::store();
+        let (addresses, address_writer) = reflector::store();
         let (ready_tx, ready) = watch::channel(false);
         let stores = (plans.clone(), images.clone(), locations.clone(), accounts.clone(), ssh_keys.clone());
-        let (tracked, backups) = (actions.clone(), snapshots.clone());
+        let (tracked, backups, given) = (actions.clone(), snapshots.clone(), addresses.clone());
         let readiness = tokio::spawn(async move {
             let (p, i, l, a, k) = stores;
             let synced = futures::join!(
@@ -241,9 +247,10 @@ impl Caches {
                 k.wait_until_ready(),
                 tracked.wait_until_ready(),
                 backups.wait_until_ready(),
+                given.wait_until_ready(),
                 Ready::all([servers_ready, tokens_ready]),
             );
-            let stores = [synced.0, synced.1, synced.2, synced.3, synced.4, synced.5, synced.6];
+            let stores = [synced.0, synced.1, synced.2, synced.3, synced.4, synced.5, synced.6, synced.7];
             if stores.iter().all(Result::is_ok) {
                 tracing::info!("Caches synced");
                 ready_tx.send_replace(true);
@@ -259,6 +266,7 @@ impl Caches {
             ssh_keys,
             actions,
             snapshots,
+            addresses,
             tokens,
             catalog_version: catalog_version.clone(),
             ready,
@@ -274,6 +282,7 @@ impl Caches {
             ssh_keys: key_writer,
             actions: action_writer,
             snapshots: snapshot_writer,
+            addresses: address_writer,
             catalog_version,
         };
         (caches, feeds)
@@ -323,6 +332,22 @@ impl Caches {
     pub fn account(&self, name: &str) -> Option<Arc<VpsAccount>> {
         self.accounts.get(&ObjectRef::new(name))
     }
+
+    /// How many servers more `location`'s pools have addresses for; `None` on the pod
+    /// network (or pools that cannot be used: the operator says why).
+    pub fn addresses_left(&self, location: &VpsLocation) -> Option<u64> {
+        let network = location.spec.network.as_ref()?;
+        let code = location.name_any();
+        let pools = crate::address_pool::Pools::parse(&code, network).ok()?;
+        let now = jiff::Timestamp::now();
+        let held = self
+            .addresses
+            .state()
+            .iter()
+            .filter(|a| a.spec.location == code && !a.reusable_at(now) && pools.contains(&a.spec.ipv4))
+            .count();
+        Some(pools.assignments().count().saturating_sub(held) as u64)
+    }
 }
 
 impl Catalog for Caches {
@@ -349,6 +374,7 @@ impl Feeds {
             ssh_keys,
             actions,
             snapshots,
+            addresses,
             catalog_version,
         } = self;
         let catalog = Some(catalog_version);
@@ -360,6 +386,7 @@ impl Feeds {
             spawn_watch(Api::<VpsAccount>::all(client.clone()), all(), |_| {}, into_sink(accounts, None)),
             spawn_watch(Api::<VpsSshKey>::all(client.clone()), all(), |_| {}, into_sink(ssh_keys, None)),
             spawn_watch(Api::<VpsAction>::all(client.clone()), all(), |_| {}, into_sink(actions, None)),
+            spawn_watch(Api::<VpsAddress>::all(client.clone()), all(), |_| {}, into_sink(addresses, None)),
             spawn_watch(
                 Api::<VirtualMachineSnapshot>::all(client.clone()),
                 all().labels(SERVER_LABEL),
@@ -389,8 +416,19 @@ impl Feeds {
             }
             writer.apply_watcher_event(&watcher::Event::InitDone);
         }
-        let Feeds { mut servers, mut tokens, plans, images, locations, accounts, ssh_keys, actions, snapshots, .. } =
-            self;
+        let Feeds {
+            mut servers,
+            mut tokens,
+            plans,
+            images,
+            locations,
+            accounts,
+            ssh_keys,
+            actions,
+            snapshots,
+            addresses,
+            ..
+        } = self;
         servers.load(fixture.servers.into_iter().map(|mut s| {
             prune_server(&mut s);
             s
@@ -403,6 +441,7 @@ impl Feeds {
         load_store(ssh_keys, fixture.ssh_keys);
         load_store(actions, fixture.actions);
         load_store(snapshots, fixture.snapshots);
+        load_store(addresses, fixture.addresses);
     }
 }
 
@@ -418,6 +457,7 @@ pub struct Fixture {
     pub ssh_keys: Vec<VpsSshKey>,
     pub actions: Vec<VpsAction>,
     pub snapshots: Vec<VirtualMachineSnapshot>,
+    pub addresses: Vec<VpsAddress>,
 }
 
 /// Whether `have` is the same as or newer than `want`. resourceVersions are opaque in

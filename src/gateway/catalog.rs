@@ -68,7 +68,7 @@ pub async fn list_locations(
     RawQuery(raw): RawQuery,
 ) -> Result<Json<Page<LocationView>>, ApiError> {
     let mut locations: Vec<LocationView> =
-        state.caches.locations.state().iter().map(|l| view::location_view(l)).collect();
+        state.caches.locations.state().iter().map(|l| view::location_view(l, state.caches.addresses_left(l))).collect();
     locations.sort_by(|a, b| a.code.cmp(&b.code));
     page(locations, raw, &headers, uri.path())
 }
@@ -94,7 +94,8 @@ mod tests {
         let locations = call(&app, "GET", "/api/v1/locations/", Some(TOKEN), None).await;
         assert_eq!(
             locations.body["results"],
-            json!([{"code": "us-east", "name": "US East"}, {"code": "us-west", "name": "US West"}])
+            json!([{"code": "us-east", "name": "US East", "addresses_available": null},
+                   {"code": "us-west", "name": "US West", "addresses_available": null}])
         );
         let paged = call(&app, "GET", "/api/v1/plans/?page_size=1", Some(TOKEN), None).await;
         assert_eq!(paged.body["next"], "http://gw.example.com/api/v1/plans/?page_size=1&page=2");

@@ -153,7 +153,7 @@ pub struct CreateServer {
         (status = 400, description = "Invalid fields, listed all at once"),
         (status = 401, description = "Missing or unknown token"),
         (status = 402, description = "The account's credit does not cover the plan"),
-        (status = 409, description = "The account is being deleted, or a request with this Idempotency-Key is still being processed"),
+        (status = 409, description = "The account is being deleted, no public address is left in the location, or a request with this Idempotency-Key is still being processed"),
     ),
     security(("bearer" = [])))]
 pub async fn create_server(
@@ -327,6 +327,16 @@ async fn create(
             CreatedServer { server: detail(state, &earlier)?, message: CREATED_MESSAGE, action },
             location_of(id),
         ));
+    }
+    // A location on a provider network gives each server addresses of its own: none left,
+    // no server (the operator would hold it in an error until one is released).
+    if let Some(location) = caches.location(&new.location)
+        && caches.addresses_left(&location) == Some(0)
+    {
+        return Err(ApiError::Conflict(format!(
+            "No public address is left in location {}: choose another location, or try again once a server there is deleted.",
+            new.location
+        )));
     }
     // The server's price is committed on the account's ledger before its object exists.
     let price = new.plan.spec.monthly_price_cents;

@@ -101,6 +101,7 @@ pub fn fixture(servers: Vec<VpsServer>, keys: Vec<VpsSshKey>) -> Fixture {
         ssh_keys: keys,
         actions: Vec::new(),
         snapshots: Vec::new(),
+        addresses: Vec::new(),
     }
 }
 

@@ -341,6 +341,9 @@ pub struct LocationView {
     /// The location code used by servers (`us-west`).
     pub code: String,
     pub name: String,
+    /// How many more servers the location has public addresses for (each server keeps its
+    /// own for its life); `null` where servers sit on the pod network, with no fixed address.
+    pub addresses_available: Option<u64>,
 }
 
 /// An SSH key of the account.
@@ -364,8 +367,9 @@ fn os_of_spec(spec: &VpsImageSpec) -> OsRef {
     OsRef { id: spec.id, name: spec.display_name.clone() }
 }
 
-pub fn location_view(l: &VpsLocation) -> LocationView {
-    LocationView { code: l.name_any(), name: l.spec.display_name.clone() }
+/// A location, with `addresses_left` ([`super::cache::Caches::addresses_left`]).
+pub fn location_view(l: &VpsLocation, addresses_left: Option<u64>) -> LocationView {
+    LocationView { code: l.name_any(), name: l.spec.display_name.clone(), addresses_available: addresses_left }
 }
 
 /// The key's integer id, from its label.

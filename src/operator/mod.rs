@@ -7,6 +7,7 @@
 //! - [`queue`]: which server to reconcile when (backoff, readiness, shutdown).
 //! - [`phase`]: pure mapping from KubeVirt's view to the server's phase.
 //! - [`references`]: what a server is built from, resolved once ([`held`]: whose id is whose).
+//! - [`addresses`]: a server's own addresses on a provider network.
 //! - [`vm`]: pure construction of the VirtualMachine.
 //! - [`status`]: the pure next status and the Events it tells of.
 //! - [`reconcile`]: apply and cleanup (behind a finalizer).
@@ -16,6 +17,7 @@
 
 pub mod accounts;
 pub mod actions;
+pub mod addresses;
 pub mod backups;
 pub mod cache;
 pub mod held;
@@ -102,6 +104,9 @@ pub struct OperatorConfig {
     /// Servers reconciled at once.
     #[arg(long, default_value_t = 16)]
     pub concurrency: u16,
+    /// How long a deleted server's addresses are kept from other servers.
+    #[arg(long, value_parser = crate::flags::duration, default_value = "1h")]
+    pub address_cooldown: Duration,
     /// How long finished actions (`VpsAction`) are kept.
     #[arg(long, value_parser = crate::flags::duration, default_value = "7d")]
     pub action_retention: Duration,

@@ -10,6 +10,7 @@ use kube::{Resource, ResourceExt};
 use serde_json::json;
 use std::sync::Arc;
 
+use super::addresses::{self, Addressing};
 use super::observed::{VmState, VmiState, decode_hash};
 use super::phase;
 use super::queue::Next;
@@ -48,11 +49,18 @@ pub async fn apply(server: Arc<VpsServer>, ctx: Arc<Context>) -> Result<Next> {
         Some(resolved) => check_credit(&server, &ctx, &ns, &name, resolved, &old).await?,
         None => None,
     };
+    let addressing = match (&resolution.resolved, credit) {
+        (Some(resolved), None) => addresses::ensure(&server, &ctx, resolved, &old).await?,
+        _ => Addressing::Pod,
+    };
     let vmi = ctx.vmis.get(&ns, &name);
     let rebuild = rebuild::step(&server, &ctx, &old, vmi.is_some()).await?;
     let restore = restore::step(&server, &ctx, &old, vmi.is_some()).await?;
-    let built = match (&resolution.resolved, credit) {
-        (Some(resolved), None) => ensure_vm(&server, &ctx, id, resolved, &old, &rebuild, &restore).await?,
+    let built = match (&resolution.resolved, credit, addressing.fault()) {
+        (Some(resolved), None, None) => {
+            let desired = Desired { id, resolved, attached: addressing.attached() };
+            ensure_vm(&server, &ctx, &desired, &old, &rebuild, &restore).await?
+        }
         _ => Built {
             vm: ctx.vms.get(&ns, &name),
             vm_uid: old.vm_uid.clone(),
@@ -65,7 +73,7 @@ pub async fn apply(server: Arc<VpsServer>, ctx: Arc<Context>) -> Result<Next> {
     }
     let reboot = handle_reboot(&server, &ctx, vmi.as_ref(), &old).await?;
     let force_stop = handle_force_stop(&server, &ctx, vmi.is_some(), &old).await?;
-    let fault = resolution.fault().or(credit).or(built.lost);
+    let fault = resolution.fault().or(credit).or(addressing.fault()).or(built.lost);
     let obs = phase::observe(
         &server.spec,
         fault,
@@ -77,7 +85,8 @@ pub async fn apply(server: Arc<VpsServer>, ctx: Arc<Context>) -> Result<Next> {
     );
     let obs = restore.observe(obs);
     // A failing backup must not hide the server's state: the status is written first.
-    let sound = resolution.resolved.is_some() && credit.is_none() && built.lost.is_none();
+    let sound =
+        resolution.resolved.is_some() && credit.is_none() && addressing.fault().is_none() && built.lost.is_none();
     let backup = if sound { backups::reconcile(&server, &ctx, &ns, &name, obs.phase, &old).await } else { Ok(None) };
     let now = jiff::Timestamp::now().to_string();
     let new = status::next(&status::Inputs {
@@ -86,6 +95,7 @@ pub async fn apply(server: Arc<VpsServer>, ctx: Arc<Context>) -> Result<Next> {
         obs: &obs,
         vm_name: resolution.resolved.is_some().then_some(name.as_str()),
         resolved: resolution.resolved.as_ref(),
+        address: addressing.claim(),
         vm_uid: built.vm_uid.as_deref(),
         root_volume_uid: built.root_volume_uid.as_deref(),
         reference_problem: resolution.problem.as_ref(),
@@ -111,7 +121,8 @@ pub async fn apply(server: Arc<VpsServer>, ctx: Arc<Context>) -> Result<Next> {
             .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
             .await?;
     }
-    Ok(match (resolution.problem.is_some() || credit.is_some(), backup?) {
+    let waiting = resolution.problem.is_some() || credit.is_some() || addressing.fault().is_some();
+    Ok(match (waiting, backup?) {
         (true, _) => Next::After(ctx.config.reference_retry),
         // The root disk's DataVolume is not watched: a rebuild looks again shortly.
         _ if new.rebuild_from_volume.is_some() => Next::After(std::time::Duration::from_secs(1)),
@@ -204,17 +215,24 @@ const DISK_LOST: (&str, &str) = (
      vps.org/recreate to start it on the fresh disk.",
 );
 
+/// What the server's VM is built from, besides the server.
+struct Desired<'a> {
+    id: i64,
+    resolved: &'a Resolved,
+    attached: Option<vm::Attached<'a>>,
+}
+
 /// Applies the VM the server should have when what KubeVirt holds differs from it, unless
 /// the VM or its root disk the server had is gone (then it reports the loss instead).
 async fn ensure_vm(
     server: &VpsServer,
     ctx: &Context,
-    id: i64,
-    resolved: &Resolved,
+    desired: &Desired<'_>,
     old: &VpsServerStatus,
     rebuild: &Rebuild,
     restore: &Restore,
 ) -> Result<Built> {
+    let Desired { id, resolved, attached } = *desired;
     let ns = server.namespace().unwrap_or_default();
     let name = server.name_any();
     let recreate = server.annotations().contains_key(RECREATE_ANNOTATION);
@@ -260,6 +278,7 @@ async fn ensure_vm(
         resolved,
         halted: rebuild.halts() || restore.halts(),
         simulator_annotations: ctx.config.simulator_annotations,
+        attached,
     });
     // A restore replaced the VM's spec by its snapshot's, under the same hash annotation.
     let unchanged = !restore.finished_now
@@ -321,6 +340,7 @@ pub async fn cleanup(server: Arc<VpsServer>, ctx: Arc<Context>) -> Result<()> {
         // An error keeps the finalizer (it is removed once cleanup succeeds).
         return Err(Error::TeardownPending(remaining));
     }
+    addresses::release(&server, &ctx).await?;
     actions::settle_teardown(&ctx, &ns, &name).await?;
     publish(&ctx, &server, EventType::Normal, "Deleted", "The virtual machine, its disks and snapshots are gone").await;
     Ok(())

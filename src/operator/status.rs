@@ -30,6 +30,8 @@ pub struct Inputs<'a> {
     pub vm_name: Option<&'a str>,
     /// What the server is built from (kept when `None`).
     pub resolved: Option<&'a crate::api::Resolved>,
+    /// Its own addresses on a provider network (those recorded are kept when `None`).
+    pub address: Option<&'a crate::api::VpsAddress>,
     /// The UIDs of the VM and its root disk the server has.
     pub vm_uid: Option<&'a str>,
     pub root_volume_uid: Option<&'a str>,
@@ -56,6 +58,7 @@ pub fn next(inputs: &Inputs<'_>) -> VpsServerStatus {
         obs,
         vm_name,
         resolved,
+        address,
         vm_uid,
         root_volume_uid,
         reference_problem,
@@ -83,8 +86,17 @@ pub fn next(inputs: &Inputs<'_>) -> VpsServerStatus {
     status.rebuild_from_volume = rebuild.from_volume.clone().filter(|_| obs.phase == Phase::Rebuilding);
     status.restore = restore.cloned();
     status.phase = Some(obs.phase);
-    status.ip_address = obs.ipv4.clone();
-    status.ipv6_address = obs.ipv6.clone();
+    match address {
+        Some(claim) => {
+            status.address_claim = claim.metadata.name.clone();
+            status.mac_address = Some(claim.spec.mac.clone());
+            status.ip_address = Some(claim.spec.ipv4.clone());
+            status.ipv6_address = claim.spec.ipv6.clone();
+        }
+        // A server with addresses of its own keeps them whatever its instance says.
+        None if old.address_claim.is_some() => {}
+        None => (status.ip_address, status.ipv6_address) = (obs.ipv4.clone(), obs.ipv6.clone()),
+    }
     status.observed_generation = generation;
     if let Some(report) = backup {
         if let Some(t) = report.last_backup.clone() {
@@ -280,6 +292,7 @@ mod tests {
             obs,
             vm_name: Some("srv-7"),
             resolved: None,
+            address: None,
             vm_uid: Some("vm-uid"),
             root_volume_uid: None,
             reference_problem: None,

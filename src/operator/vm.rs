@@ -23,7 +23,22 @@ pub struct VmInputs<'a> {
     pub halted: bool,
     /// Copy the server's failure-injection annotations (only where the node simulator runs).
     pub simulator_annotations: bool,
+    /// On a provider network: the server's own interface there (else the pod network's).
+    pub attached: Option<Attached<'a>>,
 }
+
+/// A server's interface on its location's provider network.
+#[derive(Clone, Copy)]
+pub struct Attached<'a> {
+    /// The NetworkAttachmentDefinition, `namespace/name`.
+    pub attachment: &'a str,
+    pub mac: &'a str,
+    /// The cloud-init network configuration (version 2) of its addresses.
+    pub network_data: &'a str,
+}
+
+/// The name of the VM's interface (and network) on a provider network.
+pub const PUBLIC_INTERFACE: &str = "public";
 
 /// `Always` while the server should run, `Halted` when stopped or suspended.
 pub fn run_strategy(server: &VpsServer) -> &'static str {
@@ -76,6 +91,17 @@ pub fn build_vm(inputs: &VmInputs<'_>) -> Value {
     }
     let source = &inputs.resolved.image.spec.source;
     let memory = format!("{}Mi", plan.memory);
+    let mut cloud_init = json!({"userData": cloud_config});
+    let (interfaces, networks) = match &inputs.attached {
+        None => (json!([{"name": "default", "masquerade": {}}]), json!([{"name": "default", "pod": {}}])),
+        Some(a) => {
+            cloud_init["networkData"] = json!(a.network_data);
+            (
+                json!([{"name": PUBLIC_INTERFACE, "bridge": {}, "macAddress": a.mac}]),
+                json!([{"name": PUBLIC_INTERFACE, "multus": {"networkName": a.attachment}}]),
+            )
+        }
+    };
     let mut vm = json!({
         "apiVersion": "kubevirt.io/v1",
         "kind": "VirtualMachine",
@@ -106,15 +132,15 @@ pub fn build_vm(inputs: &VmInputs<'_>) -> Value {
                                 {"name": "root", "disk": {"bus": "virtio"}},
                                 {"name": "cloudinit", "disk": {"bus": "virtio"}},
                             ],
-                            "interfaces": [{"name": "default", "masquerade": {}}],
+                            "interfaces": interfaces,
                         },
                     },
-                    "networks": [{"name": "default", "pod": {}}],
+                    "networks": networks,
                     "nodeSelector": location.node_selector,
                     "terminationGracePeriodSeconds": 30,
                     "volumes": [
                         {"name": "root", "dataVolume": {"name": root_disk_name(&name)}},
-                        {"name": "cloudinit", "cloudInitNoCloud": {"userData": cloud_config}},
+                        {"name": "cloudinit", "cloudInitNoCloud": cloud_init},
                     ],
                 },
             },
@@ -192,6 +218,7 @@ mod tests {
                     display_name: "US West".into(),
                     node_selector: [("topology.kubernetes.io/region".to_string(), "us-west".to_string())].into(),
                     storage_class: Some("fast".into()),
+                    network: None,
                 },
             },
             ssh_key: key.map(|k| ResolvedKey { name: "k".into(), public_key: k.into() }),
@@ -199,7 +226,14 @@ mod tests {
     }
 
     fn build(server: &VpsServer, key: Option<&str>) -> Value {
-        build_vm(&VmInputs { server, id: 7, resolved: &resolved(key), halted: false, simulator_annotations: true })
+        build_vm(&VmInputs {
+            server,
+            id: 7,
+            resolved: &resolved(key),
+            halted: false,
+            simulator_annotations: true,
+            attached: None,
+        })
     }
 
     #[test]
@@ -261,12 +295,50 @@ mod tests {
         let mut server = mk_server("Running", false);
         server.metadata.annotations = Some([("simulator.vps.org/fail".to_string(), "crash".to_string())].into());
         let r = resolved(None);
-        let with =
-            build_vm(&VmInputs { server: &server, id: 7, resolved: &r, halted: false, simulator_annotations: true });
-        let without =
-            build_vm(&VmInputs { server: &server, id: 7, resolved: &r, halted: false, simulator_annotations: false });
+        let with = build_vm(&VmInputs {
+            server: &server,
+            id: 7,
+            resolved: &r,
+            halted: false,
+            simulator_annotations: true,
+            attached: None,
+        });
+        let without = build_vm(&VmInputs {
+            server: &server,
+            id: 7,
+            resolved: &r,
+            halted: false,
+            simulator_annotations: false,
+            attached: None,
+        });
         assert_eq!(with["metadata"]["annotations"]["simulator.vps.org/fail"], "crash");
         assert!(without["metadata"]["annotations"].get("simulator.vps.org/fail").is_none());
+    }
+
+    #[test]
+    fn on_a_provider_network_the_vm_is_bridged_with_its_mac_and_network_data() {
+        let server = mk_server("Running", false);
+        let r = resolved(None);
+        let attached =
+            Attached { attachment: "vps-system/public", mac: "02:aa:00:00:00:04", network_data: "version: 2\n" };
+        let vm = build_vm(&VmInputs {
+            server: &server,
+            id: 7,
+            resolved: &r,
+            halted: false,
+            simulator_annotations: false,
+            attached: Some(attached),
+        });
+        let spec = &vm["spec"]["template"]["spec"];
+        assert_eq!(
+            spec["domain"]["devices"]["interfaces"],
+            json!([{"name": "public", "bridge": {}, "macAddress": "02:aa:00:00:00:04"}])
+        );
+        assert_eq!(spec["networks"], json!([{"name": "public", "multus": {"networkName": "vps-system/public"}}]));
+        assert_eq!(spec["volumes"][1]["cloudInitNoCloud"]["networkData"], "version: 2\n");
+        // The pod network's VM has no network data at all (its hash is what it was).
+        let pod = build(&server, None);
+        assert!(pod["spec"]["template"]["spec"]["volumes"][1]["cloudInitNoCloud"].get("networkData").is_none());
     }
 
     #[test]

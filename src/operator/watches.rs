@@ -19,8 +19,8 @@ use super::queue::Requests;
 use super::reconcile::RECREATE_ANNOTATION;
 use super::status::Written;
 use crate::api::{
-    ActionState, SERVER_ID_LABEL, SERVER_LABEL, SIMULATOR_ANNOTATION_PREFIX, VpsAccount, VpsAction, VpsImage,
-    VpsLocation, VpsPlan, VpsServer,
+    ActionState, SERVER_ID_LABEL, SERVER_LABEL, SIMULATOR_ANNOTATION_PREFIX, VpsAccount, VpsAction, VpsAddress,
+    VpsImage, VpsLocation, VpsPlan, VpsServer,
 };
 use crate::kubevirt::{VirtualMachineInstanceView, VirtualMachineView};
 use crate::watch_cache::Ready;
@@ -39,15 +39,19 @@ pub struct Caches {
     pub vmis: Cache<VmiState>,
     /// The servers' tracked actions.
     pub actions: Store<VpsAction>,
+    /// The addresses given out in the locations' pools (a change wakes no server: one
+    /// waiting for an address looks again on its own).
+    pub addresses: Store<VpsAddress>,
 }
 
 impl Caches {
     /// Resolves once every cache has listed its objects once.
     pub async fn ready(&self) {
         let (plans, images, locations) = (self.plans.clone(), self.images.clone(), self.locations.clone());
-        let (accounts, actions) = (self.accounts.clone(), self.actions.clone());
+        let (accounts, actions, addresses) = (self.accounts.clone(), self.actions.clone(), self.addresses.clone());
         let _ = futures::join!(
             accounts.wait_until_ready(),
+            addresses.wait_until_ready(),
             actions.wait_until_ready(),
             plans.wait_until_ready(),
             images.wait_until_ready(),
@@ -65,6 +69,7 @@ pub struct Watches {
     vmis: BoxStream<'static, Result<Box<str>, watcher::Error>>,
     actions: BoxStream<'static, Result<Box<str>, watcher::Error>>,
     catalog: BoxStream<'static, Result<(), watcher::Error>>,
+    addresses: BoxStream<'static, Result<(), watcher::Error>>,
 }
 
 /// Starts nothing yet: the caches fill as [`Watches::wake`] runs. `written` learns which of
@@ -110,7 +115,8 @@ pub fn watch(client: &Client, written: Arc<Written>, held: Arc<IdsHeld>) -> (Cac
         .try_flatten();
     let catalog = futures::stream::select_all([plan_events, image_events, location_events]);
     let (actions, action_keys) = reflect_actions(Api::<VpsAction>::all(client.clone()), all());
-    let caches = Caches { accounts, plans, images, locations, servers, vms, vmis, actions };
+    let (addresses, address_events) = reflect(Api::<VpsAddress>::all(client.clone()), all());
+    let caches = Caches { accounts, plans, images, locations, servers, vms, vmis, actions, addresses };
     let watches = Watches {
         accounts: account_events,
         actions: action_keys,
@@ -118,6 +124,7 @@ pub fn watch(client: &Client, written: Arc<Written>, held: Arc<IdsHeld>) -> (Cac
         vms: vm_keys,
         vmis: vmi_keys,
         catalog: catalog.boxed(),
+        addresses: address_events,
     };
     (caches, watches)
 }
@@ -143,6 +150,7 @@ impl Watches {
             self.vms.for_each(wake(requests.clone())),
             self.vmis.for_each(wake(requests.clone())),
             self.actions.for_each(wake(requests.clone())),
+            self.addresses.for_each(|_| futures::future::ready(())),
             // A burst of catalog events (the first list) wakes every server once.
             self.catalog.ready_chunks(256).for_each(|events| {
                 if events.iter().any(Result::is_ok) {

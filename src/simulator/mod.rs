@@ -68,6 +68,7 @@ pub struct SimulatorConfig {
     #[arg(long = "node", default_values_t = [
         "sim-us-west-0:topology.kubernetes.io/region=us-west".to_string(),
         "sim-us-east-0:topology.kubernetes.io/region=us-east".to_string(),
+        "sim-eu-central-0:topology.kubernetes.io/region=eu-central".to_string(),
     ])]
     pub nodes: Vec<String>,
     /// IPv4 pool the guests' addresses come from.

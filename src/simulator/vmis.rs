@@ -107,17 +107,12 @@ async fn reconcile(vmi: Arc<DynamicObject>, sim: Arc<Sim>) -> Result<Action, kub
                 api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch)).await?;
                 return Ok(Action::await_change());
             }
-            let (v4, v6) = sim.pools.for_uid(&vmi.uid().unwrap_or_default());
             let patch = json!({
                 "metadata": {"resourceVersion": rv},
                 "status": {
                     "phase": "Running",
                     "phaseTransitionTimestamps": transition("Running"),
-                    "interfaces": [{
-                        "name": "default", "interfaceName": "eth0", "mac": mac(&v4),
-                        "ipAddress": v4, "ipAddresses": [v4, v6],
-                        "infoSource": "domain", "linkState": "up", "queueCount": 1,
-                    }],
+                    "interfaces": [interface(&sim, &vmi)],
                     "machine": {"type": "q35"},
                     "migrationMethod": "BlockMigration",
                     "guestOSInfo": {},
@@ -128,6 +123,32 @@ async fn reconcile(vmi: Arc<DynamicObject>, sim: Arc<Sim>) -> Result<Action, kub
         }
         _ => Ok(Action::await_change()),
     }
+}
+
+/// The guest's interface as the guest agent reports it: with the addresses its cloud-init
+/// network configuration gives it (a provider network), else one of the simulated pod
+/// network's by the instance's UID.
+fn interface(sim: &Sim, vmi: &DynamicObject) -> Value {
+    let spec = &vmi.data["spec"];
+    let configured = spec["volumes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find_map(|v| v["cloudInitNoCloud"]["networkData"].as_str())
+        .and_then(crate::address_pool::configured);
+    let name = spec["domain"]["devices"]["interfaces"][0]["name"].as_str().unwrap_or("default");
+    let (mac, addresses) = match configured {
+        Some(configured) => configured,
+        None => {
+            let (v4, v6) = sim.pools.for_uid(&vmi.uid().unwrap_or_default());
+            (mac(&v4), vec![v4, v6])
+        }
+    };
+    json!({
+        "name": name, "interfaceName": "eth0", "mac": mac,
+        "ipAddress": addresses.first(), "ipAddresses": addresses,
+        "infoSource": "domain", "linkState": "up", "queueCount": 1,
+    })
 }
 
 /// A locally administered MAC derived from the IPv4 address.
