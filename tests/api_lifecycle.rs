@@ -834,3 +834,124 @@ async fn servers_keep_their_own_addresses_on_a_provider_network() {
     assert_eq!(gw.call("DELETE", &format!("/api/v1/servers/{a}/"), Some(&t.token), None).await.status, 204);
     locations.delete(&code, &Default::default()).await.unwrap();
 }
+
+/// Frames of a console until what they carry holds `needle` (30 s at most); returns it all.
+async fn console_until<S>(ws: &mut S, seen: &mut Vec<u8>, needle: &[u8]) -> Vec<u8>
+where
+    S: futures::Stream<Item = Result<tokio_tungstenite::tungstenite::Message, tokio_tungstenite::tungstenite::Error>>
+        + Unpin,
+{
+    use futures::StreamExt;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !seen.windows(needle.len()).any(|w| w == needle) {
+        let frame = tokio::time::timeout_at(deadline, ws.next()).await;
+        match frame {
+            Ok(Some(Ok(tokio_tungstenite::tungstenite::Message::Binary(b)))) => seen.extend_from_slice(&b),
+            Ok(Some(Ok(_))) => {}
+            other => panic!(
+                "the console ended before {:?}: {other:?}; it said {:?}",
+                String::from_utf8_lossy(needle),
+                String::from_utf8_lossy(seen)
+            ),
+        }
+    }
+    std::mem::take(seen)
+}
+
+/// The HTTP status a websocket handshake to `url` was refused with.
+async fn refused_with(url: &str) -> u16 {
+    match tokio_tungstenite::connect_async(url).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => response.status().as_u16(),
+        Ok(_) => panic!("{url} opened"),
+        Err(e) => panic!("{url}: {e}"),
+    }
+}
+
+/// A customer's consoles end to end (gateway → API server → virt-api → the simulated
+/// virt-handler): the serial console shows a login prompt and echoes what is typed, the VNC
+/// console completes the RFB handshake; a token opens one connection, and none once expired;
+/// another tenant's server is 404, a stopped one 400; a console closes when its server stops.
+#[tokio::test]
+async fn a_customer_opens_the_serial_and_vnc_consoles() {
+    use futures::SinkExt;
+    use k8s_openapi::api::core::v1::ConfigMap;
+    use tokio_tungstenite::tungstenite::Message;
+    let (client, gw, t) = setup("api-console").await;
+    let created = gw
+        .call(
+            "POST",
+            "/api/v1/servers/",
+            Some(&t.token),
+            Some(json!({"name": "console-1", "plan_id": 1, "os_id": 3, "location": "us-west", "hostname": "shell.example.com"})),
+        )
+        .await;
+    assert_eq!(created.status, 201, "{created:?}");
+    let id = created.body["id"].as_i64().unwrap();
+    wait_status(&gw, &t.token, id, "active").await;
+    let console = |token: String, body: Option<Value>| {
+        let gw = &gw;
+        async move { gw.call("POST", &format!("/api/v1/servers/{id}/console/"), Some(&token), body).await }
+    };
+    let bad = console(t.token.clone(), Some(json!({"type": "rdp"}))).await;
+    assert_eq!((bad.status, &bad.body), (400, &json!({"type": ["\"rdp\" is not a valid choice."]})));
+
+    let serial = console(t.token.clone(), None).await;
+    assert_eq!((serial.status, &serial.body["type"]), (200, &json!("serial")), "{serial:?}");
+    let url = serial.body["wss_url"].as_str().unwrap().to_string();
+    assert!(url.starts_with("ws://") && url.ends_with(serial.body["token"].as_str().unwrap()), "{url}");
+    assert!(serial.body["expires_at"].as_str().unwrap().parse::<jiff::Timestamp>().is_ok());
+    let (mut ws, _) = tokio_tungstenite::connect_async(url.as_str()).await.expect("the serial console opens");
+    let mut seen = Vec::new();
+    let banner = console_until(&mut ws, &mut seen, b"shell login: ").await;
+    assert!(String::from_utf8_lossy(&banner).contains("Debian GNU/Linux 12 shell ttyS0"), "{banner:?}");
+    ws.send(Message::binary(b"root\r".to_vec())).await.unwrap();
+    console_until(&mut ws, &mut seen, b"root\r\n").await;
+    ws.close(None).await.unwrap();
+    assert_eq!(refused_with(&url).await, 401, "a token opens one connection");
+
+    // A token whose minute has passed (its ticket made older, as time would).
+    let late = console(t.token.clone(), None).await;
+    let tickets: Api<ConfigMap> = Api::namespaced(client.clone(), "vps-system");
+    for ticket in tickets.list(&kube::api::ListParams::default().labels("vps.org/console-ticket=true")).await.unwrap() {
+        if ticket.data.as_ref().and_then(|d| d.get("id")) == Some(&id.to_string()) {
+            let patch = json!({"data": {"expires-at": "2026-01-01T00:00:00Z"}});
+            tickets.patch(&ticket.name_any(), &Default::default(), &kube::api::Patch::Merge(&patch)).await.unwrap();
+        }
+    }
+    assert_eq!(refused_with(late.body["wss_url"].as_str().unwrap()).await, 401, "an expired token");
+
+    // VNC: RFB 3.8 with no authentication, up to the server's init message.
+    let vnc = console(t.token.clone(), Some(json!({"type": "vnc"}))).await;
+    assert_eq!((vnc.status, &vnc.body["type"]), (200, &json!("vnc")), "{vnc:?}");
+    let (mut ws, _) = tokio_tungstenite::connect_async(vnc.body["wss_url"].as_str().unwrap()).await.unwrap();
+    assert_eq!(console_until(&mut ws, &mut seen, b"RFB 003.008\n").await, b"RFB 003.008\n");
+    ws.send(Message::binary(b"RFB 003.008\n".to_vec())).await.unwrap();
+    assert_eq!(console_until(&mut ws, &mut seen, &[1, 1]).await, [1, 1], "one security type: None");
+    ws.send(Message::binary(vec![1])).await.unwrap();
+    assert_eq!(console_until(&mut ws, &mut seen, &[0, 0, 0, 0]).await, [0, 0, 0, 0], "security passed");
+    ws.send(Message::binary(vec![1])).await.unwrap();
+    let name = format!("srv-{id}");
+    let init = console_until(&mut ws, &mut seen, name.as_bytes()).await;
+    assert_eq!((u16::from_be_bytes([init[0], init[1]]), u16::from_be_bytes([init[2], init[3]])), (1024, 768));
+    drop(ws);
+
+    // Another tenant's server does not exist for it.
+    let other = support::gateway::tenant(&client, "api-console-other", 1_000_000).await;
+    gw.wait_token(&other.token).await;
+    assert_eq!(console(other.token.clone(), None).await.status, 404);
+
+    // A console closes when its server stops; a stopped server has none.
+    let open = console(t.token.clone(), None).await;
+    let (mut ws, _) = tokio_tungstenite::connect_async(open.body["wss_url"].as_str().unwrap()).await.unwrap();
+    console_until(&mut ws, &mut seen, b"login: ").await;
+    assert_eq!(action(&gw, &t.token, id, "stop").await.status, 200);
+    let ended = tokio::time::timeout(Duration::from_secs(90), async {
+        use futures::StreamExt;
+        while let Some(Ok(Message::Binary(_) | Message::Ping(_) | Message::Pong(_))) = ws.next().await {}
+    })
+    .await;
+    assert!(ended.is_ok(), "the console stayed open after the server stopped");
+    wait_status(&gw, &t.token, id, "stopped").await;
+    let stopped = console(t.token.clone(), None).await;
+    assert_eq!((stopped.status, &stopped.body), (400, &json!({"detail": "Server is not running."})));
+}

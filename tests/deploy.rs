@@ -603,6 +603,27 @@ async fn lifecycle_with_service_account_credentials_only() {
     }
     wait_rest(&gw, token, id, "active after the reboot", active).await;
 
+    // The console, with the gateway's two console grants only: its login prompt comes through.
+    let (status, body) = gw.call("POST", &format!("/api/v1/servers/{id}/console/"), token, None).await;
+    assert_eq!(status, 200, "{body}");
+    let (mut console, _) = tokio_tungstenite::connect_async(body["wss_url"].as_str().unwrap())
+        .await
+        .expect("the console opens with the gateway's grants");
+    let prompt = tokio::time::timeout(Duration::from_secs(30), async {
+        use futures::StreamExt;
+        let mut seen = Vec::new();
+        while let Some(Ok(frame)) = console.next().await {
+            seen.extend_from_slice(&frame.into_data());
+            if seen.windows(7).any(|w| w == b"login: ") {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    assert_eq!(prompt, Ok(true), "no login prompt through the console");
+    drop(console);
+
     let (status, body) = gw.call("DELETE", &format!("/api/v1/servers/{id}/"), token, None).await;
     assert_eq!(status, 204, "{body}");
     let vms: Api<VirtualMachine> = Api::namespaced(admin.clone(), &tenant.namespace);

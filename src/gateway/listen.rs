@@ -3,7 +3,7 @@
 //! forever): every connection must deliver a whole request head within the header timeout,
 //! whether it is new or idle between requests, and at most `max_connections` are served at
 //! once (more are closed as soon as they are accepted). Shutdown stops accepting and lets the
-//! requests in flight finish.
+//! requests in flight finish. A request may upgrade its connection (a console's websocket).
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -14,7 +14,6 @@ use axum::Router;
 
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tower::ServiceExt;
@@ -31,8 +30,11 @@ pub struct Limits {
 
 /// Serves `app` on `listener` until `shutdown` resolves.
 pub async fn serve(listener: TcpListener, app: Router, limits: Limits, shutdown: impl Future<Output = ()>) {
-    let permits = Arc::new(Semaphore::new(limits.max_connections.max(1)));
-    let graceful = GracefulShutdown::new();
+    let capacity = limits.max_connections.max(1);
+    let permits = Arc::new(Semaphore::new(capacity));
+    // hyper-util's graceful shutdown does not take connections that may upgrade: each
+    // connection watches this itself, and the permits tell when all are done.
+    let (stopping, stop) = tokio::sync::watch::channel(false);
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
@@ -60,21 +62,34 @@ pub async fn serve(listener: TcpListener, app: Router, limits: Limits, shutdown:
                 Ok::<_, Infallible>(app.oneshot(req.map(axum::body::Body::new)).await.unwrap_or_else(|e| match e {}))
             }
         });
+        // With upgrades: the consoles' websockets (once upgraded, a connection no longer
+        // counts against the cap: its permit goes with the HTTP connection).
         let connection = http1::Builder::new()
             .timer(TokioTimer::new())
             .header_read_timeout(limits.header_timeout)
             .keep_alive(true)
-            .serve_connection(TokioIo::new(stream), service);
-        let connection = graceful.watch(connection);
+            .serve_connection(TokioIo::new(stream), service)
+            .with_upgrades();
+        let mut stop = stop.clone();
         tokio::spawn(async move {
-            if let Err(e) = connection.await {
+            let mut connection = std::pin::pin!(connection);
+            let ended = tokio::select! {
+                ended = connection.as_mut() => ended,
+                () = async { drop(stop.wait_for(|s| *s).await) } => {
+                    connection.as_mut().graceful_shutdown();
+                    connection.await
+                }
+            };
+            if let Err(e) = ended {
                 tracing::debug!(%peer, "Connection ended: {e}");
             }
             drop(permit);
         });
     }
     drop(listener);
-    if tokio::time::timeout(DRAIN, graceful.shutdown()).await.is_err() {
+    stopping.send_replace(true);
+    let all_done = permits.acquire_many(u32::try_from(capacity).unwrap_or(u32::MAX));
+    if tokio::time::timeout(DRAIN, all_done).await.is_err() {
         tracing::warn!("Requests still open {} s after the shutdown began", DRAIN.as_secs());
     }
 }

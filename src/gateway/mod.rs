@@ -10,6 +10,8 @@
 //!   `actions`, a server's backups in `backups`).
 //! - [`view`]: the JSON representation, [`validate`]: hand validation with DRF's messages.
 //! - [`idempotency`]: `Idempotency-Key` replay kept in the cluster.
+//! - [`console`]: a server's serial or VNC console, relayed to KubeVirt's; its single-use
+//!   tokens in [`console_tickets`].
 //! - [`metrics`], [`openapi`], [`docs`]: `/metrics` (its own listener), `/api/v1/openapi.json`
 //!   and the docs page rendering it, `/api/v1/docs/`.
 //! - [`access`]: each request's `X-Request-Id` and access log line.
@@ -21,6 +23,8 @@ pub mod auth;
 pub mod backups;
 pub mod cache;
 pub mod catalog;
+pub mod console;
+pub mod console_tickets;
 pub mod credit;
 pub mod docs;
 pub mod error;
@@ -204,6 +208,7 @@ pub fn app(state: AppState) -> Router {
     let api = Router::new()
         .merge(servers::router())
         .merge(power::router())
+        .merge(console::router())
         .merge(lifecycle::router())
         .merge(actions::router())
         .merge(backups::router())

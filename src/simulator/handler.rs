@@ -1,5 +1,5 @@
 //! virt-handler's own endpoint on each simulated node: what virt-api calls for an instance's
-//! soft reboot and reset. virt-api finds a node's virt-handler as a Pod labelled
+//! soft reboot and reset, and its consoles ([`console`]). virt-api finds a node's virt-handler as a Pod labelled
 //! `kubevirt.io=virt-handler` on that node in KubeVirt's namespace and calls it at the Pod's
 //! address on its `--console-server-port`, over TLS with certificates of the KubeVirt CA (the
 //! ConfigMap `kubevirt-ca`; virt-handler's serving certificate is the Secret
@@ -25,7 +25,7 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use serde_json::json;
 
-use super::{Failure, Sim};
+use super::{Failure, Sim, console};
 use crate::api::SIMULATOR_MANAGER;
 use crate::kubevirt::{CA_CONFIG_MAP, HANDLER_SERVER_SECRET, KUBEVIRT_NAMESPACE};
 
@@ -51,10 +51,11 @@ pub async fn run(sim: Arc<Sim>, port: u16) -> Result<()> {
             };
             let service = hyper::service::service_fn(move |req| {
                 let sim = sim.clone();
-                async move { Ok::<_, std::convert::Infallible>(answer(&sim, req).await) }
+                async move { Ok::<_, std::convert::Infallible>(answer(sim, req).await) }
             });
             let io = hyper_util::rt::TokioIo::new(stream);
-            if let Err(e) = hyper::server::conn::http1::Builder::new().serve_connection(io, service).await {
+            let connection = hyper::server::conn::http1::Builder::new().serve_connection(io, service).with_upgrades();
+            if let Err(e) = connection.await {
                 tracing::debug!("Simulated virt-handler: a connection ended: {e}");
             }
         });
@@ -132,39 +133,42 @@ async fn register_pods(sim: &Sim) -> Result<()> {
     Ok(())
 }
 
-/// What a request asks of an instance: `PUT /v1/namespaces/NS/virtualmachineinstances/NAME/VERB`.
+/// What a request asks of an instance: `PUT /v1/namespaces/NS/virtualmachineinstances/NAME/VERB`
+/// for a soft reboot or reset, `GET .../console` or `.../vnc` for a console.
 fn parse(method: &Method, path: &str) -> Option<(String, String, Verb)> {
     let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
-    match (method, parts.as_slice()) {
-        (&Method::PUT, ["v1", "namespaces", ns, "virtualmachineinstances", name, verb]) => {
-            let verb = match *verb {
-                "softreboot" => Verb::SoftReboot,
-                "reset" => Verb::Reset,
-                _ => return None,
-            };
-            Some((ns.to_string(), name.to_string(), verb))
-        }
-        _ => None,
-    }
+    let ["v1", "namespaces", ns, "virtualmachineinstances", name, verb] = parts.as_slice() else { return None };
+    let verb = match (method, *verb) {
+        (&Method::PUT, "softreboot") => Verb::SoftReboot,
+        (&Method::PUT, "reset") => Verb::Reset,
+        (&Method::GET, "console") => Verb::Console(console::Kind::Serial),
+        (&Method::GET, "vnc") => Verb::Console(console::Kind::Vnc),
+        _ => return None,
+    };
+    Some((ns.to_string(), name.to_string(), verb))
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Verb {
     SoftReboot,
     Reset,
+    Console(console::Kind),
 }
 
-fn text(status: StatusCode, body: &str) -> Response<Full<Bytes>> {
+pub(super) fn text(status: StatusCode, body: &str) -> Response<Full<Bytes>> {
     let mut r = Response::new(Full::new(Bytes::from(body.to_string())));
     *r.status_mut() = status;
     r
 }
 
-async fn answer(sim: &Sim, req: Request<hyper::body::Incoming>) -> Response<Full<Bytes>> {
+async fn answer(sim: Arc<Sim>, req: Request<hyper::body::Incoming>) -> Response<Full<Bytes>> {
     let Some((ns, name, verb)) = parse(req.method(), req.uri().path()) else {
         return text(StatusCode::NOT_FOUND, "not found");
     };
-    match act(sim, &ns, &name, verb).await {
+    if let Verb::Console(kind) = verb {
+        return console::accept(sim, req, ns, name, kind).await;
+    }
+    match act(&sim, &ns, &name, verb).await {
         Ok(r) => r,
         Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
     }
@@ -190,6 +194,7 @@ async fn act(sim: &Sim, ns: &str, name: &str, verb: Verb) -> Result<Response<Ful
     let (reason, note) = match verb {
         Verb::SoftReboot => ("SoftRebooted", "VirtualMachineInstance soft rebooted"),
         Verb::Reset => ("Reset", "VirtualMachineInstance reset"),
+        Verb::Console(_) => return Ok(text(StatusCode::NOT_FOUND, "not found")), // served by console::accept
     };
     let reporter = Reporter { controller: "virt-handler".into(), instance: node.map(String::from) };
     let event = Event {
@@ -215,6 +220,11 @@ mod tests {
         let reset = "/v1/namespaces/t1/virtualmachineinstances/vps-1/reset";
         assert_eq!(parse(&Method::PUT, reset).map(|p| p.2), Some(Verb::Reset));
         assert_eq!(parse(&Method::GET, path), None);
+        let console = "/v1/namespaces/t1/virtualmachineinstances/vps-1/console";
+        assert_eq!(parse(&Method::GET, console).map(|p| p.2), Some(Verb::Console(console::Kind::Serial)));
+        let vnc = "/v1/namespaces/t1/virtualmachineinstances/vps-1/vnc";
+        assert_eq!(parse(&Method::GET, vnc).map(|p| p.2), Some(Verb::Console(console::Kind::Vnc)));
+        assert_eq!(parse(&Method::PUT, console), None);
         assert_eq!(parse(&Method::PUT, "/v1/namespaces/t1/virtualmachineinstances/vps-1/pause"), None);
         assert_eq!(parse(&Method::PUT, "/v1/namespaces/t1/virtualmachineinstances/vps-1/softreboot/x"), None);
     }

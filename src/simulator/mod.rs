@@ -5,7 +5,8 @@
 //!   labels, heartbeat and device resources.
 //! - [`pods`]: kubelet's part for launcher Pods.
 //! - [`vmis`]: virt-handler's part for VirtualMachineInstances.
-//! - [`handler`]: virt-handler's endpoint that virt-api calls (soft reboot, reset).
+//! - [`handler`]: virt-handler's endpoint that virt-api calls (soft reboot, reset), and its
+//!   serial and VNC consoles ([`console`]).
 //! - [`volumes`]: CDI's importer for DataVolumes (a bound PVC, then Succeeded), and a CSI
 //!   snapshotter's part for VolumeSnapshots.
 //!
@@ -13,6 +14,7 @@
 //! annotation [`FAILURE_ANNOTATION`] (the operator copies it from the server).
 
 pub mod addresses;
+pub mod console;
 pub mod handler;
 pub mod nodes;
 pub mod pods;
