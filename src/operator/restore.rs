@@ -112,8 +112,48 @@ pub async fn step(server: &VpsServer, ctx: &Context, old: &VpsServerStatus, inst
         restore.finished_now = true;
         let note = format!("Restored from backup {} (VirtualMachineRestore {restore_name})", status.backup_id);
         publish(ctx, server, EventType::Normal, "Restored", &note).await;
+    } else if waits_for_new_claims(&current) && nudge_due(&current, jiff::Timestamp::now()) {
+        nudge_if_claim_gone(ctx, &restores, &current, &ns, &name).await?;
     }
     Ok(restore)
+}
+
+/// Annotation on a VirtualMachineRestore: when the operator last woke virt-controller for it.
+const NUDGED_AT_ANNOTATION: &str = "vps.org/nudged-at";
+/// How often a stalled restore is woken.
+const NUDGE_EVERY: jiff::SignedDuration = jiff::SignedDuration::from_secs(5);
+
+/// virt-controller deleted the old claim and waits to create the restored one.
+fn waits_for_new_claims(restore: &VirtualMachineRestore) -> bool {
+    let status = restore.status.as_ref();
+    status.is_some_and(|s| s.conditions.iter().any(|c| c.reason.as_deref() == Some("Waiting for new PVCs")))
+}
+
+fn nudge_due(restore: &VirtualMachineRestore, now: jiff::Timestamp) -> bool {
+    let last = restore.annotations().get(NUDGED_AT_ANNOTATION).and_then(|t| t.parse::<jiff::Timestamp>().ok());
+    last.is_none_or(|t| now.duration_since(t) >= NUDGE_EVERY)
+}
+
+/// KubeVirt 1.7's restore controller is woken by a claim's creation and updates, not its
+/// deletion: when the old root claim's final delete comes after its last look, the restore
+/// waits forever for an event (seen under load in the tests). Once the claim is gone, an
+/// annotation (an update of the restore) wakes it.
+async fn nudge_if_claim_gone(
+    ctx: &Context,
+    restores: &Api<VirtualMachineRestore>,
+    restore: &VirtualMachineRestore,
+    ns: &str,
+    server: &str,
+) -> Result<()> {
+    let claims: Api<k8s_openapi::api::core::v1::PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), ns);
+    if claims.get_metadata_opt(&super::vm::root_disk_name(server)).await?.is_some() {
+        return Ok(());
+    }
+    let now = crate::timestamps::now();
+    let patch = serde_json::json!({"metadata": {"annotations": {NUDGED_AT_ANNOTATION: now}}});
+    restores.patch(&restore.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await?;
+    tracing::info!(namespace = %ns, server, "Woke KubeVirt's restore, which waits for a claim already gone");
+    Ok(())
 }
 
 #[cfg(test)]
