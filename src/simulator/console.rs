@@ -93,11 +93,11 @@ async fn running(sim: &Sim, ns: &str, name: &str) -> Result<Option<DynamicObject
     }))
 }
 
-/// Resolves once the instance no longer runs (looked at every second).
+/// Resolves once the instance has stopped ([`super::vmis::stopped`], looked at every second).
 async fn stopped(sim: &Sim, ns: &str, name: &str) {
     loop {
         tokio::time::sleep(Duration::from_secs(1)).await;
-        if matches!(running(sim, ns, name).await, Ok(None)) {
+        if super::vmis::stopped(sim, ns, name).await.unwrap_or(false) {
             return;
         }
     }
