@@ -520,7 +520,13 @@ async fn backups_are_taken_pruned_and_stopped() {
             .filter(|s| s.status.as_ref().and_then(|st| st.ready_to_use) == Some(true))
             .count()
     };
-    let list = snapshots.list(&Default::default()).await.unwrap().items;
+    // A snapshot that just became ready is pruned by the next reconcile: look until it is.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut list = snapshots.list(&Default::default()).await.unwrap().items;
+    while ready(&list) > 2 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        list = snapshots.list(&Default::default()).await.unwrap().items;
+    }
     assert!(ready(&list) <= 2, "retention keeps the newest 2, found {}", ready(&list));
     assert!(ready(&list) >= 1);
 
