@@ -905,9 +905,32 @@ async fn a_customer_opens_the_serial_and_vnc_consoles() {
     let banner = console_until(&mut ws, &mut seen, b"shell login: ").await;
     assert!(String::from_utf8_lossy(&banner).contains("Debian GNU/Linux 12 shell ttyS0"), "{banner:?}");
     ws.send(Message::binary(b"root\r".to_vec())).await.unwrap();
-    console_until(&mut ws, &mut seen, b"root\r\n").await;
+    console_until(&mut ws, &mut seen, b"root\r\n\r\nLogin incorrect\r\nshell login: ").await;
     ws.close(None).await.unwrap();
     assert_eq!(refused_with(&url).await, 401, "a token opens one connection");
+
+    // The boot log: KubeVirt's serial console log of the instance, through the API server's
+    // pods/log and the node's kubelet; what the console showed is in it.
+    let output = |token: String, query: &'static str| {
+        let gw = &gw;
+        async move { gw.call("GET", &format!("/api/v1/servers/{id}/console-output/{query}"), Some(&token), None).await }
+    };
+    let log = output(t.token.clone(), "").await;
+    assert_eq!(log.status, 200, "{log:?}");
+    let text = log.body["output"].as_str().unwrap();
+    assert!(text.contains("smpboot: Allowing 2 CPUs") && text.contains("Debian GNU/Linux 12 shell ttyS0\n"), "{text}");
+    assert!(text.ends_with("shell login: root\n\nLogin incorrect\nshell login: "), "{text}");
+    assert!(!text.contains('\r'));
+    assert_eq!(log.body["lines"].as_u64(), Some(text.lines().count() as u64));
+    let last = output(t.token.clone(), "?lines=2").await;
+    assert_eq!(last.body, json!({"output": "Login incorrect\nshell login: ", "lines": 2}), "{last:?}");
+    for query in ["?lines=0", "?lines=1001", "?lines=ten"] {
+        let bad = output(t.token.clone(), query).await;
+        assert_eq!(
+            (bad.status, &bad.body),
+            (400, &json!({"lines": ["Ensure this value is an integer from 1 to 1000."]}))
+        );
+    }
 
     // A token whose minute has passed (its ticket made older, as time would).
     let late = console(t.token.clone(), None).await;
@@ -939,6 +962,7 @@ async fn a_customer_opens_the_serial_and_vnc_consoles() {
     let other = support::gateway::tenant(&client, "api-console-other", 1_000_000).await;
     gw.wait_token(&other.token).await;
     assert_eq!(console(other.token.clone(), None).await.status, 404);
+    assert_eq!(output(other.token.clone(), "").await.status, 404);
 
     // A console closes when its server stops; a stopped server has none.
     let open = console(t.token.clone(), None).await;
@@ -954,4 +978,7 @@ async fn a_customer_opens_the_serial_and_vnc_consoles() {
     wait_status(&gw, &t.token, id, "stopped").await;
     let stopped = console(t.token.clone(), None).await;
     assert_eq!((stopped.status, &stopped.body), (400, &json!({"detail": "Server is not running."})));
+    let none = output(t.token.clone(), "").await;
+    let detail = "Server is not running: its console output is kept while it runs.";
+    assert_eq!((none.status, &none.body), (400, &json!({"detail": detail})));
 }

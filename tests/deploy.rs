@@ -624,6 +624,11 @@ async fn lifecycle_with_service_account_credentials_only() {
     assert_eq!(prompt, Ok(true), "no login prompt through the console");
     drop(console);
 
+    // The boot log, with the gateway's grants of Pods (list) and their logs.
+    let (status, body) = gw.call("GET", &format!("/api/v1/servers/{id}/console-output/?lines=1"), token, None).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body["output"].as_str().unwrap().ends_with("login: "), "{body}");
+
     let (status, body) = gw.call("DELETE", &format!("/api/v1/servers/{id}/"), token, None).await;
     assert_eq!(status, 204, "{body}");
     let vms: Api<VirtualMachine> = Api::namespaced(admin.clone(), &tenant.namespace);

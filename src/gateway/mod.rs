@@ -11,7 +11,7 @@
 //! - [`view`]: the JSON representation, [`validate`]: hand validation with DRF's messages.
 //! - [`idempotency`]: `Idempotency-Key` replay kept in the cluster.
 //! - [`console`]: a server's serial or VNC console, relayed to KubeVirt's; its single-use
-//!   tokens in [`console_tickets`].
+//!   tokens in [`console_tickets`]; its boot log in [`console_output`].
 //! - [`metrics`], [`openapi`], [`docs`]: `/metrics` (its own listener), `/api/v1/openapi.json`
 //!   and the docs page rendering it, `/api/v1/docs/`.
 //! - [`access`]: each request's `X-Request-Id` and access log line.
@@ -24,6 +24,7 @@ pub mod backups;
 pub mod cache;
 pub mod catalog;
 pub mod console;
+pub mod console_output;
 pub mod console_tickets;
 pub mod credit;
 pub mod docs;
@@ -209,6 +210,7 @@ pub fn app(state: AppState) -> Router {
         .merge(servers::router())
         .merge(power::router())
         .merge(console::router())
+        .merge(console_output::router())
         .merge(lifecycle::router())
         .merge(actions::router())
         .merge(backups::router())

@@ -133,6 +133,10 @@ pub fn build_vm(inputs: &VmInputs<'_>) -> Value {
                                 {"name": "cloudinit", "disk": {"bus": "virtio"}},
                             ],
                             "interfaces": interfaces,
+                            // The serial console's output, kept by the launcher's
+                            // `guest-console-log` container (the server's console-output),
+                            // whatever the cluster's default.
+                            "logSerialConsole": true,
                         },
                     },
                     "networks": networks,

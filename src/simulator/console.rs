@@ -54,7 +54,9 @@ pub async fn accept(
         .get(http::header::SEC_WEBSOCKET_PROTOCOL)
         .and_then(|p| p.to_str().ok())
         .is_some_and(|p| p.split(',').any(|p| p.trim() == PLAIN_PROTOCOL));
-    let host = hostname(&vmi).unwrap_or_else(|| name.clone());
+    let uid = vmi.metadata.uid.clone().unwrap_or_default();
+    let host = super::serial::hostname(&vmi).unwrap_or_else(|| name.clone());
+    let boot = super::serial::boot_of(&vmi);
     tokio::spawn(async move {
         let upgraded = match hyper::upgrade::on(req).await {
             Ok(upgraded) => upgraded,
@@ -63,7 +65,7 @@ pub async fn accept(
         let socket = WebSocketStream::from_raw_socket(hyper_util::rt::TokioIo::new(upgraded), Role::Server, None).await;
         let session = async {
             match kind {
-                Kind::Serial => serial(socket, &host).await,
+                Kind::Serial => serial(socket, &sim, &uid, &host, &boot).await,
                 Kind::Vnc => vnc(socket, &name).await,
             }
         };
@@ -103,25 +105,16 @@ async fn stopped(sim: &Sim, ns: &str, name: &str) {
     }
 }
 
-/// The host name the instance's cloud-init user data gives it.
-fn hostname(vmi: &DynamicObject) -> Option<String> {
-    let user_data = vmi.data["spec"]["volumes"]
-        .as_array()?
-        .iter()
-        .find_map(|v| v["cloudInitNoCloud"]["userData"].as_str())?
-        .to_string();
-    let config: serde_yaml::Value = serde_yaml::from_str(&user_data).ok()?;
-    config.get("hostname")?.as_str().map(String::from)
-}
-
-/// A booted Debian guest's serial console: what it printed last, a login prompt, and the
-/// typed input echoed (a line typed is answered as a failed login).
-async fn serial(mut socket: Socket, host: &str) {
-    let prompt = format!("{host} login: ");
-    let banner = format!(
-        "[  OK  ] Finished cloud-init-local.service.\r\n[  OK  ] Reached target multi-user.target.\r\n\r\nDebian GNU/Linux 12 {host} ttyS0\r\n\r\n{prompt}"
-    );
-    if socket.send(Message::binary(banner.into_bytes())).await.is_err() {
+/// A booted Debian guest's serial console: the last lines it printed (its boot, then what
+/// consoles showed since), a login prompt, and the typed input echoed (a line typed is
+/// answered as a failed login). What it shows is kept in the instance's transcript, the log
+/// the simulated kubelet serves.
+async fn serial(mut socket: Socket, sim: &Sim, uid: &str, host: &str, boot: &str) {
+    let prompt = super::serial::prompt(host);
+    let mut shown = boot.as_bytes().to_vec();
+    shown.extend_from_slice(&sim.serial.of(uid));
+    let last = super::serial::tail(&shown, Some(6)).to_vec();
+    if socket.send(Message::binary(last)).await.is_err() {
         return;
     }
     while let Some(Ok(message)) = socket.next().await {
@@ -138,6 +131,7 @@ async fn serial(mut socket: Socket, host: &str) {
                 b => echo.push(b),
             }
         }
+        sim.serial.record(uid, &echo);
         if socket.send(Message::binary(echo)).await.is_err() {
             break;
         }

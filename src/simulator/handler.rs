@@ -40,26 +40,7 @@ pub async fn run(sim: Arc<Sim>, port: u16) -> Result<()> {
         .await
         .with_context(|| format!("virt-handler: listen on {ADDRESS}:{port}"))?;
     register_pods(&sim).await?;
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
-    loop {
-        let (stream, _) = listener.accept().await?;
-        let (acceptor, sim) = (acceptor.clone(), sim.clone());
-        tokio::spawn(async move {
-            let stream = match acceptor.accept(stream).await {
-                Ok(s) => s,
-                Err(e) => return tracing::debug!("Simulated virt-handler: a TLS handshake failed: {e}"),
-            };
-            let service = hyper::service::service_fn(move |req| {
-                let sim = sim.clone();
-                async move { Ok::<_, std::convert::Infallible>(answer(sim, req).await) }
-            });
-            let io = hyper_util::rt::TokioIo::new(stream);
-            let connection = hyper::server::conn::http1::Builder::new().serve_connection(io, service).with_upgrades();
-            if let Err(e) = connection.await {
-                tracing::debug!("Simulated virt-handler: a connection ended: {e}");
-            }
-        });
-    }
+    super::tls::serve(listener, Arc::new(tls), "virt-handler", move |req| answer(sim.clone(), req)).await
 }
 
 /// virt-handler's TLS: its serving certificate, and only clients the KubeVirt CA signed.
@@ -80,17 +61,7 @@ async fn tls_config(client: &kube::Client) -> Result<rustls::ServerConfig> {
     };
     let certs = CertificateDer::pem_slice_iter(&field("tls.crt")?).collect::<Result<Vec<_>, _>>()?;
     let key = PrivateKeyDer::from_pem_slice(&field("tls.key")?)?;
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_slice_iter(ca.as_bytes()) {
-        roots.add(cert?)?;
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let verifier =
-        rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone()).build()?;
-    Ok(rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
-        .with_client_cert_verifier(verifier)
-        .with_single_cert(certs, key)?)
+    super::tls::server_config(certs, key, ca.as_bytes())
 }
 
 /// One Running virt-handler Pod per simulated node, at [`ADDRESS`].

@@ -3,10 +3,12 @@
 //!
 //! - [`nodes`]: simulated Nodes with kubelet's Lease and Ready heartbeat and virt-handler's
 //!   labels, heartbeat and device resources.
-//! - [`pods`]: kubelet's part for launcher Pods.
+//! - [`pods`]: kubelet's part for launcher Pods; [`kubelet`]: its endpoint, for containers' logs.
+//! - [`serial`]: a guest's serial port: its boot and what its consoles showed, the log of its
+//!   launcher's `guest-console-log` container.
 //! - [`vmis`]: virt-handler's part for VirtualMachineInstances.
 //! - [`handler`]: virt-handler's endpoint that virt-api calls (soft reboot, reset), and its
-//!   serial and VNC consoles ([`console`]).
+//!   serial and VNC consoles ([`console`]); [`tls`]: the TLS of both endpoints.
 //! - [`volumes`]: CDI's importer for DataVolumes (a bound PVC, then Succeeded), and a CSI
 //!   snapshotter's part for VolumeSnapshots.
 //!
@@ -16,8 +18,11 @@
 pub mod addresses;
 pub mod console;
 pub mod handler;
+pub mod kubelet;
 pub mod nodes;
 pub mod pods;
+pub mod serial;
+pub mod tls;
 pub mod vmis;
 pub mod volumes;
 
@@ -102,6 +107,10 @@ pub struct SimulatorConfig {
     /// KubeVirt's namespace; and register a virt-handler Pod per node. Unset: no endpoint.
     #[arg(long)]
     pub virt_handler_port: Option<u16>,
+    /// kubelet: serve each node's endpoint (containers' logs) on the node's InternalIP at this
+    /// port (0: a free one), published in the Node's status for the API server.
+    #[arg(long, default_value_t = 0)]
+    pub kubelet_port: u16,
 }
 
 impl Default for SimulatorConfig {
@@ -117,6 +126,8 @@ pub struct Sim {
     pub node_names: Vec<String>,
     pub vms: Store<VirtualMachine>,
     pub pools: addresses::Pools,
+    /// What each instance's serial console showed.
+    pub serial: serial::Transcripts,
 }
 
 impl Sim {
@@ -125,6 +136,11 @@ impl Sim {
         self.vms
             .get(&ObjectRef::new(vm_name).within(ns))
             .and_then(|vm| vm.annotations().get(FAILURE_ANNOTATION).and_then(|v| Failure::parse(v)))
+    }
+
+    /// The InternalIP of the simulated node `node`.
+    pub fn node_address(&self, node: Option<&str>) -> Option<String> {
+        self.node_names.iter().position(|n| Some(n.as_str()) == node).map(nodes::address)
     }
 
     pub fn is_our_node(&self, node: Option<&str>) -> bool {
@@ -144,7 +160,9 @@ pub async fn run(client: Client, config: SimulatorConfig) -> anyhow::Result<()> 
         Some(v) => v.clone(),
         None => client.apiserver_version().await?.git_version,
     };
-    nodes::register(&client, &specs, &kubelet_version).await?;
+    let addresses: Vec<String> = (0..specs.len()).map(nodes::address).collect();
+    let kubelet_listeners = kubelet::bind(&addresses, config.kubelet_port).await?;
+    nodes::register(&client, &specs, &kubelet_version, kubelet_listeners.port).await?;
 
     let (vms, vm_writer) = kube::runtime::reflector::store();
     let vm_watch = {
@@ -163,6 +181,7 @@ pub async fn run(client: Client, config: SimulatorConfig) -> anyhow::Result<()> 
         config,
         vms,
         pools,
+        serial: Default::default(),
     });
     let handler = async {
         match handler_port {
@@ -172,6 +191,7 @@ pub async fn run(client: Client, config: SimulatorConfig) -> anyhow::Result<()> 
     };
     tokio::select! {
         r = handler => r?,
+        r = kubelet::serve(sim.clone(), kubelet_listeners) => r?,
         _ = vm_watch => {}
         r = nodes::heartbeat(client.clone(), specs) => r?,
         r = pods::run(sim.clone()) => r?,

@@ -57,8 +57,14 @@ fn micro_now() -> String {
     jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%S%.6fZ").to_string()
 }
 
-/// Creates or updates the Nodes and reports them Ready, with kubelet `kubelet_version`.
-pub async fn register(client: &Client, specs: &[NodeSpec], kubelet_version: &str) -> Result<()> {
+/// The InternalIP of the `i`-th simulated node.
+pub fn address(i: usize) -> String {
+    format!("127.0.1.{}", i + 1)
+}
+
+/// Creates or updates the Nodes and reports them Ready, with kubelet `kubelet_version`
+/// listening on `kubelet_port`.
+pub async fn register(client: &Client, specs: &[NodeSpec], kubelet_version: &str, kubelet_port: u16) -> Result<()> {
     let api: Api<Node> = Api::all(client.clone());
     for (i, spec) in specs.iter().enumerate() {
         let node = json!({
@@ -76,7 +82,8 @@ pub async fn register(client: &Client, specs: &[NodeSpec], kubelet_version: &str
         });
         let status = json!({"status": {
             "capacity": resources, "allocatable": resources,
-            "addresses": [{"type": "InternalIP", "address": format!("127.0.1.{}", i + 1)}, {"type": "Hostname", "address": spec.name}],
+            "addresses": [{"type": "InternalIP", "address": address(i)}, {"type": "Hostname", "address": spec.name}],
+            "daemonEndpoints": {"kubeletEndpoint": {"Port": kubelet_port}},
             "nodeInfo": {
                 "architecture": "amd64", "operatingSystem": "linux", "kubeletVersion": kubelet_version,
                 "kubeProxyVersion": "", "osImage": "simulated", "kernelVersion": "simulated", "containerRuntimeVersion": "simulated://1",

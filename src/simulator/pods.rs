@@ -57,6 +57,9 @@ async fn reconcile(pod: Arc<Pod>, sim: Arc<Sim>) -> Result<Action, kube::Error> 
         if !wait.is_zero() {
             return Ok(Action::requeue(wait));
         }
+        if let Some(vmi_uid) = pod.labels().get("kubevirt.io/created-by") {
+            sim.serial.forget(vmi_uid);
+        }
         return terminate(&api, &pod, phase, &containers).await;
     }
     if phase == "Running" {
@@ -72,7 +75,8 @@ async fn reconcile(pod: Arc<Pod>, sim: Arc<Sim>) -> Result<Action, kube::Error> 
         _ => {
             let vmi_uid =
                 pod.labels().get("kubevirt.io/created-by").cloned().unwrap_or_else(|| pod.uid().unwrap_or_default());
-            running(&pod, &containers, sim.pools.for_uid(&vmi_uid))
+            let host_ip = sim.node_address(spec.node_name.as_deref()).unwrap_or_default();
+            running(&pod, &containers, &host_ip, sim.pools.for_uid(&vmi_uid))
         }
     };
     api.patch_status(&pod.name_any(), &PatchParams::default(), &Patch::Strategic(&status)).await?;
@@ -140,17 +144,24 @@ fn image_pull_failure(containers: &[&str]) -> Value {
     json!({"status": {"phase": "Pending", "containerStatuses": statuses}})
 }
 
-/// The status of a Pod whose containers run, with the guest's addresses as its own.
-fn running(pod: &Pod, containers: &[&str], (v4, v6): (String, String)) -> Value {
+/// The status of a Pod whose containers run (and its sidecars: init containers that restart
+/// always, as KubeVirt's `guest-console-log`), with the guest's addresses as its own.
+fn running(pod: &Pod, containers: &[&str], host_ip: &str, (v4, v6): (String, String)) -> Value {
     let now = super::k8s_now();
     let uid = pod.uid().unwrap_or_default();
-    let statuses: Vec<Value> = containers
-        .iter()
-        .map(|c| json!({"name": c, "ready": true, "started": true, "restartCount": 0, "image": "simulated", "imageID": "simulated",
+    let status = |c: &str| {
+        json!({"name": c, "ready": true, "started": true, "restartCount": 0, "image": "simulated", "imageID": "simulated",
             "containerID": format!("simulated://{uid}-{c}"),
-            "state": {"running": {"startedAt": now}}}))
+            "state": {"running": {"startedAt": now}}})
+    };
+    let statuses: Vec<Value> = containers.iter().map(|c| status(c)).collect();
+    let sidecars: Vec<Value> = pod
+        .spec
+        .iter()
+        .flat_map(|s| s.init_containers.iter().flatten())
+        .filter(|c| c.restart_policy.as_deref() == Some("Always"))
+        .map(|c| status(&c.name))
         .collect();
-    let host_ip = "127.0.1.1";
     let ready = if condition_true(pod, UNPAUSED) { "True" } else { "False" };
     json!({"status": {
         "phase": "Running",
@@ -158,6 +169,7 @@ fn running(pod: &Pod, containers: &[&str], (v4, v6): (String, String)) -> Value 
         "podIP": v4, "podIPs": [{"ip": v4}, {"ip": v6}],
         "startTime": now,
         "containerStatuses": statuses,
+        "initContainerStatuses": sidecars,
         "conditions": [
             {"type": "Initialized", "status": "True", "lastTransitionTime": now},
             {"type": "ContainersReady", "status": "True", "lastTransitionTime": now},
