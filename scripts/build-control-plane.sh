@@ -4,7 +4,8 @@
 # kube-controller-manager, kube-scheduler, kubectl and etcd from tests/controlplane, and
 # KubeVirt's virt-controller, virt-api and CRD generator from tests/kubevirt, and Helm
 # (for the deploy tests' `helm lint` / `helm template`) from tests/helm, and what a real
-# node runs (kubelet, kube-proxy, the CNI plugins, the pause program) from tests/node.
+# node runs (kubelet, kube-proxy, the CNI plugins, the pause program) from tests/node, and
+# Prometheus (for servers' resource usage) from tests/prometheus.
 # Nothing prebuilt is downloaded: `go` fetches module sources from the module proxy.
 #
 # Prints the directory that holds the binaries as its last line. Idempotent: a second run
@@ -17,6 +18,7 @@ cache=${VPS_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/vps-operator}
 k8s_version=v1.35.4
 kubevirt_version=v1.7.0
 helm_version=v3.19.0
+prometheus_version=v0.316.0
 
 # key MODULE_DIR -> a short hash of the files that decide what is built there
 key() {
@@ -117,6 +119,18 @@ if [ -d "$node_dir" ]; then
 			k8s.io/kubernetes/cmd/kubelet
 	fi
 	ln -sfn "$node_out" "$cache/node-current"
+fi
+
+prom_dir=$root/tests/prometheus
+if [ -d "$prom_dir" ]; then
+	prom_out=$cache/prometheus-$prometheus_version-$(key "$prom_dir")
+	if [ ! -d "$prom_out" ]; then
+		# Static targets only: without the tag each service discovery's cloud SDK is built in.
+		ld="-s -w -X github.com/prometheus/common/version.Version=${prometheus_version#v} -X github.com/prometheus/common/version.Branch=release"
+		log "building Prometheus $prometheus_version (no service discovery) into $prom_out"
+		GOFLAGS="-tags=remove_all_sd" build_module "$prom_dir" "$prom_out" "$ld" github.com/prometheus/prometheus/cmd/prometheus
+	fi
+	ln -sfn "$prom_out" "$cache/prometheus-current"
 fi
 
 ln -sfn "$k8s_out" "$cache/controlplane-current"

@@ -120,6 +120,19 @@ async fn start(args: &LocalArgs) -> Result<Running> {
             paths
         }
     };
+    // Its own control plane: a Prometheus scraping the simulated virt-handler's metrics, for
+    // servers' resource usage.
+    let mut prometheus = None;
+    if let Some(p) = plane.as_mut()
+        && p.binaries().prometheus().is_some()
+    {
+        let port = controlplane::free_port()?;
+        println!(
+            "Starting Prometheus {} (scraping the simulated virt-handler's metrics)...",
+            controlplane::PROMETHEUS_VERSION
+        );
+        prometheus = Some((p.start_prometheus(&[format!("127.0.0.1:{port}")]).await?, port));
+    }
     let kube_config = kube_config(&kubeconfig).await?;
     let client = Client::try_from(kube_config.clone())?;
     let demo = plane.is_some() || args.demo;
@@ -132,6 +145,7 @@ async fn start(args: &LocalArgs) -> Result<Running> {
         let c = client.clone();
         let config = SimulatorConfig {
             virt_handler_port: plane.as_ref().and_then(|p| p.virt_handler_port()),
+            metrics_port: prometheus.as_ref().map(|(_, port)| *port),
             ..Default::default()
         };
         tasks.spawn(async move { crate::simulator::run(c, config).await.context("simulator") });
@@ -163,7 +177,11 @@ async fn start(args: &LocalArgs) -> Result<Running> {
     let forever = std::future::pending::<()>;
     tasks.spawn(async move { crate::operator::run(kube_config, config, None, forever()).await.context("operator") });
 
-    let settings = crate::gateway::GatewayArgs { system_namespace: system_namespace.clone(), ..Default::default() };
+    let settings = crate::gateway::GatewayArgs {
+        system_namespace: system_namespace.clone(),
+        prometheus_url: prometheus.as_ref().map(|(url, _)| url.clone()),
+        ..Default::default()
+    };
     let state = crate::gateway::start(client.clone(), &settings).await?.synced().await?;
     let listener = tokio::net::TcpListener::bind(SocketAddr::new(args.bind, args.port))
         .await
@@ -175,13 +193,13 @@ async fn start(args: &LocalArgs) -> Result<Running> {
     if let Some(path) = &args.env_file {
         write_env_file(path, &kubeconfig, &url, &tokens)?;
     }
-    print_banner(&kubeconfig, &url, &tokens, plane.is_some());
+    print_banner(&kubeconfig, &url, &tokens, plane.is_some(), prometheus.as_ref().map(|(url, _)| url.as_str()));
     Ok(Running { plane, tasks })
 }
 
 async fn start_control_plane(args: &LocalArgs) -> Result<ControlPlane> {
     println!(
-        "Finding or building the control-plane binaries (the first run builds them: about 15 minutes on 2 cores, each step printed)..."
+        "Finding or building the control-plane binaries (the first run builds them: 15 to 20 minutes on 2 cores, each step printed)..."
     );
     let binaries = tokio::task::spawn_blocking(|| Binaries::ensure(&controlplane::source_root())).await??;
     if let Some(dir) = &args.data_dir {
@@ -281,11 +299,14 @@ fn write_env_file(path: &Path, kubeconfig: &Path, url: &str, tokens: &[(String, 
     write_private(path, text.as_bytes())
 }
 
-fn print_banner(kubeconfig: &Path, url: &str, tokens: &[(String, String)], local: bool) {
+fn print_banner(kubeconfig: &Path, url: &str, tokens: &[(String, String)], local: bool, prometheus: Option<&str>) {
     println!();
     println!("Everything is running{}.", if local { " (simulated hosts: no real VM is started)" } else { "" });
     println!("  VPS API:     {url}/api/v1/   (OpenAPI: {url}/api/v1/openapi.json)");
     println!("  KUBECONFIG:  {}", kubeconfig.display());
+    if let Some(prometheus) = prometheus {
+        println!("  Prometheus:  {prometheus}   (servers' resource_usage comes from it)");
+    }
     for (account, token) in tokens {
         println!("  token of account {account:<7} {token}");
     }

@@ -982,3 +982,83 @@ async fn a_customer_opens_the_serial_and_vnc_consoles() {
     let detail = "Server is not running: its console output is kept while it runs.";
     assert_eq!((none.status, &none.body), (400, &json!({"detail": detail})));
 }
+
+/// `resource_usage` from a real Prometheus scraping KubeVirt's metrics of the instance (the
+/// simulator plays virt-handler, with the load the server's annotations steer); `null` at
+/// once when Prometheus does not answer; list items never carry it.
+#[tokio::test]
+async fn resource_usage_comes_from_prometheus_and_is_null_without_it() {
+    if support::skip_on_existing_cluster("the simulator steers the load and the harness runs Prometheus") {
+        return;
+    }
+    let (client, gw, t) = setup("api-usage").await;
+    let created = gw
+        .call(
+            "POST",
+            "/api/v1/servers/",
+            Some(&t.token),
+            Some(json!({"name": "busy-1", "plan_id": 1, "os_id": 3, "location": "us-west"})),
+        )
+        .await;
+    assert_eq!(created.status, 201, "{created:?}");
+    assert_eq!(created.body["resource_usage"], Value::Null);
+    let id = created.body["id"].as_i64().unwrap();
+    let servers: Api<VpsServer> = Api::namespaced(client.clone(), &t.namespace);
+    let name = servers.list(&Default::default()).await.unwrap().items[0].name_any();
+    let load = json!({"metadata": {"annotations": {
+        "simulator.vps.org/cpu-load": "0.5",
+        "simulator.vps.org/memory-load": "0.5",
+        "simulator.vps.org/disk-load": "0.25",
+        "simulator.vps.org/network-bytes-per-second": "1073741824",
+    }}});
+    servers.patch(&name, &Default::default(), &kube::api::Patch::Merge(&load)).await.unwrap();
+    wait_status(&gw, &t.token, id, "active").await;
+
+    // Standard: 2 vCPUs, 4096 MiB, 80 GiB.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let usage = loop {
+        let got = gw.call("GET", &format!("/api/v1/servers/{id}/"), Some(&t.token), None).await;
+        let usage = &got.body["resource_usage"];
+        if usage.is_object() && usage["cpu_percent"].as_f64().is_some_and(|c| c > 0.0) {
+            break usage.clone();
+        }
+        assert!(Instant::now() < deadline, "no resource usage: {got:?}");
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    };
+    let cpu = usage["cpu_percent"].as_f64().unwrap();
+    assert!((35.0..=65.0).contains(&cpu), "half of each vCPU busy: {usage}");
+    assert_eq!(usage["memory_used"], 2048, "half of 4096 MiB: {usage}");
+    assert_eq!(usage["disk_used"], 20, "a quarter of 80 GiB: {usage}");
+    assert!(usage["bandwidth_used"].as_i64().unwrap() >= 1, "a GiB a second each way: {usage}");
+
+    let patched =
+        gw.call("PATCH", &format!("/api/v1/servers/{id}/"), Some(&t.token), Some(json!({"name": "busy-2"}))).await;
+    assert_eq!(patched.status, 200, "{patched:?}");
+    assert_eq!(patched.body["resource_usage"]["memory_used"], 2048, "a PATCH answers the detail: {patched:?}");
+    let list = gw.call("GET", "/api/v1/servers/", Some(&t.token), None).await;
+    assert!(list.body["results"][0].get("resource_usage").is_none(), "{list:?}");
+
+    // A Prometheus that takes connections and never answers: the detail comes at once, with
+    // `resource_usage` null.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", silent.local_addr().unwrap());
+    let held = tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((stream, _)) = silent.accept().await {
+            open.push(stream);
+        }
+    });
+    let settings = vps_operator::gateway::GatewayArgs {
+        system_namespace: "vps-system".into(),
+        prometheus_url: Some(url),
+        ..Default::default()
+    };
+    let blind = support::gateway::start_with(client.clone(), settings).await;
+    blind.wait_token(&t.token).await;
+    let started = Instant::now();
+    let got = blind.call("GET", &format!("/api/v1/servers/{id}/"), Some(&t.token), None).await;
+    let took = started.elapsed();
+    assert_eq!((got.status, &got.body["resource_usage"]), (200, &Value::Null), "{got:?}");
+    assert!(took < Duration::from_secs(3), "the detail waited {took:?} for Prometheus");
+    held.abort();
+}

@@ -248,6 +248,16 @@ fn chart_values_land_in_the_pods() {
     let (_, test) = container_of(object(&objects, "Pod", "vps-gateway-test").unwrap());
     assert_eq!(test["helm.sh/hook"], "test");
 
+    // Prometheus for resource usage: an env var only when set.
+    let env_of =
+        |objects: &[Value]| container_of(object(objects, "Deployment", "vps-gateway").unwrap()).0["env"].clone();
+    let plain_env = env_of(&plain);
+    assert!(!plain_env.as_array().unwrap().iter().any(|e| e["name"] == "VPS_PROMETHEUS_URL"), "{plain_env}");
+    let with = render(&["--set", "gateway.prometheusUrl=http://prometheus.monitoring:9090"]);
+    let env = env_of(&with);
+    let url = env.as_array().unwrap().iter().find(|e| e["name"] == "VPS_PROMETHEUS_URL").cloned();
+    assert_eq!(url, Some(json!({"name": "VPS_PROMETHEUS_URL", "value": "http://prometheus.monitoring:9090"})));
+
     // The Ingress: its class, TLS and hosts, every path to the gateway's Service.
     let objects = render(&[
         "--set",

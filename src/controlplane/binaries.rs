@@ -10,6 +10,8 @@ use anyhow::{Context, Result, bail};
 pub const KUBERNETES_VERSION: &str = "v1.35.4";
 /// The pinned KubeVirt version.
 pub const KUBEVIRT_VERSION: &str = "v1.7.0";
+/// The Prometheus `scripts/build-control-plane.sh` builds.
+pub const PROMETHEUS_VERSION: &str = "v0.316.0";
 
 /// Folders holding the built binaries.
 #[derive(Clone, Debug)]
@@ -47,6 +49,12 @@ impl Binaries {
     pub fn helm(&self) -> Option<PathBuf> {
         let helm = self.kubernetes.parent()?.join("helm-current/helm");
         helm.exists().then_some(helm)
+    }
+
+    /// The path of `prometheus` (built by the same script), when it was built.
+    pub fn prometheus(&self) -> Option<PathBuf> {
+        let prometheus = self.kubernetes.parent()?.join("prometheus-current/prometheus");
+        prometheus.exists().then_some(prometheus)
     }
 
     /// The path of a real node's binary (`kubelet`, `kube-proxy`, `pause`, the CNI plugins

@@ -155,7 +155,7 @@ spec:
       featureGates: [Snapshot]
 "#;
 
-async fn wait_for_port(port: u16) -> Result<()> {
+pub(super) async fn wait_for_port(port: u16) -> Result<()> {
     for _ in 0..600 {
         if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
             return Ok(());

@@ -8,6 +8,7 @@ mod install;
 mod kubevirt;
 pub mod node;
 mod process;
+mod prometheus;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -17,7 +18,7 @@ use kube::Client;
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use serde::{Deserialize, Serialize};
 
-pub use binaries::{Binaries, KUBERNETES_VERSION, KUBEVIRT_VERSION, source_root};
+pub use binaries::{Binaries, KUBERNETES_VERSION, KUBEVIRT_VERSION, PROMETHEUS_VERSION, source_root};
 pub use certs::{Authority, Pem};
 pub use install::{apply_crds, apply_yaml, ensure_namespace, wait_for_default_service_account};
 pub use kubevirt::KUBEVIRT_NAMESPACE;
@@ -69,6 +70,7 @@ pub struct ControlPlane {
     supervised: Vec<Supervised>,
     /// virt-api's `--console-server-port`, once KubeVirt runs.
     virt_handler_port: Option<u16>,
+    prometheus_url: Option<String>,
 }
 
 impl ControlPlane {
@@ -128,6 +130,7 @@ impl ControlPlane {
             processes: Vec::new(),
             supervised: Vec::new(),
             virt_handler_port: None,
+            prometheus_url: None,
         };
         if plane.real_node {
             node::check_prerequisites()?;

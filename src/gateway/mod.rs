@@ -9,6 +9,7 @@
 //!   router per resource (the server actions beyond power in `lifecycle`, tracked actions in
 //!   `actions`, a server's backups in `backups`).
 //! - [`view`]: the JSON representation, [`validate`]: hand validation with DRF's messages.
+//! - [`usage`]: a server's `resource_usage`, from Prometheus.
 //! - [`idempotency`]: `Idempotency-Key` replay kept in the cluster.
 //! - [`console`]: a server's serial or VNC console, relayed to KubeVirt's; its single-use
 //!   tokens in [`console_tickets`]; its boot log in [`console_output`].
@@ -42,6 +43,7 @@ pub mod servers;
 pub mod ssh_keys;
 #[cfg(test)]
 pub mod testing;
+pub mod usage;
 pub mod validate;
 pub mod view;
 
@@ -122,6 +124,10 @@ pub struct GatewayArgs {
     /// connections) before closing the listener: a rolling update loses no request.
     #[arg(long, value_parser = crate::flags::duration, default_value = "5s")]
     pub shutdown_delay: Duration,
+    /// Prometheus (`http://HOST:PORT`) holding KubeVirt's metrics of the instances: servers'
+    /// `resource_usage` comes from it ([`usage`]). Unset: `resource_usage` is `null`.
+    #[arg(long, env = "VPS_PROMETHEUS_URL")]
+    pub prometheus_url: Option<String>,
 }
 
 impl Default for GatewayArgs {
@@ -148,6 +154,8 @@ pub struct Shared {
     pub settings: GatewayArgs,
     /// Set once a shutdown began: /readyz fails while the last requests are served.
     pub draining: std::sync::atomic::AtomicBool,
+    /// Resource usage from Prometheus, when `--prometheus-url` is set.
+    pub usage: Option<usage::Usage>,
 }
 
 impl std::ops::Deref for AppState {
@@ -175,6 +183,10 @@ impl AppState {
             rate_limiter: rate_limit::RateLimiter::new(Some(limit)),
             settings: settings.clone(),
             draining: std::sync::atomic::AtomicBool::new(false),
+            usage: settings
+                .prometheus_url
+                .as_deref()
+                .and_then(|url| usage::Usage::new(url).map_err(|e| tracing::error!("No resource usage: {e:#}")).ok()),
         }))
     }
 }
@@ -286,6 +298,9 @@ async fn timeout(State(limit): State<Duration>, req: Request, next: Next) -> Res
 /// A gateway on the cluster of `client`, its caches starting to fill (it answers 503 until
 /// they have: [`AppState::synced`]). The vps.org CRDs and the system namespace must exist.
 pub async fn start(client: Client, settings: &GatewayArgs) -> Result<AppState> {
+    if let Some(url) = &settings.prometheus_url {
+        usage::Usage::new(url)?;
+    }
     crate::preflight::require_vps_crds(&client).await?;
     let system_namespace = &settings.system_namespace;
     if Api::<Namespace>::all(client.clone()).get_opt(system_namespace).await?.is_none() {

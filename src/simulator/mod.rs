@@ -4,6 +4,7 @@
 //! - [`nodes`]: simulated Nodes with kubelet's Lease and Ready heartbeat and virt-handler's
 //!   labels, heartbeat and device resources.
 //! - [`pods`]: kubelet's part for launcher Pods; [`kubelet`]: its endpoint, for containers' logs.
+//! - [`metrics`]: virt-handler's metrics of the running instances, with a steerable load.
 //! - [`serial`]: a guest's serial port: its boot and what its consoles showed, the log of its
 //!   launcher's `guest-console-log` container.
 //! - [`vmis`]: virt-handler's part for VirtualMachineInstances.
@@ -19,6 +20,7 @@ pub mod addresses;
 pub mod console;
 pub mod handler;
 pub mod kubelet;
+pub mod metrics;
 pub mod nodes;
 pub mod pods;
 pub mod serial;
@@ -111,6 +113,10 @@ pub struct SimulatorConfig {
     /// port (0: a free one), published in the Node's status for the API server.
     #[arg(long, default_value_t = 0)]
     pub kubelet_port: u16,
+    /// virt-handler: serve the instances' metrics (KubeVirt's names) at
+    /// `http://127.0.0.1:PORT/metrics`, for Prometheus. Unset: none.
+    #[arg(long)]
+    pub metrics_port: Option<u16>,
 }
 
 impl Default for SimulatorConfig {
@@ -128,6 +134,8 @@ pub struct Sim {
     pub pools: addresses::Pools,
     /// What each instance's serial console showed.
     pub serial: serial::Transcripts,
+    /// The instances' counters, for their metrics.
+    pub meters: metrics::Meters,
 }
 
 impl Sim {
@@ -175,6 +183,7 @@ pub async fn run(client: Client, config: SimulatorConfig) -> anyhow::Result<()> 
             .for_each(|_| async {})
     };
     let handler_port = config.virt_handler_port;
+    let metrics_port = config.metrics_port;
     let sim = Arc::new(Sim {
         client: client.clone(),
         node_names: specs.iter().map(|s| s.name.clone()).collect(),
@@ -182,6 +191,7 @@ pub async fn run(client: Client, config: SimulatorConfig) -> anyhow::Result<()> 
         vms,
         pools,
         serial: Default::default(),
+        meters: Default::default(),
     });
     let handler = async {
         match handler_port {
@@ -189,8 +199,15 @@ pub async fn run(client: Client, config: SimulatorConfig) -> anyhow::Result<()> 
             None => std::future::pending().await,
         }
     };
+    let metrics = async {
+        match metrics_port {
+            Some(port) => metrics::run(sim.clone(), port).await,
+            None => std::future::pending().await,
+        }
+    };
     tokio::select! {
         r = handler => r?,
+        r = metrics => r?,
         r = kubelet::serve(sim.clone(), kubelet_listeners) => r?,
         _ = vm_watch => {}
         r = nodes::heartbeat(client.clone(), specs) => r?,

@@ -91,7 +91,14 @@ pub async fn start(client: &Client) -> Gateway {
 
 /// Starts a gateway on 127.0.0.1:0 that uses `client` (its own credentials) for everything.
 pub async fn start_as(client: Client) -> Gateway {
-    let settings = gateway::GatewayArgs { system_namespace: SYSTEM_NAMESPACE.into(), ..Default::default() };
+    let prometheus_url = super::current().system.as_ref().and_then(|s| s.prometheus_url.clone());
+    let settings =
+        gateway::GatewayArgs { system_namespace: SYSTEM_NAMESPACE.into(), prometheus_url, ..Default::default() };
+    start_with(client, settings).await
+}
+
+/// Starts a gateway on 127.0.0.1:0 with `settings`.
+pub async fn start_with(client: Client, settings: gateway::GatewayArgs) -> Gateway {
     let state = gateway::start(client, &settings).await.expect("start the gateway");
     let state = state.synced().await.expect("gateway caches sync");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");

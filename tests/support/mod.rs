@@ -124,6 +124,9 @@ pub struct System {
     pub plane: Option<std::sync::Mutex<ControlPlane>>,
     /// Where the operator serves /metrics, /healthz and /readyz.
     pub metrics_addr: std::net::SocketAddr,
+    /// The Prometheus scraping the simulator's virt-handler metrics (none on an existing
+    /// cluster).
+    pub prometheus_url: Option<String>,
 }
 
 impl System {
@@ -197,7 +200,14 @@ fn start_existing(mode: Mode) -> anyhow::Result<Shared> {
         let operator_config = operator_config();
         let metrics_addr = std::net::SocketAddr::from(([127, 0, 0, 1], controlplane::free_port()?));
         let operator = runtime.spawn(run_operator(kubeconfig.clone(), operator_config.clone(), metrics_addr));
-        Some(System { runtime, operator: std::sync::Mutex::new(operator), operator_config, plane: None, metrics_addr })
+        Some(System {
+            runtime,
+            operator: std::sync::Mutex::new(operator),
+            operator_config,
+            plane: None,
+            metrics_addr,
+            prometheus_url: None,
+        })
     } else {
         std::mem::forget(runtime);
         None
@@ -231,6 +241,8 @@ fn start(mode: Mode) -> anyhow::Result<Shared> {
         .try_init();
     let binaries = Binaries::ensure(&controlplane::source_root())?;
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let vmi_metrics_port = controlplane::free_port()?;
+    let mut prometheus_url = None;
     let plane = runtime.block_on(async {
         let options = Options { scheduler: true, real_node: mode == Mode::RealNode, ..Options::default() };
         let mut plane = ControlPlane::start_api(binaries.clone(), options).await?;
@@ -241,6 +253,7 @@ fn start(mode: Mode) -> anyhow::Result<Shared> {
             plane.start_kubevirt().await?;
             vps_operator::testbed::install_demo_catalog(&client).await?;
             controlplane::ensure_namespace(&client, "vps-system").await?;
+            prometheus_url = Some(plane.start_prometheus(&[format!("127.0.0.1:{vmi_metrics_port}")]).await?);
         }
         if mode == Mode::RealNode {
             plane.start_node().await?;
@@ -248,7 +261,10 @@ fn start(mode: Mode) -> anyhow::Result<Shared> {
         anyhow::Ok(plane)
     })?;
     let kubeconfig = plane.kubeconfig_path();
-    let simulator = simulator_config(plane.virt_handler_port());
+    let mut simulator = simulator_config(plane.virt_handler_port());
+    if prometheus_url.is_some() {
+        simulator.metrics_port = Some(vmi_metrics_port);
+    }
     if mode == Mode::RealNode {
         let client = runtime.block_on(plane.client())?;
         runtime.spawn(async move {
@@ -281,6 +297,7 @@ fn start(mode: Mode) -> anyhow::Result<Shared> {
             operator_config,
             plane: Some(std::sync::Mutex::new(plane)),
             metrics_addr,
+            prometheus_url,
         })
     } else {
         // Lives until the test binary exits; its processes die with it.
