@@ -1031,6 +1031,27 @@ async fn resource_usage_comes_from_prometheus_and_is_null_without_it() {
     assert_eq!(usage["disk_used"], 20, "a quarter of 80 GiB: {usage}");
     assert!(usage["bandwidth_used"].as_i64().unwrap() >= 1, "a GiB a second each way: {usage}");
 
+    // Its history: the last two minutes, every 5 s.
+    let end = jiff::Timestamp::now().as_second();
+    let range = format!(
+        "start={}&end={}&step=5",
+        jiff::Timestamp::from_second(end - 120).unwrap(),
+        jiff::Timestamp::from_second(end).unwrap()
+    );
+    let history =
+        gw.call("GET", &format!("/api/v1/servers/{id}/metrics/?type=cpu&{range}"), Some(&t.token), None).await;
+    assert_eq!(history.status, 200, "{history:?}");
+    assert_eq!(history.body["metrics"]["step"], 5);
+    let points = history.body["metrics"]["time_series"]["cpu"]["values"].as_array().unwrap().clone();
+    let last: f64 = points.last().expect("CPU points")[1].as_str().unwrap().parse().unwrap();
+    assert!(last > 0.0 && last <= 100.0, "{points:?}");
+    let network =
+        gw.call("GET", &format!("/api/v1/servers/{id}/metrics/?type=network&{range}"), Some(&t.token), None).await;
+    let series = network.body["metrics"]["time_series"].as_object().unwrap();
+    assert_eq!(series.keys().collect::<Vec<_>>(), ["network.in", "network.out"], "{network:?}");
+    let bad = gw.call("GET", &format!("/api/v1/servers/{id}/metrics/?type=gpu&{range}"), Some(&t.token), None).await;
+    assert_eq!((bad.status, &bad.body), (400, &json!({"type": ["\"gpu\" is not a valid choice."]})));
+
     let patched =
         gw.call("PATCH", &format!("/api/v1/servers/{id}/"), Some(&t.token), Some(json!({"name": "busy-2"}))).await;
     assert_eq!(patched.status, 200, "{patched:?}");
@@ -1060,5 +1081,10 @@ async fn resource_usage_comes_from_prometheus_and_is_null_without_it() {
     let took = started.elapsed();
     assert_eq!((got.status, &got.body["resource_usage"]), (200, &Value::Null), "{got:?}");
     assert!(took < Duration::from_secs(3), "the detail waited {took:?} for Prometheus");
+    let started = Instant::now();
+    let history =
+        blind.call("GET", &format!("/api/v1/servers/{id}/metrics/?type=cpu&{range}"), Some(&t.token), None).await;
+    assert_eq!(history.status, 503, "{history:?}");
+    assert!(started.elapsed() < Duration::from_secs(6), "the history waited {:?}", started.elapsed());
     held.abort();
 }

@@ -9,7 +9,7 @@
 //!   router per resource (the server actions beyond power in `lifecycle`, tracked actions in
 //!   `actions`, a server's backups in `backups`).
 //! - [`view`]: the JSON representation, [`validate`]: hand validation with DRF's messages.
-//! - [`usage`]: a server's `resource_usage`, from Prometheus.
+//! - [`usage`]: a server's `resource_usage`, from Prometheus; its history in [`server_metrics`].
 //! - [`idempotency`]: `Idempotency-Key` replay kept in the cluster.
 //! - [`console`]: a server's serial or VNC console, relayed to KubeVirt's; its single-use
 //!   tokens in [`console_tickets`]; its boot log in [`console_output`].
@@ -39,6 +39,7 @@ pub mod openapi;
 pub mod pagination;
 pub mod power;
 pub mod rate_limit;
+pub mod server_metrics;
 pub mod servers;
 pub mod ssh_keys;
 #[cfg(test)]
@@ -223,6 +224,7 @@ pub fn app(state: AppState) -> Router {
         .merge(power::router())
         .merge(console::router())
         .merge(console_output::router())
+        .merge(server_metrics::router())
         .merge(lifecycle::router())
         .merge(actions::router())
         .merge(backups::router())

@@ -13,7 +13,9 @@ use serde_json::{Map, Value, json};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{actions, backups, catalog, console, console_output, lifecycle, power, servers, ssh_keys, view};
+use super::{
+    actions, backups, catalog, console, console_output, lifecycle, power, server_metrics, servers, ssh_keys, view,
+};
 
 struct BearerAuth;
 
@@ -49,6 +51,7 @@ impl Modify for BearerAuth {
         console::request_console,
         console::connect,
         console_output::console_output,
+        server_metrics::server_metrics,
         actions::get_action,
         actions::list_server_actions,
         backups::list_backups,
@@ -65,7 +68,7 @@ impl Modify for BearerAuth {
     components(schemas(
         view::ServerListItem, view::ServerDetail, view::CreatedServer, view::ActionResponse, view::ActionServer, view::ApiStatus,
         view::PlanSummary, view::PlanDetail, view::OsRef, view::ResourceUsage, view::PlanView, view::LocationView,
-        view::SshKeyView, view::ActionView, view::BackupView, backups::BackupTaken, servers::CreateServer, servers::UpdateServer, servers::PatchServer, servers::SetProtection, power::Stop, power::Reboot, lifecycle::Resize, lifecycle::Rebuild, backups::Restore, view::Protection, ssh_keys::CreateSshKey, console::ConsoleRequest, console::ConsoleView, console_output::ConsoleOutput,
+        view::SshKeyView, view::ActionView, view::BackupView, backups::BackupTaken, servers::CreateServer, servers::UpdateServer, servers::PatchServer, servers::SetProtection, power::Stop, power::Reboot, lifecycle::Resize, lifecycle::Rebuild, backups::Restore, view::Protection, ssh_keys::CreateSshKey, console::ConsoleRequest, console::ConsoleView, console_output::ConsoleOutput, server_metrics::MetricsView, server_metrics::MetricsRange,
     )),
     modifiers(&BearerAuth),
     tags((name = "servers"), (name = "actions"), (name = "backups"), (name = "catalog"), (name = "ssh-keys"))

@@ -27,6 +27,8 @@ use super::view::ResourceUsage;
 
 /// The longest the four queries of one server may take together.
 pub const QUERY_TIMEOUT: Duration = Duration::from_millis(800);
+/// The longest the range queries of one history request may take together.
+pub const HISTORY_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long an answer is reused.
 pub const KEPT: Duration = Duration::from_secs(5);
 /// Answers kept at most (older ones go first when it is reached).
@@ -105,10 +107,59 @@ impl Usage {
         }))
     }
 
+    /// The time series of one kind of metric of the instance `name` in `namespace`, from
+    /// `start` to `end` every `step` seconds (Prometheus' range queries, [`HISTORY_TIMEOUT`]
+    /// together): by series name, the `[timestamp, "value"]` points.
+    pub async fn history(
+        &self,
+        namespace: &str,
+        name: &str,
+        vcpus: i32,
+        kind: &str,
+        (start, end, step): (i64, i64, i64),
+    ) -> Result<Vec<(String, Vec<serde_json::Value>)>> {
+        let m = selector(namespace, name);
+        let window = step.max(60);
+        let rate = |metric: &str| format!("sum(rate({metric}{{{m}}}[{window}s]))");
+        let series: Vec<(&str, String)> = match kind {
+            "cpu" => {
+                vec![("cpu", format!("100 * {} / {}", rate("kubevirt_vmi_cpu_usage_seconds_total"), vcpus.max(1)))]
+            }
+            "memory" => vec![(
+                "memory.used",
+                format!("sum(kubevirt_vmi_memory_available_bytes{{{m}}} - kubevirt_vmi_memory_usable_bytes{{{m}}})"),
+            )],
+            "disk" => vec![("disk.used", format!("sum(kubevirt_vmi_filesystem_used_bytes{{{m}}})"))],
+            "network" => vec![
+                ("network.in", rate("kubevirt_vmi_network_receive_bytes_total")),
+                ("network.out", rate("kubevirt_vmi_network_transmit_bytes_total")),
+            ],
+            other => bail!("no metrics of type {other:?}"),
+        };
+        let range = |query: String| async move {
+            let params =
+                [("query", query), ("start", start.to_string()), ("end", end.to_string()), ("step", step.to_string())];
+            let answer = self.get("query_range", &serde_urlencoded::to_string(params)?).await?;
+            let points = result(&answer)?.first().and_then(|s| s["values"].as_array().cloned()).unwrap_or_default();
+            anyhow::Ok(points)
+        };
+        let answers = tokio::time::timeout(
+            HISTORY_TIMEOUT,
+            futures::future::try_join_all(series.iter().map(|(_, q)| range(q.clone()))),
+        )
+        .await
+        .context("Prometheus did not answer in time")??;
+        Ok(series.into_iter().map(|(n, _)| n.to_string()).zip(answers).collect())
+    }
+
     /// The answer of an instant query.
     async fn query(&self, query: &str) -> Result<serde_json::Value> {
-        let encoded: String = serde_urlencoded::to_string([("query", query)])?;
-        let uri: http::Uri = format!("{}/api/v1/query?{encoded}", self.base).parse()?;
+        self.get("query", &serde_urlencoded::to_string([("query", query)])?).await
+    }
+
+    /// `GET /api/v1/{endpoint}?{encoded}` of Prometheus' HTTP API.
+    async fn get(&self, endpoint: &str, encoded: &str) -> Result<serde_json::Value> {
+        let uri: http::Uri = format!("{}/api/v1/{endpoint}?{encoded}", self.base).parse()?;
         let response = self.client.get(uri).await.context("Prometheus did not answer")?;
         let status = response.status();
         let body = response.into_body().collect().await?.to_bytes();
@@ -123,8 +174,7 @@ impl Usage {
 /// its memory in use and disk used (bytes), and its traffic over the `month` seconds the month
 /// has lasted (bytes).
 fn queries(namespace: &str, name: &str, month: u64) -> [String; 4] {
-    let quote = |s: &str| s.replace('\\', "\\\\").replace('"', "\\\"");
-    let m = format!("namespace=\"{}\",name=\"{}\"", quote(namespace), quote(name));
+    let m = selector(namespace, name);
     [
         format!("kubevirt_vmi_cpu_usage_seconds_total{{{m}}}[5m]"),
         format!("sum(kubevirt_vmi_memory_available_bytes{{{m}}} - kubevirt_vmi_memory_usable_bytes{{{m}}})"),
@@ -133,6 +183,12 @@ fn queries(namespace: &str, name: &str, month: u64) -> [String; 4] {
             "sum(increase(kubevirt_vmi_network_receive_bytes_total{{{m}}}[{month}s])) + sum(increase(kubevirt_vmi_network_transmit_bytes_total{{{m}}}[{month}s]))"
         ),
     ]
+}
+
+/// The label matchers of an instance's series.
+fn selector(namespace: &str, name: &str) -> String {
+    let quote = |s: &str| s.replace('\\', "\\\\").replace('"', "\\\"");
+    format!("namespace=\"{}\",name=\"{}\"", quote(namespace), quote(name))
 }
 
 /// Seconds since the month of `now` began (UTC), a minute at least.
