@@ -1059,6 +1059,15 @@ async fn resource_usage_comes_from_prometheus_and_is_null_without_it() {
     let list = gw.call("GET", "/api/v1/servers/", Some(&t.token), None).await;
     assert!(list.body["results"][0].get("resource_usage").is_none(), "{list:?}");
 
+    // The operator timed the create (its action) to active.
+    let addr = support::system().system.as_ref().unwrap().metrics_addr;
+    let metrics = reqwest::get(format!("http://{addr}/metrics")).await.unwrap().text().await.unwrap();
+    let count = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("vps_operator_provisioning_duration_seconds_count "))
+        .and_then(|n| n.parse::<u64>().ok());
+    assert!(count.is_some_and(|n| n >= 1), "{metrics}");
+
     // A Prometheus that takes connections and never answers: the detail comes at once, with
     // `resource_usage` null.
     let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -568,6 +568,15 @@ async fn the_operator_serves_metrics_and_health() {
         assert!(metrics.contains(family), "{family}: {metrics}");
     }
     assert!(metrics.contains("vps_operator_build_info{version="), "{metrics}");
+    // The fleet, counted from the operator's caches at each scrape.
+    let active = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("vps_operator_servers{phase=\"active\",location=\"us-west\"} "))
+        .and_then(|n| n.parse::<i64>().ok());
+    assert!(active.is_some_and(|n| n >= 1), "{metrics}");
+    assert!(metrics.contains("# TYPE vps_operator_provisioning_duration_seconds histogram"), "{metrics}");
+    // vps_operator_actions_in_progress has no series while no action is open (kubectl makes
+    // none here); its rendering is a unit test of operator::metrics.
     assert!(!metrics.contains("namespace="), "labels are bounded: never per object");
 }
 

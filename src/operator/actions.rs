@@ -91,7 +91,16 @@ async fn finish(ctx: &Context, action: &VpsAction, state: ActionState, error: Op
         .patch_status(&action.name_any(), &pp, &Patch::Merge(&status))
         .await
     {
-        Ok(_) => Ok(()),
+        Ok(_) => {
+            if action.spec.type_ == ActionType::Create
+                && state == ActionState::Completed
+                && let Some(created) = action.creation_timestamp()
+            {
+                let took = jiff::Timestamp::now().duration_since(created.0).as_secs_f64().max(0.0);
+                ctx.metrics.provisioning.observe(took);
+            }
+            Ok(())
+        }
         Err(kube::Error::Api(e)) if e.code == 404 => Ok(()), // pruned or gone with its server
         Err(e) => Err(e.into()),
     }

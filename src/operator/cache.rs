@@ -86,6 +86,11 @@ impl<T> Cache<T> {
         self.objects.read().expect("cache lock").get(key).map(f)
     }
 
+    /// `f` of every entry (under the read lock: keep it quick).
+    pub fn for_each(&self, mut f: impl FnMut(&T)) {
+        self.objects.read().expect("cache lock").values().for_each(&mut f);
+    }
+
     /// Every key.
     pub fn keys(&self) -> Vec<Box<str>> {
         self.objects.read().expect("cache lock").keys().cloned().collect()

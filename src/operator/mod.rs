@@ -234,6 +234,7 @@ pub async fn run(
         written,
         ids_held,
     });
+    let _ = ctx.metrics.fleet.set(caches.clone());
     ensure_clone_cluster_role(&ctx.client).await;
 
     let (requests, queue) = queue::queue();
