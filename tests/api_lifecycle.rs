@@ -832,6 +832,29 @@ async fn servers_keep_their_own_addresses_on_a_provider_network() {
     }
     servers.delete("net-d", &Default::default()).await.unwrap();
     assert_eq!(gw.call("DELETE", &format!("/api/v1/servers/{a}/"), Some(&t.token), None).await.status, 204);
+
+    // A claim whose server is gone without releasing it (its finalizer stripped by hand, say)
+    // is released by the operator's sweep.
+    let orphan: VpsAddress = serde_json::from_value(json!({
+        "apiVersion": "vps.org/v1alpha1", "kind": "VpsAddress",
+        "metadata": {"name": format!("{code}.203.0.113.250")},
+        "spec": {
+            "location": code, "ipv4": "203.0.113.250", "mac": "02:00:00:00:00:fa",
+            "server": {"namespace": t.namespace, "name": "never-was", "uid": "00000000-0000-0000-0000-000000000000"},
+        },
+    }))
+    .unwrap();
+    claims.create(&PostParams::default(), &orphan).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let claim = claims.get(&orphan.name_any()).await.unwrap();
+        if claim.spec.reusable_after.is_some() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the orphaned claim was never released: {claim:?}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    claims.delete(&orphan.name_any(), &Default::default()).await.unwrap();
     locations.delete(&code, &Default::default()).await.unwrap();
 }
 

@@ -177,3 +177,45 @@ pub async fn release(server: &VpsServer, ctx: &Context) -> Result<()> {
     }
     Ok(())
 }
+
+/// Releases, every `every`, the claims whose server is gone without releasing them (its
+/// finalizer removed by hand, say) or is another object of the same name now: an address is
+/// never held by nothing. A claim's server is looked up in the API, not only the cache (a
+/// claim is made for a server the cache already shows, but it may lag at a restart).
+pub async fn sweep(ctx: std::sync::Arc<Context>, every: std::time::Duration) {
+    loop {
+        tokio::time::sleep(every).await;
+        if let Err(e) = sweep_once(&ctx).await {
+            tracing::debug!("Address sweep: {e}");
+        }
+    }
+}
+
+async fn sweep_once(ctx: &Context) -> Result<()> {
+    let api: Api<VpsAddress> = Api::all(ctx.client.clone());
+    for claim in ctx.addresses.state().iter().filter(|c| c.spec.reusable_after.is_none()) {
+        let holder = &claim.spec.server;
+        let servers: Api<VpsServer> = Api::namespaced(ctx.client.clone(), &holder.namespace);
+        let held =
+            servers.get_opt(&holder.name).await?.is_some_and(|s| s.uid().as_deref() == Some(holder.uid.as_str()));
+        if held {
+            continue;
+        }
+        let after =
+            jiff::Timestamp::now() + jiff::SignedDuration::try_from(ctx.config.address_cooldown).unwrap_or_default();
+        // Guarded by the version seen: a claim taken over meanwhile is left alone.
+        let patch = json!({
+            "metadata": {"resourceVersion": claim.resource_version()},
+            "spec": {"reusableAfter": crate::timestamps::seconds(after)},
+        });
+        match api.patch(&claim.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await {
+            Ok(_) => tracing::warn!(
+                ipv4 = %claim.spec.ipv4, namespace = %holder.namespace, server = %holder.name,
+                "Released the addresses of a server that is gone without releasing them"
+            ),
+            Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}

@@ -107,6 +107,9 @@ pub struct OperatorConfig {
     /// How long a deleted server's addresses are kept from other servers.
     #[arg(long, value_parser = crate::flags::duration, default_value = "1h")]
     pub address_cooldown: Duration,
+    /// How often claims of servers gone without releasing them are looked for and released.
+    #[arg(long, value_parser = crate::flags::duration, default_value = "10m")]
+    pub address_sweep: Duration,
     /// How long finished actions (`VpsAction`) are kept.
     #[arg(long, value_parser = crate::flags::duration, default_value = "7d")]
     pub action_retention: Duration,
@@ -277,7 +280,11 @@ pub async fn run(
         let (ctx, mut leader) = (ctx.clone(), leader.clone());
         async move {
             let _ = leader.wait_for(|l| *l).await;
-            actions::prune(ctx, config.action_retention, ACTION_PRUNE_EVERY).await;
+            futures::future::join(
+                actions::prune(ctx.clone(), config.action_retention, ACTION_PRUNE_EVERY),
+                addresses::sweep(ctx, config.address_sweep),
+            )
+            .await;
         }
     };
     let forever = futures::future::join5(

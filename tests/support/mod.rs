@@ -223,6 +223,7 @@ fn operator_config() -> OperatorConfig {
         backup_deadline: std::time::Duration::from_secs(5),
         reference_retry: std::time::Duration::from_secs(1),
         address_cooldown: std::time::Duration::from_secs(2),
+        address_sweep: std::time::Duration::from_secs(2),
         simulator_annotations: !existing_cluster(),
         // One name for the operator of the tests: started again, it holds its lease at once.
         leader_identity: Some("tests-operator".into()),
