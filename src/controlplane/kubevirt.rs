@@ -14,7 +14,7 @@ use k8s_openapi::api::admissionregistration::v1::{
 use kube::api::{Api, ObjectMeta, Patch, PatchParams};
 use serde_json::json;
 
-use super::process::{Supervised, free_port};
+use super::process::{Supervised, free_port, wait_for_port};
 use super::{Authority, ControlPlane};
 
 pub use crate::kubevirt::KUBEVIRT_NAMESPACE;
@@ -154,16 +154,6 @@ spec:
       useEmulation: true
       featureGates: [Snapshot]
 "#;
-
-pub(super) async fn wait_for_port(port: u16) -> Result<()> {
-    for _ in 0..600 {
-        if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
-            return Ok(());
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    anyhow::bail!("nothing listens on 127.0.0.1:{port} after 60 s")
-}
 
 /// virt-api's aggregated API, `subresources.kubevirt.io` (a VM's start, stop and restart, an
 /// instance's soft reboot, ...), served through kube-apiserver as virt-operator registers it:

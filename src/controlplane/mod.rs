@@ -70,7 +70,6 @@ pub struct ControlPlane {
     supervised: Vec<Supervised>,
     /// virt-api's `--console-server-port`, once KubeVirt runs.
     virt_handler_port: Option<u16>,
-    prometheus_url: Option<String>,
 }
 
 impl ControlPlane {
@@ -130,7 +129,6 @@ impl ControlPlane {
             processes: Vec::new(),
             supervised: Vec::new(),
             virt_handler_port: None,
-            prometheus_url: None,
         };
         if plane.real_node {
             node::check_prerequisites()?;

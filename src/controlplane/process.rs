@@ -151,6 +151,17 @@ fn signal(pid: u32, sig: i32) {
 /// It is drawn at random from below the kernel's ephemeral range: a port the kernel hands
 /// out (`bind` to port 0) is one it also gives to outgoing connections, and a busy process
 /// (a client retrying against loopback, say) could take it before the caller binds it.
+/// Resolves once something listens on 127.0.0.1:`port` (60 s at most).
+pub(super) async fn wait_for_port(port: u16) -> Result<()> {
+    for _ in 0..600 {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    anyhow::bail!("nothing listens on 127.0.0.1:{port} after 60 s")
+}
+
 pub fn free_port() -> Result<u16> {
     use rand::RngExt as _;
     let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")

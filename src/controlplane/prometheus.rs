@@ -6,8 +6,7 @@
 use anyhow::{Context, Result};
 
 use super::ControlPlane;
-use super::kubevirt::wait_for_port;
-use super::process::{Supervised, free_port};
+use super::process::{Supervised, free_port, wait_for_port};
 
 /// How often Prometheus scrapes (a cluster's is usually 30 s; the tests want data soon).
 pub const SCRAPE_INTERVAL: &str = "5s";
@@ -43,14 +42,7 @@ impl ControlPlane {
         let log = self.dir().join("prometheus.log");
         self.adopt_supervised(Supervised::spawn("prometheus", &program, &args, &log)?);
         wait_for_port(port).await.context("Prometheus did not listen")?;
-        let url = format!("http://127.0.0.1:{port}");
-        self.prometheus_url = Some(url.clone());
-        Ok(url)
-    }
-
-    /// The URL of the Prometheus [`ControlPlane::start_prometheus`] started.
-    pub fn prometheus_url(&self) -> Option<&str> {
-        self.prometheus_url.as_deref()
+        Ok(format!("http://127.0.0.1:{port}"))
     }
 }
 

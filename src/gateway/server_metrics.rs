@@ -9,7 +9,6 @@ use axum::Json;
 use axum::Router;
 use axum::extract::{Path, RawQuery, State};
 use axum::routing::get;
-use kube::ResourceExt;
 use serde::Serialize;
 use utoipa::ToSchema;
 
@@ -71,10 +70,9 @@ pub async fn server_metrics(
     let query = Query::parse(raw.as_deref())?;
     let (kind, range) = params(&query)?;
     let usage = state.usage.as_ref().ok_or(ApiError::Unavailable("No metrics source is configured."))?;
-    let vcpus = state.caches.plan_by_name(&server.spec.plan).map(|p| p.spec.vcpus).unwrap_or(1);
-    let name = server.status.as_ref().and_then(|s| s.vm_name.clone()).unwrap_or_else(|| server.name_any());
-    let series = usage.history(&tenant.namespace, &name, vcpus, kind, range).await.map_err(|e| {
-        tracing::warn!(namespace = %tenant.namespace, server = %name, "No metrics history: {e:#}");
+    let (namespace, name, vcpus) = super::usage::instance_of(&state, &server);
+    let series = usage.history(&namespace, &name, vcpus, kind, range).await.map_err(|e| {
+        tracing::warn!(%namespace, server = %name, "No metrics history: {e:#}");
         ApiError::Unavailable("The metrics source did not answer in time.")
     })?;
     let stamp = |t: i64| jiff::Timestamp::from_second(t).map(crate::timestamps::seconds).unwrap_or_default();

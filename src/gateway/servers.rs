@@ -75,16 +75,8 @@ fn detail(state: &AppState, s: &VpsServer) -> Result<ServerDetail, ApiError> {
 /// The detail with the server's `resource_usage` (when Prometheus is configured).
 async fn detail_with_usage(state: &AppState, s: &VpsServer) -> Result<ServerDetail, ApiError> {
     let mut detail = detail(state, s)?;
-    detail.resource_usage = usage_of(state, s).await;
+    detail.resource_usage = super::usage::of_server(state, s).await;
     Ok(detail)
-}
-
-/// The server's resource usage, from Prometheus ([`super::usage`]); `None` without it.
-async fn usage_of(state: &AppState, s: &VpsServer) -> Option<view::ResourceUsage> {
-    let usage = state.usage.as_ref()?;
-    let vcpus = state.caches.plan_by_name(&s.spec.plan).map(|p| p.spec.vcpus).unwrap_or(1);
-    let name = s.status.as_ref().and_then(|st| st.vm_name.clone()).unwrap_or_else(|| s.name_any());
-    usage.of(&s.namespace().unwrap_or_default(), &name, vcpus).await
 }
 
 #[utoipa::path(get, path = "/api/v1/servers/", tag = "servers",
@@ -413,24 +405,10 @@ pub async fn get_server(
         return Ok(json_response(detail));
     }
     let Some(server) = caches.server(&tenant.namespace, id) else { return Ok(json_response(detail)) };
-    match usage_of(&state, &server).await {
-        Some(u) => Ok(json_response(with_usage(&detail, &u))),
+    match super::usage::of_server(&state, &server).await {
+        Some(u) => Ok(json_response(super::usage::spliced(&detail, &u))),
         None => Ok(json_response(detail)),
     }
-}
-
-/// A rendered detail with its `resource_usage` set. The key is found as the serializer wrote
-/// it: inside a JSON string a quote is escaped, so the key cannot be mistaken for a value.
-fn with_usage(detail: &[u8], usage: &view::ResourceUsage) -> Vec<u8> {
-    const NULL: &[u8] = b"\"resource_usage\":null";
-    let Some(at) = detail.windows(NULL.len()).position(|w| w == NULL) else { return detail.to_vec() };
-    let value = serde_json::to_vec(usage).expect("usage serializes");
-    let mut out = Vec::with_capacity(detail.len() + value.len());
-    out.extend_from_slice(&detail[..at]);
-    out.extend_from_slice(b"\"resource_usage\":");
-    out.extend_from_slice(&value);
-    out.extend_from_slice(&detail[at + NULL.len()..]);
-    out
 }
 
 /// The PUT body: every field required.
@@ -612,19 +590,6 @@ mod tests {
     use super::*;
     use crate::gateway::testing::{self, OTHER_TOKEN, TOKEN, call, keys, raw, server};
     use serde_json::Value;
-
-    #[test]
-    fn usage_takes_the_place_of_the_null_and_nothing_else() {
-        let usage = view::ResourceUsage { cpu_percent: 12.5, memory_used: 2048, disk_used: 20, bandwidth_used: 3 };
-        let detail = br#"{"name":"a\"resource_usage\":null","resource_usage":null,"id":1}"#;
-        let out: Value = serde_json::from_slice(&with_usage(detail, &usage)).unwrap();
-        assert_eq!(out["name"], "a\"resource_usage\":null");
-        assert_eq!(
-            out["resource_usage"],
-            json!({"cpu_percent": 12.5, "memory_used": 2048, "disk_used": 20, "bandwidth_used": 3})
-        );
-        assert_eq!(out["id"], 1);
-    }
 
     fn sample_create(name: &str) -> Value {
         json!({"name": name, "plan_id": 1, "os_id": 5, "location": "us-west",

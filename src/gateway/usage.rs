@@ -23,7 +23,10 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
+use kube::ResourceExt;
+
 use super::view::ResourceUsage;
+use crate::api::VpsServer;
 
 /// The longest the four queries of one server may take together.
 pub const QUERY_TIMEOUT: Duration = Duration::from_millis(800);
@@ -170,6 +173,34 @@ impl Usage {
     }
 }
 
+/// The instance of server `s` (namespace, name) and its plan's vCPUs, as the metrics name it.
+pub fn instance_of(state: &super::AppState, s: &VpsServer) -> (String, String, i32) {
+    let vcpus = state.caches.plan_by_name(&s.spec.plan).map(|p| p.spec.vcpus).unwrap_or(1);
+    let name = s.status.as_ref().and_then(|st| st.vm_name.clone()).unwrap_or_else(|| s.name_any());
+    (s.namespace().unwrap_or_default(), name, vcpus)
+}
+
+/// The resource usage of server `s`; `None` without Prometheus or its data.
+pub async fn of_server(state: &super::AppState, s: &VpsServer) -> Option<ResourceUsage> {
+    let usage = state.usage.as_ref()?;
+    let (namespace, name, vcpus) = instance_of(state, s);
+    usage.of(&namespace, &name, vcpus).await
+}
+
+/// A rendered detail with its `resource_usage` set. The key is found as the serializer wrote
+/// it: inside a JSON string a quote is escaped, so the key cannot be mistaken for a value.
+pub fn spliced(detail: &[u8], usage: &ResourceUsage) -> Vec<u8> {
+    const NULL: &[u8] = b"\"resource_usage\":null";
+    let Some(at) = detail.windows(NULL.len()).position(|w| w == NULL) else { return detail.to_vec() };
+    let value = serde_json::to_vec(usage).expect("usage serializes");
+    let mut out = Vec::with_capacity(detail.len() + value.len());
+    out.extend_from_slice(&detail[..at]);
+    out.extend_from_slice(b"\"resource_usage\":");
+    out.extend_from_slice(&value);
+    out.extend_from_slice(&detail[at + NULL.len()..]);
+    out
+}
+
 /// The four PromQL queries of an instance: its CPU seconds' samples of the last 5 minutes,
 /// its memory in use and disk used (bytes), and its traffic over the `month` seconds the month
 /// has lasted (bytes).
@@ -284,6 +315,19 @@ mod tests {
         assert_eq!(per_second(&matrix(json!([[100.0, "3"]]))).unwrap(), None);
         let empty = json!({"status": "success", "data": {"resultType": "matrix", "result": []}});
         assert_eq!(per_second(&empty).unwrap(), None);
+    }
+
+    #[test]
+    fn usage_takes_the_place_of_the_null_and_nothing_else() {
+        let usage = ResourceUsage { cpu_percent: 12.5, memory_used: 2048, disk_used: 20, bandwidth_used: 3 };
+        let detail = br#"{"name":"a\"resource_usage\":null","resource_usage":null,"id":1}"#;
+        let out: Value = serde_json::from_slice(&spliced(detail, &usage)).unwrap();
+        assert_eq!(out["name"], "a\"resource_usage\":null");
+        assert_eq!(
+            out["resource_usage"],
+            json!({"cpu_percent": 12.5, "memory_used": 2048, "disk_used": 20, "bandwidth_used": 3})
+        );
+        assert_eq!(out["id"], 1);
     }
 
     #[test]

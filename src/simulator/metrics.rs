@@ -217,39 +217,14 @@ fn exposition(samples: &[Sample]) -> String {
     out
 }
 
-/// A Kubernetes quantity in bytes (`2048Mi`, `80Gi`, `1G`, plain bytes).
+/// A quantity in bytes, as the operator writes sizes (`4096Mi`, `80Gi`).
 fn quantity(q: Option<&str>) -> Option<f64> {
-    let q = q?.trim();
-    let split = q.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(q.len());
-    let (number, unit) = q.split_at(split);
-    let factor = match unit {
-        "" => 1.0,
-        "Ki" => 1024.0,
-        "Mi" => 1048576.0,
-        "Gi" => 1073741824.0,
-        "Ti" => 1099511627776.0,
-        "k" => 1e3,
-        "M" => 1e6,
-        "G" => 1e9,
-        "T" => 1e12,
-        _ => return None,
-    };
-    number.parse::<f64>().ok().map(|n| n * factor)
+    crate::kubevirt::quantity_bytes(q?.trim()).map(|b| b as f64)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn quantities_are_bytes() {
-        assert_eq!(quantity(Some("2048Mi")), Some(2048.0 * 1048576.0));
-        assert_eq!(quantity(Some("80Gi")), Some(80.0 * 1073741824.0));
-        assert_eq!(quantity(Some("1G")), Some(1e9));
-        assert_eq!(quantity(Some("512")), Some(512.0));
-        assert_eq!(quantity(Some("3Zi")), None);
-        assert_eq!(quantity(None), None);
-    }
 
     #[test]
     fn the_exposition_has_kubevirts_names_and_labels() {
