@@ -112,46 +112,9 @@ impl Ledger {
     async fn update<T>(
         &self,
         account: &str,
-        mut change: impl FnMut(&mut BTreeMap<String, String>) -> (T, bool),
+        change: impl FnMut(&mut BTreeMap<String, String>) -> (T, bool),
     ) -> Result<T, LedgerError> {
-        let name = ledger_name(account);
-        for attempt in 0..ATTEMPTS {
-            let Some(mut ledger) = self.api.get_opt(&name).await? else {
-                let mut data = BTreeMap::new();
-                let (answer, changed) = change(&mut data);
-                if !changed {
-                    return Ok(answer);
-                }
-                let cm = ConfigMap {
-                    metadata: ObjectMeta {
-                        name: Some(name.clone()),
-                        labels: Some(BTreeMap::from([(crate::api::ACCOUNT_LABEL.to_string(), account.to_string())])),
-                        ..Default::default()
-                    },
-                    data: Some(data),
-                    ..Default::default()
-                };
-                match self.api.create(&PostParams::default(), &cm).await {
-                    Ok(_) => return Ok(answer),
-                    Err(kube::Error::Api(e)) if e.code == 409 => continue,
-                    Err(e) => return Err(e.into()),
-                }
-            };
-            let data = ledger.data.get_or_insert_with(BTreeMap::new);
-            let (answer, changed) = change(data);
-            if !changed {
-                return Ok(answer);
-            }
-            // `replace` sends the resourceVersion read: a concurrent change makes it a 409.
-            match self.api.replace(&name, &PostParams::default(), &ledger).await {
-                Ok(_) => return Ok(answer),
-                Err(kube::Error::Api(e)) if e.code == 409 => {
-                    tokio::time::sleep(Duration::from_millis(u64::from(attempt.min(20)) * 3)).await;
-                }
-                Err(e) => return Err(e.into()),
-            }
-        }
-        Err(LedgerError::Contended(ATTEMPTS))
+        update_data(&self.api, &ledger_name(account), account, change).await
     }
 
     /// Commits `cents` a month for `server` of `account` when the account's commitments
@@ -231,6 +194,54 @@ impl Ledger {
         })
         .await
     }
+}
+
+/// Applies `change` to the data of the ConfigMap `name` of `api` (made, labelled with
+/// `account`, when missing) by compare-and-swap on its resourceVersion, trying again on a
+/// conflict; `change` returns what to answer and whether it changed anything.
+pub async fn update_data<T>(
+    api: &Api<ConfigMap>,
+    name: &str,
+    account: &str,
+    mut change: impl FnMut(&mut BTreeMap<String, String>) -> (T, bool),
+) -> Result<T, LedgerError> {
+    for attempt in 0..ATTEMPTS {
+        let Some(mut ledger) = api.get_opt(name).await? else {
+            let mut data = BTreeMap::new();
+            let (answer, changed) = change(&mut data);
+            if !changed {
+                return Ok(answer);
+            }
+            let cm = ConfigMap {
+                metadata: ObjectMeta {
+                    name: Some(name.to_string()),
+                    labels: Some(BTreeMap::from([(crate::api::ACCOUNT_LABEL.to_string(), account.to_string())])),
+                    ..Default::default()
+                },
+                data: Some(data),
+                ..Default::default()
+            };
+            match api.create(&PostParams::default(), &cm).await {
+                Ok(_) => return Ok(answer),
+                Err(kube::Error::Api(e)) if e.code == 409 => continue,
+                Err(e) => return Err(e.into()),
+            }
+        };
+        let data = ledger.data.get_or_insert_with(BTreeMap::new);
+        let (answer, changed) = change(data);
+        if !changed {
+            return Ok(answer);
+        }
+        // `replace` sends the resourceVersion read: a concurrent change makes it a 409.
+        match api.replace(name, &PostParams::default(), &ledger).await {
+            Ok(_) => return Ok(answer),
+            Err(kube::Error::Api(e)) if e.code == 409 => {
+                tokio::time::sleep(Duration::from_millis(u64::from(attempt.min(20)) * 3)).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(LedgerError::Contended(ATTEMPTS))
 }
 
 #[cfg(test)]

@@ -23,6 +23,7 @@
 
 pub mod address_pool;
 pub mod api;
+pub mod billing;
 pub mod client;
 pub mod controlplane;
 pub mod credit_ledger;

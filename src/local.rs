@@ -26,7 +26,8 @@ use crate::operator::OperatorConfig;
 use crate::simulator::SimulatorConfig;
 use crate::tokens::{self, TOKEN_LABEL};
 
-/// The demo accounts: (account and namespace name, monthly credit in cents).
+/// The demo accounts: (account and namespace name, monthly credit in cents). Each is also
+/// prepaid a month of its credit (`fundsCents`, set once: a top-up is not undone).
 pub const DEMO_ACCOUNTS: [(&str, i64); 2] = [("demo", 10_000), ("demo-2", 5_000)];
 
 /// Flags of `vps-operator local`.
@@ -252,6 +253,10 @@ pub async fn demo_tokens(
     let mut out = Vec::new();
     for (account, credit) in DEMO_ACCOUNTS {
         crate::testbed::ensure_account(client, account, credit).await?;
+        if accounts.get_opt(account).await?.is_some_and(|a| a.spec.funds_cents.is_none()) {
+            let patch = serde_json::json!({"spec": {"fundsCents": credit}});
+            accounts.patch(account, &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&patch)).await?;
+        }
         let still_valid = saved
             .get(account)
             .and_then(|t| tokens::record_for_token(t, &secrets.items))
@@ -317,6 +322,11 @@ fn print_banner(kubeconfig: &Path, url: &str, tokens: &[(String, String)], local
             "  curl -s -X POST {url}/api/v1/servers/ -H 'Authorization: Bearer {token}' -H 'Content-Type: application/json' \\\n    -d '{{\"name\": \"web-server-01\", \"plan_id\": 1, \"os_id\": 5, \"location\": \"us-west\", \"hostname\": \"web01.example.com\"}}'"
         );
         println!("  curl -s {url}/api/v1/servers/ -H 'Authorization: Bearer {token}'");
+        println!("  curl -s {url}/api/v1/account/ -H 'Authorization: Bearer {token}'   (balance, burn, charges)");
+        println!(
+            "  KUBECONFIG={} kubectl patch vpsaccount demo --type merge -p '{{\"spec\": {{\"fundsCents\": 20000}}}}'   (a top-up)",
+            kubeconfig.display()
+        );
         println!("  KUBECONFIG={} kubectl get vps -A", kubeconfig.display());
     }
     println!();

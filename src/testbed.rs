@@ -54,7 +54,8 @@ pub async fn install_crds(client: &Client, binaries: &Binaries) -> Result<()> {
 /// ServiceAccount, which CDI's clones run as).
 pub async fn ensure_account(client: &Client, name: &str, credit_cents: i64) -> Result<()> {
     controlplane::ensure_namespace(client, name).await?;
-    let account = VpsAccount::new(name, VpsAccountSpec { namespace: name.to_string(), credit_cents });
+    let account =
+        VpsAccount::new(name, VpsAccountSpec { namespace: name.to_string(), credit_cents, funds_cents: None });
     Api::<VpsAccount>::all(client.clone())
         .patch(name, &PatchParams::apply("vps-testbed").force(), &Patch::Apply(&account))
         .await

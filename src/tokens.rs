@@ -199,7 +199,8 @@ pub async fn create_account_if_absent(client: &Client, name: &str, credit_cents:
             Err(e) => return Err(e).with_context(|| format!("create the namespace {name}")),
         }
     }
-    let account = VpsAccount::new(name, VpsAccountSpec { namespace: name.to_string(), credit_cents });
+    let account =
+        VpsAccount::new(name, VpsAccountSpec { namespace: name.to_string(), credit_cents, funds_cents: None });
     match accounts.create(&PostParams::default(), &account).await {
         Ok(_) => Ok(true),
         Err(kube::Error::Api(e)) if e.code == 409 => Ok(false),
@@ -442,7 +443,10 @@ mod tests {
 
     #[test]
     fn an_output_secret_holds_the_token_for_people_and_is_no_token_record() {
-        let mut account = VpsAccount::new("demo", VpsAccountSpec { namespace: "demo".into(), credit_cents: 10_000 });
+        let mut account = VpsAccount::new(
+            "demo",
+            VpsAccountSpec { namespace: "demo".into(), credit_cents: 10_000, funds_cents: None },
+        );
         assert!(output_secret("vps-system", "vps-initial-token", &account, "vps_x").is_err(), "an account without uid");
         account.metadata.uid = Some("uid-demo".into());
         let secret = output_secret("vps-system", "vps-initial-token", &account, "vps_x").unwrap();

@@ -4,6 +4,9 @@
 
 mod support;
 
+#[path = "api_lifecycle/billing.rs"]
+mod billing;
+
 use std::time::{Duration, Instant};
 
 use kube::api::{Api, PostParams};

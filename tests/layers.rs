@@ -7,7 +7,8 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
-const LEAVES: [&str; 14] = [
+const LEAVES: [&str; 15] = [
+    "billing",
     "address_pool",
     "kubevirt",
     "ids",

@@ -50,6 +50,18 @@ pub struct VpsPlanSpec {
     /// Monthly price in the smallest currency unit (cents), charged against an account's credit.
     #[schemars(range(min = 0))]
     pub monthly_price_cents: i64,
+    /// Whether a stopped server of this plan keeps costing (it keeps its disk and
+    /// addresses), as at DigitalOcean and Hetzner; `false`: only the hours it runs are charged.
+    #[serde(default = "charged_while_stopped", skip_serializing_if = "is_true")]
+    pub charged_while_stopped: bool,
+}
+
+fn charged_while_stopped() -> bool {
+    true
+}
+
+fn is_true(b: &bool) -> bool {
+    *b
 }
 
 /// An operating system image a server's root disk is cloned from. Its integer `id` is the

@@ -25,6 +25,26 @@ pub struct Condition {
     pub observed_generation: Option<i64>,
 }
 
+impl Condition {
+    /// The condition `type_` as it is now, keeping the transition time of its `previous`
+    /// form (among `old`) unless its status flips.
+    pub fn observed(
+        type_: &str,
+        status: ConditionStatus,
+        reason: String,
+        message: String,
+        old: &[Condition],
+        now: &str,
+        observed_generation: Option<i64>,
+    ) -> Condition {
+        let last_transition_time = match old.iter().find(|c| c.type_ == type_) {
+            Some(p) if p.status == status => p.last_transition_time.clone(),
+            _ => now.to_string(),
+        };
+        Condition { type_: type_.into(), status, reason, message, last_transition_time, observed_generation }
+    }
+}
+
 /// The status of a condition.
 #[derive(Clone, Copy, Debug, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
 pub enum ConditionStatus {

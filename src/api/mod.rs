@@ -19,7 +19,7 @@ pub use server::{
     Named, Phase, PowerState, RebootType, Resolved, ResolvedKey, RestoreRequest, RestoreState, RestoreStatus,
     VpsServer, VpsServerSpec, VpsServerStatus,
 };
-pub use tenancy::{VpsAccount, VpsAccountSpec, VpsSshKey, VpsSshKeySpec};
+pub use tenancy::{VpsAccount, VpsAccountSpec, VpsAccountStatus, VpsSshKey, VpsSshKeySpec};
 
 /// The API group of every object in this module.
 pub const GROUP: &str = "vps.org";

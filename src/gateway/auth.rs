@@ -14,6 +14,8 @@ pub struct Tenant {
     pub account: String,
     pub namespace: String,
     pub credit_cents: i64,
+    /// The account's balance is used up (the operator's charging): creates answer 402.
+    pub suspended: bool,
 }
 
 impl FromRequestParts<AppState> for Tenant {
@@ -52,6 +54,7 @@ impl FromRequestParts<AppState> for Tenant {
             account: kube::ResourceExt::name_any(account.as_ref()),
             namespace: account.spec.namespace.clone(),
             credit_cents: account.spec.credit_cents,
+            suspended: account.suspended(),
         })
     }
 }

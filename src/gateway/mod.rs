@@ -19,6 +19,7 @@
 //! - [`listen`]: the connections (timeouts, a cap), [`rate_limit`]: requests per token.
 
 pub mod access;
+pub mod account;
 pub mod actions;
 pub mod auth;
 pub mod backups;
@@ -230,6 +231,7 @@ pub fn app(state: AppState) -> Router {
         .merge(backups::router())
         .merge(catalog::router())
         .merge(ssh_keys::router())
+        .merge(account::router())
         .merge(docs::router())
         .route("/api/v1/openapi.json", get(openapi::serve))
         .route("/healthz", get(|| async { "ok" }))

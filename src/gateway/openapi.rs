@@ -14,7 +14,8 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use super::{
-    actions, backups, catalog, console, console_output, lifecycle, power, server_metrics, servers, ssh_keys, view,
+    account, actions, backups, catalog, console, console_output, lifecycle, power, server_metrics, servers, ssh_keys,
+    view,
 };
 
 struct BearerAuth;
@@ -64,14 +65,15 @@ impl Modify for BearerAuth {
         ssh_keys::create_key,
         ssh_keys::get_key,
         ssh_keys::delete_key,
+        account::get_account,
     ),
     components(schemas(
         view::ServerListItem, view::ServerDetail, view::CreatedServer, view::ActionResponse, view::ActionServer, view::ApiStatus,
         view::PlanSummary, view::PlanDetail, view::OsRef, view::ResourceUsage, view::PlanView, view::LocationView,
-        view::SshKeyView, view::ActionView, view::BackupView, backups::BackupTaken, servers::CreateServer, servers::UpdateServer, servers::PatchServer, servers::SetProtection, power::Stop, power::Reboot, lifecycle::Resize, lifecycle::Rebuild, backups::Restore, view::Protection, ssh_keys::CreateSshKey, console::ConsoleRequest, console::ConsoleView, console_output::ConsoleOutput, server_metrics::MetricsView, server_metrics::MetricsRange,
+        view::SshKeyView, view::ActionView, view::BackupView, backups::BackupTaken, servers::CreateServer, servers::UpdateServer, servers::PatchServer, servers::SetProtection, power::Stop, power::Reboot, lifecycle::Resize, lifecycle::Rebuild, backups::Restore, view::Protection, ssh_keys::CreateSshKey, console::ConsoleRequest, console::ConsoleView, console_output::ConsoleOutput, server_metrics::MetricsView, server_metrics::MetricsRange, account::AccountView, account::ChargeView,
     )),
     modifiers(&BearerAuth),
-    tags((name = "servers"), (name = "actions"), (name = "backups"), (name = "catalog"), (name = "ssh-keys"))
+    tags((name = "servers"), (name = "actions"), (name = "backups"), (name = "catalog"), (name = "ssh-keys"), (name = "account"))
 )]
 pub struct ApiDoc;
 

@@ -345,6 +345,13 @@ async fn create(
             new.location
         )));
     }
+    if tenant.suspended {
+        return Err(ApiError::PaymentRequired(
+            "Insufficient credit: the account's balance is used up and its servers are suspended until the hosting \
+             team tops it up."
+                .into(),
+        ));
+    }
     // The server's price is committed on the account's ledger before its object exists.
     let price = new.plan.spec.monthly_price_cents;
     let api: Api<VpsServer> = Api::namespaced(state.client.clone(), &tenant.namespace);

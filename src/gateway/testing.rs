@@ -82,7 +82,8 @@ pub fn ssh_key(namespace: &str, id: i64) -> VpsSshKey {
 
 /// An account (namespace of the same name, 100,000 cents of credit) with UID `uid-NAME`.
 pub fn account(name: &str) -> VpsAccount {
-    let mut a = VpsAccount::new(name, VpsAccountSpec { namespace: name.into(), credit_cents: 100_000 });
+    let mut a =
+        VpsAccount::new(name, VpsAccountSpec { namespace: name.into(), credit_cents: 100_000, funds_cents: None });
     a.metadata.uid = Some(format!("uid-{name}"));
     a
 }

@@ -2,12 +2,13 @@
 //! servers are deleted (each tears down its VM, disks and snapshots behind its own
 //! finalizer), and the account goes once none is left. Its tokens are owned by it and go
 //! with it (the garbage collector); the gateway refuses them from the moment the account is
-//! being deleted. Meanwhile its credit ledger is looked over now and then.
+//! being deleted. Meanwhile its credit ledger is looked over now and then, and an account
+//! with funds is charged every hour ([`super::charging`]).
 
 use std::time::Duration;
 
 use kube::ResourceExt;
-use kube::api::{Api, DeleteParams};
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::runtime::reflector::ObjectRef;
 
 use super::queue::Next;
@@ -43,7 +44,17 @@ pub async fn reconcile(name: &str, ctx: &Context) -> Result<Next> {
             if forgotten > 0 {
                 tracing::info!(account = name, forgotten, "Forgot credit commitments of servers that do not exist");
             }
-            Ok(Next::After(SWEEP_EVERY))
+            match account.spec.funds_cents {
+                Some(funds) => Ok(Next::After(super::charging::step(&account, funds, ctx).await?.min(SWEEP_EVERY))),
+                None => {
+                    // No longer charged here: what charging said goes.
+                    if account.status.is_some() {
+                        let patch = serde_json::json!({"status": null});
+                        api.patch_status(name, &PatchParams::default(), &Patch::Merge(&patch)).await?;
+                    }
+                    Ok(Next::After(SWEEP_EVERY))
+                }
+            }
         }
         (true, true) => {
             let namespace = &account.spec.namespace;

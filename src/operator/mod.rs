@@ -11,7 +11,8 @@
 //! - [`vm`]: pure construction of the VirtualMachine.
 //! - [`status`]: the pure next status and the Events it tells of.
 //! - [`reconcile`]: apply and cleanup (behind a finalizer).
-//! - [`backups`]: the snapshot schedule; [`accounts`]: an account's teardown.
+//! - [`backups`]: the snapshot schedule; [`accounts`]: an account's teardown; [`charging`]:
+//!   its servers' hours charged against its funds, and its suspension at zero.
 //! - [`leader`]: leader election among replicas (a Lease).
 //! - [`metrics`]: Prometheus metrics and health endpoints.
 
@@ -20,6 +21,7 @@ pub mod actions;
 pub mod addresses;
 pub mod backups;
 pub mod cache;
+pub mod charging;
 pub mod held;
 pub mod leader;
 pub mod metrics;
@@ -134,6 +136,13 @@ pub struct OperatorConfig {
     /// a random suffix when unset.
     #[arg(long, env = "POD_NAME")]
     pub leader_identity: Option<String>,
+    /// Billing time runs this many times faster than real time (tests: an hour of billing in
+    /// seconds); 1 is real time.
+    #[arg(long, default_value_t = 1, hide = true)]
+    pub billing_clock_scale: u32,
+    /// From when billing time runs faster (every replica must be given the same).
+    #[arg(long, hide = true)]
+    pub billing_clock_epoch: Option<jiff::Timestamp>,
 }
 
 /// The name of the operator's Lease.
@@ -150,6 +159,18 @@ impl OperatorConfig {
             format!("{}-{:08x}", host.trim(), rand::random::<u32>())
         });
         Some(leader::Election::new(&self.system_namespace, LEASE_NAME, &identity))
+    }
+}
+
+impl OperatorConfig {
+    /// The billing clock these flags give.
+    pub fn billing_clock(&self) -> crate::billing::Clock {
+        match self.billing_clock_epoch {
+            Some(epoch) if self.billing_clock_scale > 1 => {
+                crate::billing::Clock { epoch, scale: self.billing_clock_scale }
+            }
+            _ => crate::billing::Clock::real(),
+        }
     }
 }
 
@@ -176,6 +197,8 @@ pub struct Context {
     pub ids_held: Arc<held::IdsHeld>,
     /// What each account's servers commit of its credit.
     pub ledger: crate::credit_ledger::Ledger,
+    /// What each account's servers have been charged.
+    pub billing: crate::billing::Ledgers,
 }
 
 impl Context {
@@ -229,6 +252,7 @@ pub async fn run(
         recorder: Recorder::new(client.clone(), reporter),
         ids: IdAllocator::new(client.clone(), &config.system_namespace),
         ledger: crate::credit_ledger::Ledger::new(client.clone(), &config.system_namespace),
+        billing: crate::billing::Ledgers::new(client.clone(), &config.system_namespace),
         client,
         caches: caches.clone(),
         config: config.clone(),
@@ -288,7 +312,7 @@ pub async fn run(
         }
     };
     let forever = futures::future::join5(
-        watches.wake(requests, caches.servers.clone()),
+        watches.wake(requests, caches.clone()),
         pruning,
         async {
             if let Some(addr) = metrics_addr {

@@ -34,6 +34,8 @@ pub const RECREATE_ANNOTATION: &str = "vps.org/recreate";
 
 /// Brings the world in line with one server (the finalizer is in place).
 pub async fn apply(server: Arc<VpsServer>, ctx: Arc<Context>) -> Result<Next> {
+    // While its account is suspended the server is built halted.
+    let (server, account_suspended) = super::charging::billing_suspension(server, &ctx);
     let ns = server.namespace().ok_or(Error::MissingField("metadata.namespace"))?;
     let name = server.name_any();
     let key = super::cache::key(&ns, &name);
@@ -83,7 +85,10 @@ pub async fn apply(server: Arc<VpsServer>, ctx: Arc<Context>) -> Result<Next> {
         rebuild.progress(),
         old.phase,
     );
-    let obs = restore.observe(obs);
+    let mut obs = restore.observe(obs);
+    if account_suspended {
+        super::charging::observe_suspension(&mut obs);
+    }
     // A failing backup must not hide the server's state: the status is written first.
     let sound =
         resolution.resolved.is_some() && credit.is_none() && addressing.fault().is_none() && built.lost.is_none();

@@ -189,19 +189,7 @@ pub fn conditions(
         .into_iter()
         .filter_map(|(type_, verdict)| verdict.map(|v| (type_, v)))
         .map(|(type_, (status, reason, message))| {
-            let previous = old.iter().find(|c| c.type_ == type_);
-            let last_transition_time = match previous {
-                Some(p) if p.status == status => p.last_transition_time.clone(),
-                _ => now.to_string(),
-            };
-            Condition {
-                type_: type_.into(),
-                status,
-                reason,
-                message,
-                last_transition_time,
-                observed_generation: generation,
-            }
+            Condition::observed(type_, status, reason, message, old, now, generation)
         })
         .collect()
 }

@@ -203,6 +203,7 @@ mod tests {
                     storage: 80,
                     bandwidth: 2048,
                     monthly_price_cents: 1000,
+                    charged_while_stopped: true,
                 },
             },
             image: Named {

@@ -134,7 +134,28 @@ impl Watches {
     /// change concerns: its own changes, its VM's and its instance's (they have its name and
     /// carry its label, which the watches select on), and any catalog change (a plan that
     /// appears, say) for every server.
-    pub async fn wake(self, requests: Requests, servers: Cache<Box<[u8]>>) {
+    /// An account's suspension starting or ending wakes its servers.
+    pub async fn wake(self, requests: Requests, caches: Caches) {
+        let servers = caches.servers.clone();
+        let mut suspended: HashMap<String, bool> = HashMap::new();
+        let accounts = self.accounts.for_each(|key| {
+            if let Ok(key) = &key
+                && let Some(name) = key.strip_prefix('@')
+            {
+                let account = caches.accounts.get(&reflector::ObjectRef::new(name));
+                let now = account.as_ref().is_some_and(|a| a.suspended());
+                if suspended.insert(name.to_string(), now).unwrap_or(false) != now
+                    && let Some(account) = account
+                {
+                    let prefix = format!("{}/", account.spec.namespace);
+                    servers.keys().into_iter().filter(|k| k.starts_with(&prefix)).for_each(|k| requests.now(k));
+                }
+            }
+            if let Ok(key) = key {
+                requests.now(key);
+            }
+            futures::future::ready(())
+        });
         let wake = |requests: Requests| {
             move |key: Result<Box<str>, watcher::Error>| {
                 match key {
@@ -145,7 +166,7 @@ impl Watches {
             }
         };
         futures::join!(
-            self.accounts.for_each(wake(requests.clone())),
+            accounts,
             self.servers.for_each(wake(requests.clone())),
             self.vms.for_each(wake(requests.clone())),
             self.vmis.for_each(wake(requests.clone())),
