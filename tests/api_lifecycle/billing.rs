@@ -12,7 +12,7 @@ use kube::api::{Api, ListParams};
 use serde_json::{Value, json};
 use vps_operator::api::VpsServer;
 use vps_operator::billing::{self, State};
-use vps_operator::kubevirt::VirtualMachine;
+use vps_operator::kubevirt::{VirtualMachine, VirtualMachineInstance};
 
 use super::support::gateway::{Gateway, SYSTEM_NAMESPACE, Tenant};
 use super::{action, setup, wait_status};
@@ -164,10 +164,17 @@ async fn an_account_out_of_funds_is_suspended_until_a_top_up() {
     assert!(told(&client, &t.account, "Suspended").await);
 
     // Its server halts and shows suspended; no new server, no start.
-    let detail = wait_status(&gw, &t.token, id, "suspended").await;
-    assert_eq!(detail["ip_address"], Value::Null, "{detail}");
+    wait_status(&gw, &t.token, id, "suspended").await;
     let vm = Api::<VirtualMachine>::namespaced(client.clone(), &t.namespace).get(&format!("srv-{id}")).await.unwrap();
     assert_eq!(vm.spec.run_strategy.as_deref(), Some("Halted"));
+    let instances: Api<VirtualMachineInstance> = Api::namespaced(client.clone(), &t.namespace);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while instances.get_opt(&format!("srv-{id}")).await.unwrap().is_some() {
+        assert!(Instant::now() < deadline, "the suspended server's instance still runs after 60 s");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let detail = wait_status(&gw, &t.token, id, "suspended").await;
+    assert_eq!(detail["ip_address"], Value::Null, "halted: {detail}");
     let refused = create(&gw, &t, "more").await;
     assert_eq!(refused.status, 402, "{refused:?}");
     assert!(refused.body["detail"].as_str().unwrap().contains("suspended"), "{refused:?}");
