@@ -22,6 +22,9 @@ if ! command -v containerd >/dev/null || ! command -v runc >/dev/null || ! comma
 		echo "[test] containerd, runc or iptables missing and not installable here: the real-node suite will skip"
 	fi
 fi
+# The real Debian 12 disk of the real-guest test (Debian's packages: mmdebstrap, qemu), cached.
+bash scripts/build-guest-image.sh >/dev/null
+echo "[test] guest image ready after $(($(date +%s) - start)) s"
 cargo test --locked "$@"
 # The benchmark's smoke mode: a short run on a control plane of its own that fails when
 # something does not work; it judges no timing (those belong in the bench's table).

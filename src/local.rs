@@ -71,6 +71,10 @@ pub struct LocalArgs {
     /// Namespace of the token Secrets and id counters.
     #[arg(long, default_value = tokens::DEFAULT_SYSTEM_NAMESPACE)]
     pub system_namespace: String,
+    /// Do not build the real Debian 12 disk (`scripts/build-guest-image.sh`: Debian's
+    /// packages, about a minute the first time) whose servers boot in qemu.
+    #[arg(long)]
+    pub no_real_guests: bool,
 }
 
 /// What [`run`] started.
@@ -153,6 +157,15 @@ async fn start(args: &LocalArgs) -> Result<Running> {
     }
     if demo {
         crate::testbed::install_demo_catalog(&client).await.context("load the demo catalog")?;
+    }
+    if demo && plane.is_some() && !args.cluster_only && !args.no_real_guests {
+        // A real image: its servers boot in qemu (the simulator's real guests).
+        match tokio::task::spawn_blocking(|| crate::testbed::build_guest_image(&controlplane::source_root())).await? {
+            Ok(image) => {
+                crate::testbed::install_guest_image(&client, &image).await.context("install the guest image")?
+            }
+            Err(e) => eprintln!("No real guests (every server stays simulated): {e:#}"),
+        }
     }
     if plane.is_some() {
         // Its own control plane has Multus' CRD: a location on a provider network too.
@@ -323,6 +336,10 @@ fn print_banner(kubeconfig: &Path, url: &str, tokens: &[(String, String)], local
         );
         println!("  curl -s {url}/api/v1/servers/ -H 'Authorization: Bearer {token}'");
         println!("  curl -s {url}/api/v1/account/ -H 'Authorization: Bearer {token}'   (balance, burn, charges)");
+        println!(
+            "  A server with \"os_id\": {} (Debian 12, a real guest) boots in qemu: the simulator logs \"A real guest is up\" with its ssh command.",
+            crate::testbed::GUEST_IMAGE_ID
+        );
         println!(
             "  KUBECONFIG={} kubectl patch vpsaccount demo --type merge -p '{{\"spec\": {{\"fundsCents\": 20000}}}}'   (a top-up)",
             kubeconfig.display()

@@ -28,6 +28,41 @@ pub async fn install_demo_catalog(client: &Client) -> Result<()> {
     apply_yaml(client, DEMO_CATALOG, "default").await
 }
 
+/// The `VpsImage` (and its DataSource) of the real Debian 12 disk that
+/// `scripts/build-guest-image.sh` built in `image_dir`: the node simulator boots servers of it
+/// in qemu (`simulator::guest`).
+pub const GUEST_IMAGE: &str = "debian-12-guest";
+/// Its `os_id`.
+pub const GUEST_IMAGE_ID: i64 = 12;
+
+/// Installs the real image of `image_dir` as [`GUEST_IMAGE`] (its DataSource points at the
+/// simulated golden disk, and names the real one for the simulator).
+pub async fn install_guest_image(client: &Client, image_dir: &std::path::Path) -> Result<()> {
+    let yaml = format!(
+        "apiVersion: cdi.kubevirt.io/v1beta1\nkind: DataSource\nmetadata:\n  name: {GUEST_IMAGE}\n  namespace: vps-images\n  \
+         annotations: {{{annotation}: \"{dir}\"}}\nspec:\n  source:\n    pvc: {{name: debian-12-golden, namespace: vps-images}}\n\
+         ---\napiVersion: vps.org/v1alpha1\nkind: VpsImage\nmetadata:\n  name: {GUEST_IMAGE}\nspec:\n  id: {GUEST_IMAGE_ID}\n  \
+         displayName: Debian 12 (a real guest)\n  source: {{dataSourceNamespace: vps-images, dataSourceName: {GUEST_IMAGE}}}\n",
+        annotation = crate::api::GUEST_IMAGE_ANNOTATION,
+        dir = image_dir.display(),
+    );
+    apply_yaml(client, &yaml, "default").await
+}
+
+/// Builds the real Debian 12 disk (`scripts/build-guest-image.sh`, cached) and returns its
+/// folder.
+pub fn build_guest_image(source_root: &std::path::Path) -> Result<std::path::PathBuf> {
+    let script = source_root.join("scripts/build-guest-image.sh");
+    let output = std::process::Command::new(&script)
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .with_context(|| format!("run {}", script.display()))?;
+    if !output.status.success() {
+        bail!("{} failed", script.display());
+    }
+    Ok(std::path::PathBuf::from(String::from_utf8(output.stdout)?.trim()))
+}
+
 /// KubeVirt's CRDs as printed by KubeVirt's own generator (built with the control plane).
 pub fn kubevirt_crds_yaml(binaries: &Binaries) -> Result<String> {
     let generator = binaries.kubevirt("kubevirt-crds")?;

@@ -6,6 +6,8 @@ mod support;
 
 #[path = "api_lifecycle/billing.rs"]
 mod billing;
+#[path = "api_lifecycle/real_guest.rs"]
+mod real_guest;
 
 use std::time::{Duration, Instant};
 
@@ -22,16 +24,42 @@ async fn setup(test: &str) -> (Client, Gateway, Tenant) {
 
 /// Polls `GET /servers/{id}/` until `status` is `want` (90 s at most).
 async fn wait_status(gw: &Gateway, token: &str, id: i64, want: &str) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(90);
+    wait_status_within(gw, token, id, want, 90).await
+}
+
+/// Polls `GET /servers/{id}/` until `status` is `want` (`secs` seconds at most).
+async fn wait_status_within(gw: &Gateway, token: &str, id: i64, want: &str, secs: u64) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(secs);
     loop {
         let got = gw.call("GET", &format!("/api/v1/servers/{id}/"), Some(token), None).await;
         assert_eq!(got.status, 200, "{got:?}");
         if got.body["status"] == want {
             return got.body;
         }
-        assert!(Instant::now() < deadline, "server {id} not {want} after 90 s: {}", got.body);
+        assert!(Instant::now() < deadline, "server {id} not {want} after {secs} s: {}", got.body);
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// A bridge NetworkAttachmentDefinition `public` in `namespace` (a provider network).
+async fn create_attachment(client: &Client, namespace: &str) {
+    let nad = kube::api::ApiResource {
+        group: "k8s.cni.cncf.io".into(),
+        version: "v1".into(),
+        api_version: "k8s.cni.cncf.io/v1".into(),
+        kind: "NetworkAttachmentDefinition".into(),
+        plural: "network-attachment-definitions".into(),
+    };
+    let attachment: kube::api::DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "k8s.cni.cncf.io/v1", "kind": "NetworkAttachmentDefinition",
+        "metadata": {"name": "public", "namespace": namespace},
+        "spec": {"config": r#"{"cniVersion": "0.4.0", "name": "public", "type": "bridge", "bridge": "br-public", "ipam": {}}"#},
+    }))
+    .unwrap();
+    Api::<kube::api::DynamicObject>::namespaced_with(client.clone(), namespace, &nad)
+        .create(&PostParams::default(), &attachment)
+        .await
+        .unwrap();
 }
 
 async fn action(gw: &Gateway, token: &str, id: i64, verb: &str) -> support::gateway::Answer {
@@ -676,23 +704,7 @@ async fn servers_keep_their_own_addresses_on_a_provider_network() {
         eprintln!("skipped: the cluster has no Multus (NetworkAttachmentDefinition CRD)");
         return;
     }
-    let nad = kube::api::ApiResource {
-        group: "k8s.cni.cncf.io".into(),
-        version: "v1".into(),
-        api_version: "k8s.cni.cncf.io/v1".into(),
-        kind: "NetworkAttachmentDefinition".into(),
-        plural: "network-attachment-definitions".into(),
-    };
-    let attachment: kube::api::DynamicObject = serde_json::from_value(json!({
-        "apiVersion": "k8s.cni.cncf.io/v1", "kind": "NetworkAttachmentDefinition",
-        "metadata": {"name": "public", "namespace": t.namespace},
-        "spec": {"config": r#"{"cniVersion": "0.4.0", "name": "public", "type": "bridge", "bridge": "br-public", "ipam": {}}"#},
-    }))
-    .unwrap();
-    Api::<kube::api::DynamicObject>::namespaced_with(client.clone(), &t.namespace, &nad)
-        .create(&PostParams::default(), &attachment)
-        .await
-        .unwrap();
+    create_attachment(&client, &t.namespace).await;
     // Two addresses: .0 network, .1 gateway, .2-.4 excluded, .7 broadcast.
     let code = format!("pn-{}", t.namespace.rsplit('-').next().unwrap());
     let location: VpsLocation = serde_json::from_value(json!({

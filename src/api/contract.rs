@@ -39,6 +39,11 @@ pub const SIMULATOR_ANNOTATION_PREFIX: &str = "simulator.vps.org/";
 /// `shutdown-hang` (a guest that ignores the shutdown request) or `reboot-fails` (virt-handler
 /// cannot reach the instance for a soft reboot or reset).
 pub const FAILURE_ANNOTATION: &str = "simulator.vps.org/fail";
+/// On a CDI DataSource: the folder of a real image (`disk.img`, `vmlinuz`, `initrd.img`, from
+/// `scripts/build-guest-image.sh`) whose servers the node simulator boots in qemu.
+pub const GUEST_IMAGE_ANNOTATION: &str = "simulator.vps.org/guest-image";
+/// On a real guest's instance: where the node simulator forwards its SSH port (`127.0.0.1:PORT`).
+pub const GUEST_SSH_ANNOTATION: &str = "simulator.vps.org/ssh";
 
 /// Field manager of the operator's writes.
 pub const OPERATOR_MANAGER: &str = "vps-operator";

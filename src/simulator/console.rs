@@ -63,10 +63,13 @@ pub async fn accept(
             Err(e) => return tracing::debug!("Simulated console: the upgrade failed: {e}"),
         };
         let socket = WebSocketStream::from_raw_socket(hyper_util::rt::TokioIo::new(upgraded), Role::Server, None).await;
+        let guest = sim.guests.get(&format!("{ns}/{name}"));
         let session = async {
-            match kind {
-                Kind::Serial => serial(socket, &sim, &uid, &host, &boot).await,
-                Kind::Vnc => vnc(socket, &name).await,
+            match (kind, guest) {
+                // A real guest's serial console: relayed to qemu's.
+                (Kind::Serial, Some(guest)) => relay(socket, &guest.console_socket()).await,
+                (Kind::Serial, None) => serial(socket, &sim, &uid, &host, &boot).await,
+                (Kind::Vnc, _) => vnc(socket, &name).await,
             }
         };
         tokio::select! {
@@ -102,6 +105,41 @@ async fn stopped(sim: &Sim, ns: &str, name: &str) {
         if super::vmis::stopped(sim, ns, name).await.unwrap_or(false) {
             return;
         }
+    }
+}
+
+/// Relays a console between the websocket and a real guest's serial port (qemu's socket).
+async fn relay(socket: Socket, path: &std::path::Path) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Ok(port) = tokio::net::UnixStream::connect(path).await else {
+        return tracing::debug!("The guest's serial port is not there");
+    };
+    let (mut from_guest, mut to_guest) = port.into_split();
+    let (mut to_client, mut from_client) = socket.split();
+    let inbound = async {
+        while let Some(Ok(message)) = from_client.next().await {
+            let bytes = match message {
+                Message::Binary(b) => b.to_vec(),
+                Message::Text(t) => t.as_bytes().to_vec(),
+                Message::Close(_) => break,
+                _ => continue,
+            };
+            if to_guest.write_all(&bytes).await.is_err() {
+                break;
+            }
+        }
+    };
+    let outbound = async {
+        let mut buffer = vec![0; 4096];
+        while let Ok(n) = from_guest.read(&mut buffer).await {
+            if n == 0 || to_client.send(Message::binary(buffer[..n].to_vec())).await.is_err() {
+                break;
+            }
+        }
+    };
+    tokio::select! {
+        () = inbound => {}
+        () = outbound => {}
     }
 }
 

@@ -162,6 +162,17 @@ async fn act(sim: &Sim, ns: &str, name: &str, verb: Verb) -> Result<Response<Ful
             "failed to connect to the launcher of the VirtualMachineInstance",
         ));
     }
+    // A real guest is rebooted for real: Ctrl-Alt-Delete (systemd reboots), or a reset.
+    if let Some(guest) = sim.guests.get(&format!("{ns}/{name}")) {
+        let done = match verb {
+            Verb::SoftReboot => guest.soft_reboot().await,
+            Verb::Reset => guest.reset().await,
+            Verb::Console(_) => Ok(()),
+        };
+        if let Err(e) = done {
+            return Ok(text(StatusCode::INTERNAL_SERVER_ERROR, &format!("the guest did not take it: {e:#}")));
+        }
+    }
     let (reason, note) = match verb {
         Verb::SoftReboot => ("SoftRebooted", "VirtualMachineInstance soft rebooted"),
         Verb::Reset => ("Reset", "VirtualMachineInstance reset"),

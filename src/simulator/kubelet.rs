@@ -163,6 +163,10 @@ async fn log(sim: &Sim, request: &LogRequest) -> Result<Option<Vec<u8>>, kube::E
     }
     let vmi_uid = pod.labels().get("kubevirt.io/created-by").cloned().unwrap_or_default();
     let vmi_name = pod.annotations().get("kubevirt.io/domain").or_else(|| pod.labels().get("vm.kubevirt.io/name"));
+    // A real guest's log is what its serial port printed.
+    if let Some(guest) = vmi_name.and_then(|n| sim.guests.get(&format!("{}/{n}", request.namespace))) {
+        return Ok(Some(guest.serial().await.into_bytes()));
+    }
     let vmis: Api<DynamicObject> =
         Api::namespaced_with(sim.client.clone(), &request.namespace, &super::vmis::resource());
     let vmi = match vmi_name {

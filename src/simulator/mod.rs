@@ -1,5 +1,6 @@
 //! The node simulator: plays what real hosts do for KubeVirt, so KubeVirt's own controllers
-//! can run without machines (as kwok does for kubelets). It starts no virtual machine.
+//! can run without machines (as kwok does for kubelets). It starts no virtual machine, except
+//! for an instance of a real image ([`guest`]).
 //!
 //! - [`nodes`]: simulated Nodes with kubelet's Lease and Ready heartbeat and virt-handler's
 //!   labels, heartbeat and device resources.
@@ -13,11 +14,14 @@
 //! - [`volumes`]: CDI's importer for DataVolumes (a bound PVC, then Succeeded), and a CSI
 //!   snapshotter's part for VolumeSnapshots.
 //!
+//! - [`guest`]: real guests (qemu) for instances of a real image.
+//!
 //! It never writes what virt-controller owns. Failures are injected per VM with the
 //! annotation [`FAILURE_ANNOTATION`] (the operator copies it from the server).
 
 pub mod addresses;
 pub mod console;
+pub mod guest;
 pub mod handler;
 pub mod kubelet;
 pub mod metrics;
@@ -117,6 +121,17 @@ pub struct SimulatorConfig {
     /// `http://127.0.0.1:PORT/metrics`, for Prometheus. Unset: none.
     #[arg(long)]
     pub metrics_port: Option<u16>,
+    /// Real guests at most at once (qemu, for instances of a real image: [`guest`]); the others
+    /// stay simulated.
+    #[arg(long, default_value_t = 2)]
+    pub real_guests: usize,
+    /// The most memory a real guest gets, in MiB, whatever its plan.
+    #[arg(long, default_value_t = 1024)]
+    pub guest_memory_cap: u64,
+    /// Where real guests keep their disks (copy-on-write overlays), seeds and serial logs; a
+    /// folder of this process's own under the temporary directory when unset.
+    #[arg(long)]
+    pub guest_dir: Option<std::path::PathBuf>,
 }
 
 impl Default for SimulatorConfig {
@@ -136,6 +151,8 @@ pub struct Sim {
     pub serial: serial::Transcripts,
     /// The instances' counters, for their metrics.
     pub meters: metrics::Meters,
+    /// The real guests (qemu) running.
+    pub guests: guest::Guests,
 }
 
 impl Sim {
@@ -184,9 +201,15 @@ pub async fn run(client: Client, config: SimulatorConfig) -> anyhow::Result<()> 
     };
     let handler_port = config.virt_handler_port;
     let metrics_port = config.metrics_port;
+    let guest_dir = config
+        .guest_dir
+        .clone()
+        .unwrap_or_else(|| std::env::temp_dir().join(format!("vps-operator-guests-{}", std::process::id())));
+    let guests = guest::Guests::new(guest_dir, config.real_guests, config.guest_memory_cap);
     let sim = Arc::new(Sim {
         client: client.clone(),
         node_names: specs.iter().map(|s| s.name.clone()).collect(),
+        guests,
         config,
         vms,
         pools,
@@ -217,6 +240,7 @@ pub async fn run(client: Client, config: SimulatorConfig) -> anyhow::Result<()> 
         r = volumes::run_volumes(sim.clone()) => r?,
         r = volumes::run_expansion(sim.clone()) => r?,
         r = volumes::run_snapshots(sim.clone()) => r?,
+        () = sim.guests.collect_overlays(client.clone()) => {}
     }
     Ok(())
 }

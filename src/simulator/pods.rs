@@ -49,8 +49,10 @@ async fn reconcile(pod: Arc<Pod>, sim: Arc<Sim>) -> Result<Action, kube::Error> 
         // it until virt-handler stops the instance (its grace period, or a forced stop).
         let ns = pod.namespace().unwrap_or_default();
         let vm_name = pod.labels().get("vm.kubevirt.io/name").map(String::as_str).unwrap_or_default();
-        if sim.failure(&ns, vm_name) == Some(Failure::ShutdownHang) && !super::vmis::stopped(&sim, &ns, vm_name).await?
-        {
+        // So does a real guest until its machine is down.
+        let hangs = sim.failure(&ns, vm_name) == Some(Failure::ShutdownHang);
+        let real = sim.guests.get(&format!("{ns}/{vm_name}")).is_some();
+        if (hangs && !super::vmis::stopped(&sim, &ns, vm_name).await?) || real {
             return Ok(Action::requeue(Duration::from_millis(500)));
         }
         let wait = remaining(sim.config.shutdown_delay, Some(deleted.0));

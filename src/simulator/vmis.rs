@@ -61,20 +61,28 @@ async fn reconcile(vmi: Arc<DynamicObject>, sim: Arc<Sim>) -> Result<Action, kub
     let phase = status["phase"].as_str().unwrap_or("");
     let final_phase = phase == "Succeeded" || phase == "Failed";
     let rv = vmi.resource_version();
-    let now = super::k8s_now();
-    let transition = |p: &str| {
-        let mut list = status["phaseTransitionTimestamps"].as_array().cloned().unwrap_or_default();
-        list.push(json!({"phase": p, "phaseTransitionTimestamp": now}));
-        Value::Array(list)
-    };
+    let transition = |p: &str| transition(&status, p);
 
     if let Some(deleted) = &vmi.metadata.deletion_timestamp {
         if final_phase {
+            // A real guest of an instance that ended otherwise stops with it.
+            sim.guests.remove(&format!("{ns}/{name}")).await;
             return Ok(Action::await_change());
         }
         // virt-handler asks the guest to shut down and stops the domain when the instance's
         // grace period ends (at once for 0: a forced stop); the VMI's update wakes us.
         let grace = Duration::from_secs(vmi.data["spec"]["terminationGracePeriodSeconds"].as_u64().unwrap_or(30));
+        let key = format!("{ns}/{name}");
+        if let Some(guest) = sim.guests.get(&key) {
+            // A real guest: an ACPI shutdown, and the machine stopped when the grace period ends.
+            if !guest.exited().await && !remaining(grace, Some(deleted.0)).is_zero() {
+                if let Err(e) = guest.power_down().await {
+                    tracing::warn!(instance = key, "Could not ask the guest to shut down: {e:#}");
+                }
+                return Ok(Action::requeue(Duration::from_millis(500)));
+            }
+            sim.guests.remove(&key).await;
+        }
         let guest = match sim.failure(&ns, &name) {
             Some(Failure::ShutdownHang) => grace,
             _ => sim.config.shutdown_delay.min(grace),
@@ -88,41 +96,107 @@ async fn reconcile(vmi: Arc<DynamicObject>, sim: Arc<Sim>) -> Result<Action, kub
         return Ok(Action::await_change());
     }
 
+    let key = format!("{ns}/{name}");
     match phase {
-        "Scheduled" => {
-            let since = status["phaseTransitionTimestamps"]
-                .as_array()
-                .and_then(|l| l.iter().rev().find(|t| t["phase"] == "Scheduled"))
-                .and_then(|t| t["phaseTransitionTimestamp"].as_str())
-                .and_then(|t| t.parse::<jiff::Timestamp>().ok());
-            let wait = remaining(sim.config.boot_delay, since);
-            if !wait.is_zero() {
-                return Ok(Action::requeue(wait));
-            }
-            // An injected crash: the guest dies while starting, again and again (KubeVirt
-            // counts failures before Running as failed starts and backs off).
-            let vm_name = vmi.labels().get("vm.kubevirt.io/name").cloned().unwrap_or_else(|| name.clone());
-            if sim.failure(&ns, &vm_name) == Some(Failure::Crash) {
+        "Scheduled" if sim.guests.get(&key).is_some() || sim.guests.has_room() => {
+            // A real guest is Running once it has booted.
+            let guest = match sim.guests.get(&key) {
+                Some(guest) => guest,
+                None => match super::guest::boot_of(&sim, &vmi).await? {
+                    None => return simulated_boot(&vmi, &sim, &api, &status).await,
+                    Some(boot) => match sim.guests.boot(boot).await {
+                        Ok(guest) => guest,
+                        Err(e) => {
+                            tracing::error!(instance = key, "A real guest did not start: {e:#}");
+                            let patch = json!({"metadata": {"resourceVersion": rv}, "status": {"phase": "Failed", "phaseTransitionTimestamps": transition("Failed")}});
+                            api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch)).await?;
+                            return Ok(Action::await_change());
+                        }
+                    },
+                },
+            };
+            if guest.exited().await {
+                sim.guests.remove(&key).await;
                 let patch = json!({"metadata": {"resourceVersion": rv}, "status": {"phase": "Failed", "phaseTransitionTimestamps": transition("Failed")}});
                 api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch)).await?;
                 return Ok(Action::await_change());
             }
+            if !guest.booted().await {
+                return Ok(Action::requeue(Duration::from_secs(1)));
+            }
+            let command = format!("ssh -p {} debian@127.0.0.1", guest.ssh_port);
+            tracing::info!(instance = key, command, "A real guest is up");
+            let ssh = format!("127.0.0.1:{}", guest.ssh_port);
             let patch = json!({
-                "metadata": {"resourceVersion": rv},
-                "status": {
-                    "phase": "Running",
-                    "phaseTransitionTimestamps": transition("Running"),
-                    "interfaces": [interface(&sim, &vmi)],
-                    "machine": {"type": "q35"},
-                    "migrationMethod": "BlockMigration",
-                    "guestOSInfo": {},
-                },
+                "metadata": {"resourceVersion": rv, "annotations": {super::guest::SSH_ANNOTATION: ssh}},
+                "status": running(&sim, &vmi, &status),
             });
+            api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch)).await?;
+            Ok(Action::requeue(Duration::from_secs(2)))
+        }
+        "Scheduled" => simulated_boot(&vmi, &sim, &api, &status).await,
+        // A real guest that powered itself off (or died): its instance ends.
+        "Running" if sim.guests.get(&key).is_some() => {
+            let guest = sim.guests.get(&key).expect("just seen");
+            if !guest.exited().await {
+                return Ok(Action::requeue(Duration::from_secs(2)));
+            }
+            sim.guests.remove(&key).await;
+            let patch = json!({"metadata": {"resourceVersion": rv}, "status": {"phase": "Succeeded", "phaseTransitionTimestamps": transition("Succeeded")}});
             api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch)).await?;
             Ok(Action::await_change())
         }
         _ => Ok(Action::await_change()),
     }
+}
+
+/// A simulated guest boots: Running after the boot delay, unless a crash is injected.
+async fn simulated_boot(
+    vmi: &DynamicObject,
+    sim: &Sim,
+    api: &Api<DynamicObject>,
+    status: &Value,
+) -> Result<Action, kube::Error> {
+    let (ns, name, rv) = (vmi.namespace().unwrap_or_default(), vmi.name_any(), vmi.resource_version());
+    let since = status["phaseTransitionTimestamps"]
+        .as_array()
+        .and_then(|l| l.iter().rev().find(|t| t["phase"] == "Scheduled"))
+        .and_then(|t| t["phaseTransitionTimestamp"].as_str())
+        .and_then(|t| t.parse::<jiff::Timestamp>().ok());
+    let wait = remaining(sim.config.boot_delay, since);
+    if !wait.is_zero() {
+        return Ok(Action::requeue(wait));
+    }
+    // An injected crash: the guest dies while starting, again and again (KubeVirt counts
+    // failures before Running as failed starts and backs off).
+    let vm_name = vmi.labels().get("vm.kubevirt.io/name").cloned().unwrap_or_else(|| name.clone());
+    if sim.failure(&ns, &vm_name) == Some(Failure::Crash) {
+        let patch = json!({"metadata": {"resourceVersion": rv}, "status": {"phase": "Failed", "phaseTransitionTimestamps": transition(status, "Failed")}});
+        api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch)).await?;
+        return Ok(Action::await_change());
+    }
+    let patch = json!({"metadata": {"resourceVersion": rv}, "status": running(sim, vmi, status)});
+    api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch)).await?;
+    Ok(Action::await_change())
+}
+
+/// The phase transitions of `status` with `phase` entered now.
+fn transition(status: &Value, phase: &str) -> Value {
+    let mut list = status["phaseTransitionTimestamps"].as_array().cloned().unwrap_or_default();
+    list.push(json!({"phase": phase, "phaseTransitionTimestamp": super::k8s_now()}));
+    Value::Array(list)
+}
+
+/// The status of an instance that runs now.
+fn running(sim: &Sim, vmi: &DynamicObject, status: &Value) -> Value {
+    json!({
+        "phase": "Running",
+        "phaseTransitionTimestamps": transition(status, "Running"),
+        "interfaces": [interface(sim, vmi)],
+        "machine": {"type": "q35"},
+        "migrationMethod": "BlockMigration",
+        "guestOSInfo": {},
+    })
 }
 
 /// The guest's interface as the guest agent reports it: with the addresses its cloud-init

@@ -167,7 +167,8 @@ async fn run_operator(kubeconfig: PathBuf, config: OperatorConfig, metrics: std:
 /// The simulator configuration of the test run (`VPS_SIM_DELAY` for every step), with
 /// virt-handler's endpoint where virt-api calls it.
 pub fn simulator_config(virt_handler_port: Option<u16>) -> SimulatorConfig {
-    let mut config = SimulatorConfig { virt_handler_port, ..SimulatorConfig::default() };
+    // One real guest at most (a server of the real image: `api_lifecycle::real_guest`).
+    let mut config = SimulatorConfig { virt_handler_port, real_guests: 1, ..SimulatorConfig::default() };
     if let Ok(delay) = std::env::var("VPS_SIM_DELAY") {
         let d = vps_operator::flags::duration(&delay).expect("VPS_SIM_DELAY is a duration");
         config.pod_start_delay = d;
