@@ -7,7 +7,7 @@
 #
 #   scripts/build-guest-image.sh          # build (about a minute and 430 MB the first time)
 #
-# Installs what it needs (mmdebstrap, qemu, cloud-image-utils) from Debian's packages when
+# Installs what it needs (mmdebstrap, qemu, cloud-image-utils, the ssh client) from Debian's packages when
 # missing.
 set -euo pipefail
 
@@ -27,6 +27,7 @@ command -v mmdebstrap >/dev/null || need+=(mmdebstrap)
 command -v qemu-system-x86_64 >/dev/null || need+=(qemu-system-x86)
 command -v qemu-img >/dev/null || need+=(qemu-utils)
 command -v cloud-localds >/dev/null || need+=(cloud-image-utils)
+command -v ssh >/dev/null || need+=(openssh-client) # the real-guest test logs in with it
 if [ "${#need[@]}" -gt 0 ]; then
   echo "[guest] installing ${need[*]} from Debian's packages" >&2
   sudo_=""; [ "$(id -u)" -eq 0 ] || sudo_=sudo

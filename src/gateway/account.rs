@@ -76,26 +76,15 @@ pub struct ChargeView {
 pub async fn get_account(tenant: Tenant, State(state): State<AppState>) -> Result<Json<AccountView>, ApiError> {
     let account = state.caches.account(&tenant.account).ok_or(ApiError::Unauthorized("Invalid token."))?;
     let status = account.status.clone().unwrap_or_default();
-    let Some(funds) = account.spec.funds_cents else {
-        return Ok(Json(AccountView {
-            name: tenant.account,
-            credit_cents: account.spec.credit_cents,
-            charged: false,
-            funds_cents: None,
-            balance_cents: None,
-            charged_cents: 0,
-            hourly_burn_cents: 0.0,
-            monthly_burn_cents: 0,
-            charged_through: None,
-            low_balance: false,
-            suspended: false,
-            charges: Vec::new(),
-        }));
+    // An account not charged here has no ledger: nothing charged, nothing to read.
+    let ledger = match account.spec.funds_cents {
+        Some(_) => billing::Ledgers::new(state.client.clone(), &state.system_namespace)
+            .read(&tenant.account)
+            .await
+            .map_err(|e| ApiError::ClusterUnavailable(e.to_string()))?,
+        None => billing::State::default(),
     };
-    let ledger = billing::Ledgers::new(state.client.clone(), &state.system_namespace)
-        .read(&tenant.account)
-        .await
-        .map_err(|e| ApiError::ClusterUnavailable(e.to_string()))?;
+    let funds = account.spec.funds_cents;
     let low = status.conditions.iter().any(|c| c.type_ == "LowBalance" && c.status == ConditionStatus::True);
     let charges = ledger
         .entries
@@ -111,9 +100,9 @@ pub async fn get_account(tenant: Tenant, State(state): State<AppState>) -> Resul
     Ok(Json(AccountView {
         name: tenant.account,
         credit_cents: account.spec.credit_cents,
-        charged: true,
-        funds_cents: Some(funds),
-        balance_cents: Some(funds - ledger.charged_cents),
+        charged: funds.is_some(),
+        funds_cents: funds,
+        balance_cents: funds.map(|f| f - ledger.charged_cents),
         charged_cents: ledger.charged_cents,
         hourly_burn_cents: hourly(status.monthly_burn_cents),
         monthly_burn_cents: status.monthly_burn_cents,

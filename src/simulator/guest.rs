@@ -2,7 +2,7 @@
 //! from a real image (its DataSource carries [`GUEST_IMAGE_ANNOTATION`], the folder
 //! `scripts/build-guest-image.sh` printed). The simulator boots qemu (software emulation, as
 //! KubeVirt's `useEmulation`) with a copy-on-write overlay of that image per root disk (kept
-//! across stops, removed with the disk), the instance's vCPUs and memory (capped for this
+//! across stops, removed with the disk), one vCPU and the instance's memory (capped for this
 //! machine), and its cloud-init NoCloud user data and network data exactly as the operator wrote
 //! them into the VM. The instance is Running only once the guest's serial console shows its
 //! login prompt; its SSH port is forwarded to a loopback port, shown on the instance
@@ -67,7 +67,6 @@ pub struct Boot {
     pub user_data: String,
     pub network_data: Option<String>,
     pub instance_id: String,
-    pub vcpus: u64,
     pub memory_mib: u64,
     pub mac: Option<String>,
 }
@@ -101,15 +100,6 @@ impl Guests {
         self.running.lock().expect("guests lock").len() < self.max
     }
 
-    /// How many run.
-    pub fn len(&self) -> usize {
-        self.running.lock().expect("guests lock").len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
     /// Boots a guest for `boot` (its overlay made on first use).
     pub async fn boot(&self, boot: Boot) -> anyhow::Result<Arc<Guest>> {
         let disks = self.root.join("disks");
@@ -119,15 +109,12 @@ impl Guests {
         tokio::fs::create_dir_all(&dir).await?;
         let overlay = disks.join(format!("{}.qcow2", boot.disk));
         if !overlay.exists() {
-            let base = boot.image.join("disk.img");
-            let status = Command::new("qemu-img")
+            let mut create = Command::new("qemu-img");
+            create
                 .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
-                .arg(&base)
-                .arg(&overlay)
-                .status()
-                .await
-                .context("run qemu-img (scripts/build-guest-image.sh installs it)")?;
-            anyhow::ensure!(status.success(), "qemu-img create failed");
+                .arg(boot.image.join("disk.img"))
+                .arg(&overlay);
+            run(create, "qemu-img").await?;
         }
         let seed = dir.join("seed.img");
         write_seed(&dir, &seed, &boot).await?;
@@ -143,7 +130,8 @@ impl Guests {
         let mut command = Command::new("qemu-system-x86_64");
         command
             .args(["-machine", "q35,accel=tcg", "-cpu", "max", "-nographic", "-display", "none"])
-            .args(["-smp", &boot.vcpus.clamp(1, 1).to_string(), "-m", &memory.to_string()])
+            // One vCPU whatever the plan: emulation on this machine's two cores.
+            .args(["-smp", "1", "-m", &memory.to_string()])
             .arg("-kernel")
             .arg(boot.image.join("vmlinuz"))
             .arg("-initrd")
@@ -301,14 +289,15 @@ async fn write_seed(dir: &Path, seed: &Path, boot: &Boot) -> anyhow::Result<()> 
         tokio::fs::write(&path, network_data).await?;
         command.arg("-N").arg(path);
     }
-    let status = command
-        .arg(seed)
-        .arg(&user_data)
-        .arg(&meta_data)
-        .status()
-        .await
-        .context("run cloud-localds (scripts/build-guest-image.sh installs it)")?;
-    anyhow::ensure!(status.success(), "cloud-localds failed");
+    command.arg(seed).arg(&user_data).arg(&meta_data);
+    run(command, "cloud-localds").await
+}
+
+/// Runs one of the tools `scripts/build-guest-image.sh` installs, to its successful end.
+async fn run(mut command: Command, tool: &str) -> anyhow::Result<()> {
+    let status =
+        command.status().await.with_context(|| format!("run {tool} (scripts/build-guest-image.sh installs it)"))?;
+    anyhow::ensure!(status.success(), "{tool} failed: {status}");
     Ok(())
 }
 
@@ -360,7 +349,6 @@ pub async fn boot_of(sim: &super::Sim, vmi: &DynamicObject) -> Result<Option<Boo
         user_data: cloud_init["userData"].as_str().unwrap_or("#cloud-config\n").to_string(),
         network_data: cloud_init["networkData"].as_str().map(String::from),
         instance_id: format!("{}.{ns}", vmi.name_any()),
-        vcpus: spec["domain"]["cpu"]["cores"].as_u64().unwrap_or(1),
         memory_mib: u64::try_from(memory / (1 << 20)).unwrap_or(1024),
         mac: spec["domain"]["devices"]["interfaces"][0]["macAddress"].as_str().map(String::from),
     }))
