@@ -1,13 +1,14 @@
 //! The REST gateway: the VPS API of `shared/API.md`, translated into operations on
 //! `VpsServer` objects in the caller's account namespace.
 //!
+//! - [`args`]: the flags of `vps-operator gateway` (the gateway's settings).
 //! - [`cache`], [`index`]: the caches every read is served from (filled by watches, or by a
-//!   fixture in the handlers' unit tests).
+//!   fixture in the handlers' unit tests: [`feeds`]).
 //! - [`credit`]: the credit check of creates.
 //! - [`auth`]: the Bearer-token extractor (tenancy).
 //! - [`servers`], [`lifecycle`], [`actions`], [`backups`], [`catalog`], [`ssh_keys`]: one
-//!   router per resource (the server actions beyond power in `lifecycle`, tracked actions in
-//!   `actions`, a server's backups in `backups`).
+//!   router per resource (a server's create in [`create`], the server actions beyond power in
+//!   `lifecycle`, tracked actions in `actions`, a server's backups in `backups`).
 //! - [`view`]: the JSON representation, [`validate`]: hand validation with DRF's messages.
 //! - [`usage`]: a server's `resource_usage`, from Prometheus; its history in [`server_metrics`].
 //! - [`idempotency`]: `Idempotency-Key` replay kept in the cluster.
@@ -21,6 +22,7 @@
 pub mod access;
 pub mod account;
 pub mod actions;
+pub mod args;
 pub mod auth;
 pub mod backups;
 pub mod cache;
@@ -28,9 +30,11 @@ pub mod catalog;
 pub mod console;
 pub mod console_output;
 pub mod console_tickets;
+pub mod create;
 pub mod credit;
 pub mod docs;
 pub mod error;
+pub mod feeds;
 pub mod idempotency;
 pub mod index;
 pub mod lifecycle;
@@ -49,7 +53,6 @@ pub mod usage;
 pub mod validate;
 pub mod view;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -62,13 +65,14 @@ use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, get};
-use clap::Args;
 use k8s_openapi::api::core::v1::Namespace;
 use kube::Client;
 use kube::api::Api;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::cors::{Any, CorsLayer};
 use tower_http::trace::TraceLayer;
+
+pub use args::GatewayArgs;
 
 use crate::ids::IdAllocator;
 use auth::Tenant;
@@ -86,57 +90,6 @@ pub const SERVER_ID_BLOCK: i64 = 16;
 pub const FIELD_MANAGER: &str = crate::api::GATEWAY_MANAGER;
 /// How long a starting gateway waits for its caches.
 pub const SYNC_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// Flags of `vps-operator gateway`, and the settings of a gateway. [`Default`] is what the
-/// command line gives with no flags.
-#[derive(Args, Debug, Clone)]
-pub struct GatewayArgs {
-    /// Address to listen on.
-    #[arg(long, env = "VPS_GATEWAY_LISTEN", default_value = "0.0.0.0:8080")]
-    pub listen: SocketAddr,
-    /// Address of `/metrics` (apart from the API, which customers reach).
-    #[arg(long, env = "VPS_GATEWAY_METRICS", default_value = "0.0.0.0:9090")]
-    pub metrics_listen: SocketAddr,
-    /// Log one `info` line per request (request id, method, route, status, milliseconds).
-    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
-    pub access_log: bool,
-    /// Namespace of the gateway's own objects: token Secrets, id counters, idempotency records.
-    #[arg(long, env = "VPS_SYSTEM_NAMESPACE", default_value = crate::tokens::DEFAULT_SYSTEM_NAMESPACE)]
-    pub system_namespace: String,
-    /// Longest time one request may take, in seconds.
-    #[arg(long, default_value_t = 30)]
-    pub request_timeout_secs: u64,
-    /// Requests per second one API token may make, sustained (0: no limit).
-    #[arg(long, default_value_t = 20.0)]
-    pub rate_limit: f64,
-    /// Requests one API token may make at once, beyond the sustained rate.
-    #[arg(long, default_value_t = 100)]
-    pub rate_burst: u32,
-    /// A connection must deliver a whole request head within this time, whether it is new or
-    /// idle between requests; it is closed otherwise.
-    #[arg(long, value_parser = crate::flags::duration, default_value = "10s")]
-    pub header_timeout: Duration,
-    /// Connections served at once; more are closed as soon as they are accepted.
-    #[arg(long, default_value_t = 1024)]
-    pub max_connections: usize,
-    /// SSH keys one account may have.
-    #[arg(long, default_value_t = 100)]
-    pub max_ssh_keys: usize,
-    /// On SIGTERM, keep serving this long with /readyz failing (so Services stop sending new
-    /// connections) before closing the listener: a rolling update loses no request.
-    #[arg(long, value_parser = crate::flags::duration, default_value = "5s")]
-    pub shutdown_delay: Duration,
-    /// Prometheus (`http://HOST:PORT`) holding KubeVirt's metrics of the instances: servers'
-    /// `resource_usage` comes from it ([`usage`]). Unset: `resource_usage` is `null`.
-    #[arg(long, env = "VPS_PROMETHEUS_URL")]
-    pub prometheus_url: Option<String>,
-}
-
-impl Default for GatewayArgs {
-    fn default() -> Self {
-        crate::flags::defaults()
-    }
-}
 
 /// What every handler shares: one pointer, cheap to clone for each request.
 #[derive(Clone)]

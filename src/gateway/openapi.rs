@@ -14,8 +14,8 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use super::{
-    account, actions, backups, catalog, console, console_output, lifecycle, power, server_metrics, servers, ssh_keys,
-    view,
+    account, actions, backups, catalog, console, console_output, create, lifecycle, power, server_metrics, servers,
+    ssh_keys, view,
 };
 
 struct BearerAuth;
@@ -37,7 +37,7 @@ impl Modify for BearerAuth {
         fields, `{\"field\": [\"message\", ...]}` with every failing field listed at once."),
     paths(
         servers::list_servers,
-        servers::create_server,
+        create::create_server,
         servers::get_server,
         servers::put_server,
         servers::patch_server,
@@ -70,7 +70,7 @@ impl Modify for BearerAuth {
     components(schemas(
         view::ServerListItem, view::ServerDetail, view::CreatedServer, view::ActionResponse, view::ActionServer, view::ApiStatus,
         view::PlanSummary, view::PlanDetail, view::OsRef, view::ResourceUsage, view::PlanView, view::LocationView,
-        view::SshKeyView, view::ActionView, view::BackupView, backups::BackupTaken, servers::CreateServer, servers::UpdateServer, servers::PatchServer, servers::SetProtection, power::Stop, power::Reboot, lifecycle::Resize, lifecycle::Rebuild, backups::Restore, view::Protection, ssh_keys::CreateSshKey, console::ConsoleRequest, console::ConsoleView, console_output::ConsoleOutput, server_metrics::MetricsView, server_metrics::MetricsRange, account::AccountView, account::ChargeView,
+        view::SshKeyView, view::ActionView, view::BackupView, backups::BackupTaken, create::CreateServer, servers::UpdateServer, servers::PatchServer, servers::SetProtection, power::Stop, power::Reboot, lifecycle::Resize, lifecycle::Rebuild, backups::Restore, view::Protection, ssh_keys::CreateSshKey, console::ConsoleRequest, console::ConsoleView, console_output::ConsoleOutput, server_metrics::MetricsView, server_metrics::MetricsRange, account::AccountView, account::ChargeView,
     )),
     modifiers(&BearerAuth),
     tags((name = "servers"), (name = "actions"), (name = "backups"), (name = "catalog"), (name = "ssh-keys"), (name = "account"))

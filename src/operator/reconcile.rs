@@ -4,25 +4,26 @@
 //! [`super::status::notices`].
 
 use k8s_openapi::api::rbac::v1::RoleBinding;
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, Preconditions};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use kube::runtime::events::{Event, EventType};
 use kube::{Resource, ResourceExt};
 use serde_json::json;
 use std::sync::Arc;
 
 use super::addresses::{self, Addressing};
-use super::observed::{VmState, VmiState, decode_hash};
+use super::observed::{VmState, decode_hash};
 use super::phase;
+use super::power;
 use super::queue::Next;
 use super::rebuild::{self, Rebuild};
 use super::restore::{self, Restore};
-use super::status::{self, Reboot};
+use super::status;
 use super::vm::{self, VmInputs};
 use super::{Context, Error, Result, actions, backups, references, resize};
-use crate::api::{OPERATOR_MANAGER, RebootType, Resolved, SERVER_ID_LABEL, SERVER_LABEL, VpsServer, VpsServerStatus};
+use crate::api::{OPERATOR_MANAGER, Resolved, SERVER_ID_LABEL, SERVER_LABEL, VpsServer, VpsServerStatus};
 use crate::credit_ledger::Reservation;
 use crate::ids::IdKind;
-use crate::kubevirt::{DataVolume, VirtualMachineInstanceView, VirtualMachineSnapshot, VirtualMachineView};
+use crate::kubevirt::{DataVolume, VirtualMachineSnapshot, VirtualMachineView};
 
 /// ClusterRole that lets a namespace's `default` ServiceAccount clone disks from the image
 /// namespace (CDI's clone authorization: `create` on `datavolumes/source`).
@@ -73,8 +74,8 @@ pub async fn apply(server: Arc<VpsServer>, ctx: Arc<Context>) -> Result<Next> {
     if let (Some(resolved), None) = (&resolution.resolved, built.lost) {
         resize::grow_root_disk(&server, &ctx, old.resolved.as_ref(), resolved).await?;
     }
-    let reboot = handle_reboot(&server, &ctx, vmi.as_ref(), &old).await?;
-    let force_stop = handle_force_stop(&server, &ctx, vmi.is_some(), &old).await?;
+    let reboot = power::handle_reboot(&server, &ctx, vmi.as_ref(), &old).await?;
+    let force_stop = power::handle_force_stop(&server, &ctx, vmi.is_some(), &old).await?;
     let fault = resolution.fault().or(credit).or(addressing.fault()).or(built.lost);
     let obs = phase::observe(
         &server.spec,
@@ -371,105 +372,7 @@ async fn ensure_clone_permission(ctx: &Context, ns: &str, image_ns: &str) -> Res
     Ok(())
 }
 
-/// Honours a new `rebootRequestedAt` once, on the running instance: KubeVirt's `softreboot`
-/// (`reset` for `rebootType: Hard`) through virt-api, which asks the host's virt-handler; the
-/// instance, its pod and addresses stay. When virt-api answers with an error (it cannot reach
-/// the host, say), the instance is deleted instead (KubeVirt starts a new one under
-/// `runStrategy: Always`) with a Warning, and the instance it replaced is remembered. Returns
-/// where the reboot stands, starting from what `old` recorded.
-async fn handle_reboot(
-    server: &VpsServer,
-    ctx: &Context,
-    vmi: Option<&VmiState>,
-    old: &VpsServerStatus,
-) -> Result<Reboot> {
-    let mut reboot = Reboot {
-        observed_request: old.observed_reboot_request.clone(),
-        from_instance: old.reboot_from_instance.clone(),
-    };
-    let Some(stamp) = &server.spec.reboot_requested_at else { return Ok(reboot) };
-    if reboot.observed_request.as_ref() == Some(stamp) {
-        return Ok(reboot);
-    }
-    let running = vmi.filter(|v| v.running);
-    let Some(vmi) = running.filter(|_| vm::run_strategy(server) == "Always") else {
-        reboot.observed_request = Some(stamp.clone());
-        return Ok(reboot); // nothing runs: nothing to reboot
-    };
-    // The instance has the server's name.
-    let (ns, name) = (server.namespace().unwrap_or_default(), server.name_any());
-    let hard = server.spec.reboot_type == Some(RebootType::Hard);
-    let verb = if hard { "reset" } else { "softreboot" };
-    let path = format!("/apis/subresources.kubevirt.io/v1/namespaces/{ns}/virtualmachineinstances/{name}/{verb}");
-    let request = http::Request::put(path)
-        .header(http::header::CONTENT_TYPE, "application/json")
-        .body(b"{}".to_vec())
-        .expect("a path of DNS labels and a constant header make a valid request");
-    let why = match ctx.client.request_text(request).await {
-        Ok(_) => {
-            reboot.observed_request = Some(stamp.clone());
-            let (reason, note) = match hard {
-                true => ("Reset", "Reset the virtual machine (KubeVirt's reset); the instance stays"),
-                false => ("Rebooted", "Asked the guest to reboot (KubeVirt's softreboot); the instance stays"),
-            };
-            publish(ctx, server, EventType::Normal, reason, note).await;
-            return Ok(reboot);
-        }
-        // An answer: this way will not work now. Anything else (the API server unreachable)
-        // is tried again.
-        Err(kube::Error::Api(e)) => e.message,
-        Err(e) => return Err(e.into()),
-    };
-    reboot.observed_request = Some(stamp.clone());
-    let uid = vmi.uid.as_deref().map(String::from);
-    let api: Api<VirtualMachineInstanceView> = Api::namespaced(ctx.client.clone(), &ns);
-    let dp = DeleteParams {
-        preconditions: Some(Preconditions { uid: uid.clone(), resource_version: None }),
-        ..Default::default()
-    };
-    ignore_not_found(api.delete(&name, &dp).await)?;
-    reboot.from_instance = uid;
-    let note = format!("KubeVirt's {verb} failed ({why}): restarting the virtual machine instance instead");
-    publish(ctx, server, EventType::Warning, "RebootFallback", &note).await;
-    Ok(reboot)
-}
-
-/// A new `spec.forceStopRequestedAt` on a server that should be stopped: KubeVirt's `stop`
-/// subresource (virt-api) with a grace period of 0, which shortens the running instance's
-/// grace period so virt-handler stops it at once. Returns the request now acted on.
-async fn handle_force_stop(
-    server: &VpsServer,
-    ctx: &Context,
-    instance_runs: bool,
-    old: &VpsServerStatus,
-) -> Result<Option<String>> {
-    let observed = old.observed_force_stop_request.clone();
-    let Some(stamp) = &server.spec.force_stop_requested_at else { return Ok(observed) };
-    if observed.as_ref() == Some(stamp) || server.spec.power_state != crate::api::PowerState::Stopped {
-        return Ok(observed);
-    }
-    if instance_runs {
-        let (ns, name) = (server.namespace().unwrap_or_default(), server.name_any());
-        let path = format!("/apis/subresources.kubevirt.io/v1/namespaces/{ns}/virtualmachines/{name}/stop");
-        let request = http::Request::put(path)
-            .header(http::header::CONTENT_TYPE, "application/json")
-            .body(json!({"gracePeriod": 0}).to_string().into_bytes())
-            .expect("a path of DNS labels and a constant header make a valid request");
-        // 409: nothing runs any more (or it is stopping with no longer grace to cut).
-        ignore_not_found(ctx.client.request_text(request).await)?;
-        publish(
-            ctx,
-            server,
-            EventType::Normal,
-            "ForcedStop",
-            "Stopping the virtual machine without waiting for its guest",
-        )
-        .await;
-    }
-    Ok(Some(stamp.clone()))
-}
-
-fn ignore_not_found<T>(result: std::result::Result<T, kube::Error>) -> Result<()> {
+pub(super) fn ignore_not_found<T>(result: std::result::Result<T, kube::Error>) -> Result<()> {
     match result {
         Ok(_) => Ok(()),
         Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => Ok(()),
