@@ -6,7 +6,8 @@
 #   scripts/oci-image.sh NAME:TAG ROOTFS_DIR OUT.tar ENTRYPOINT [USER]
 #
 # The layer is an uncompressed tar of ROOTFS_DIR, every file owned by root, times zeroed and
-# names sorted, so the same folder always gives the same digests.
+# names sorted, so the same folder always gives the same digests. The image's PATH is `/`
+# unless IMAGE_PATH says otherwise.
 set -euo pipefail
 ref=$1 rootfs=$2 out=$3 entrypoint=$4 user=${5:-65532:65532}
 work=$(mktemp -d)
@@ -29,8 +30,8 @@ tar --create --file "$work/layer.tar" --directory "$rootfs" --sort=name --mtime=
 layer=$(blob "$work/layer.tar" application/vnd.oci.image.layer.v1.tar)
 diff_id=$(sha "$work/layer.tar")
 
-printf '{"architecture":"amd64","os":"linux","config":{"Entrypoint":["%s"],"User":"%s","Env":["PATH=/"]},"rootfs":{"type":"layers","diff_ids":["sha256:%s"]}}' \
-	"$entrypoint" "$user" "$diff_id" >"$work/config.json"
+printf '{"architecture":"amd64","os":"linux","config":{"Entrypoint":["%s"],"User":"%s","Env":["PATH=%s"]},"rootfs":{"type":"layers","diff_ids":["sha256:%s"]}}' \
+	"$entrypoint" "$user" "${IMAGE_PATH:-/}" "$diff_id" >"$work/config.json"
 config=$(blob "$work/config.json" application/vnd.oci.image.config.v1+json)
 
 printf '{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":%s,"layers":[%s]}' \

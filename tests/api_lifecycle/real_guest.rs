@@ -1,13 +1,16 @@
 //! A real guest: a server of the Debian 12 image that `scripts/build-guest-image.sh` builds
 //! from Debian's packages boots in qemu (the node simulator's real-guest mode), takes its
-//! cloud-init data as the operator wrote it, and lets its customer's SSH key in; it shuts down
-//! cleanly on stop, keeps its disk across a start, and leaves nothing behind when deleted.
+//! cloud-init data as the operator wrote it, and lets its customer's SSH key in; its boot log
+//! and serial console are its own, it reboots in place, shuts down cleanly on stop, keeps its
+//! disk across a reboot and a start, and leaves nothing behind when deleted.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use futures::SinkExt;
 use kube::api::{Api, PostParams};
 use serde_json::json;
+use tokio_tungstenite::tungstenite::Message;
 use vps_operator::api::{GUEST_SSH_ANNOTATION, VpsLocation};
 use vps_operator::kubevirt::VirtualMachineInstance;
 
@@ -15,7 +18,19 @@ use super::{action, setup, wait_status_within};
 
 /// Runs `command` in the guest over SSH, as the image's default user with `key`.
 fn ssh(port: u16, key: &Path, command: &str) -> String {
-    let out = std::process::Command::new("ssh")
+    let out = ssh_output(port, key, command);
+    assert!(out.status.success(), "ssh {command}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// What `command` printed, or `None` while the guest does not let SSH in.
+fn try_ssh(port: u16, key: &Path, command: &str) -> Option<String> {
+    let out = ssh_output(port, key, command);
+    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn ssh_output(port: u16, key: &Path, command: &str) -> std::process::Output {
+    std::process::Command::new("ssh")
         .args(["-p", &port.to_string(), "-i"])
         .arg(key)
         .args([
@@ -31,9 +46,13 @@ fn ssh(port: u16, key: &Path, command: &str) -> String {
             command,
         ])
         .output()
-        .expect("run ssh");
-    assert!(out.status.success(), "ssh {command}: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).into_owned()
+        .expect("run ssh")
+}
+
+/// The guest's serial console as the simulator logs it.
+fn serial_log(namespace: &str, name: &str) -> String {
+    let path = guests_dir().join("run").join(format!("{namespace}_{name}")).join("serial.log");
+    std::fs::read_to_string(path).unwrap_or_default()
 }
 
 /// The port the simulator forwards to the guest's SSH port (on its instance).
@@ -123,12 +142,41 @@ async fn a_real_guest_boots_with_the_customers_key_and_keeps_its_disk() {
     assert!(addresses.contains(&format!("inet {ip}/28")), "the guest has the address the API shows: {addresses}");
     ssh(port, &key, "echo kept > marker && sync");
 
+    // The boot log is the guest's own serial console, and so is the console.
+    let log = gw.call("GET", &format!("/api/v1/servers/{id}/console-output/"), Some(&t.token), None).await;
+    assert_eq!(log.status, 200, "{log:?}");
+    let text = log.body["output"].as_str().unwrap();
+    assert!(text.contains("Linux version") && text.contains("login: "), "the guest's boot log: {text}");
+    let console = gw.call("POST", &format!("/api/v1/servers/{id}/console/"), Some(&t.token), None).await;
+    assert_eq!(console.status, 200, "{console:?}");
+    let (mut ws, _) = tokio_tungstenite::connect_async(console.body["wss_url"].as_str().unwrap())
+        .await
+        .expect("the serial console opens");
+    ws.send(Message::binary(b"\r".to_vec())).await.unwrap();
+    let mut seen = Vec::new();
+    let prompt = super::console_until(&mut ws, &mut seen, b"login: ").await;
+    assert!(String::from_utf8_lossy(&prompt).contains("ttyS0"), "getty's banner: {prompt:?}");
+    drop(ws);
+
+    // A reboot (soft: the guest asked, with Ctrl-Alt-Delete) restarts the guest in place.
+    let boot_id = ssh(port, &key, "cat /proc/sys/kernel/random/boot_id");
+    assert_eq!(action(&gw, &t.token, id, "reboot").await.status, 200);
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        if try_ssh(port, &key, "cat /proc/sys/kernel/random/boot_id").is_some_and(|b| b != boot_id) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the guest did not come back from its reboot");
+    }
+    assert_eq!(ssh_port(&vmis, &name).await, port, "the same instance");
+    assert!(serial_log(&t.namespace, &name).contains("reboot: Restarting system"), "a clean reboot");
+    assert_eq!(ssh(port, &key, "cat marker").trim(), "kept");
+
     // A stop is a clean shutdown.
     assert_eq!(action(&gw, &t.token, id, "stop").await.status, 200);
     wait_status_within(&gw, &t.token, id, "stopped", 120).await;
-    let serial =
-        std::fs::read_to_string(guests_dir().join("run").join(format!("{}_{name}", t.namespace)).join("serial.log"))
-            .unwrap_or_default();
+    let serial = serial_log(&t.namespace, &name);
     assert!(
         serial.contains("reboot: Power down"),
         "the guest shut itself down: {}",
