@@ -6,7 +6,8 @@
 #   scripts/probe-kubevirt-node.sh [--keep]   # root; about 10 minutes the first time
 #
 # 1. Builds virt-handler, virt-chroot, virt-launcher (cgo: libvirt's headers from Debian's
-#    libvirt-dev), virt-launcher-monitor, virt-probe, virt-tail and virt-freezer from
+#    libvirt-dev), virt-launcher-monitor, virt-probe, virt-tail, virt-freezer and the C helper
+#    container-disk (gcc, static) from
 #    kubevirt.io/kubevirt v1.7.0 (tests/kubevirt-node), cached by a hash of their inputs like
 #    the control plane.
 # 2. Assembles one image for both from Debian's packages (mmdebstrap, Debian 13: libvirt 11.3,
@@ -56,17 +57,19 @@ if [ ! -d "$bin" ]; then
 	mv "$bin.tmp" "$bin"
 fi
 src=$(cd "$mod" && go list -m -f '{{.Dir}}' kubevirt.io/kubevirt)
+# KubeVirt's one C helper: what a container disk's (and kernel boot's) container runs.
+[ -x "$bin/container-disk" ] || gcc -static -O2 -o "$bin/container-disk" "$src/cmd/container-disk-v2alpha/main.c"
 
 # 2. The image (virt-handler and virt-launcher in one).
 packages=libvirt-daemon,libvirt-daemon-driver-qemu,libvirt-clients,qemu-system-x86,qemu-utils,ovmf,iproute2,procps,util-linux,xorriso,passt,psmisc,iptables,nftables,ca-certificates
-image_rev=2 # raise when the hooks below change
+image_rev=3 # raise when the hooks below change
 image_key=$( (echo "$packages $image_rev"; cat "$mod/virtqemud") | sha256sum | cut -c1-16)-$key
 image=$cache/kubevirt-node-image-$image_key.tar
 if [ ! -f "$image" ]; then
 	rootfs=$(mktemp -d)/rootfs
 	log "building the image's root filesystem (Debian 13: $packages)"
 	mmdebstrap --variant=apt --include="$packages" \
-		--customize-hook="cp $bin/virt-* \"\$1/usr/bin/\"" \
+		--customize-hook="cp $bin/virt-* $bin/container-disk \"\$1/usr/bin/\"" \
 		--customize-hook="install -m 0755 $src/cmd/virt-launcher/node-labeller/node-labeller.sh \"\$1/usr/bin/\"" \
 		--customize-hook="install -m 0644 $src/cmd/virt-launcher/qemu.conf $src/cmd/virt-launcher/virtqemud.conf \"\$1/etc/libvirt/\"" \
 		--customize-hook="install -m 0644 $src/cmd/virt-launcher/nsswitch.conf \"\$1/etc/\"" \
