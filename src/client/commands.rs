@@ -1,5 +1,5 @@
 //! The commands and flags of `vps-operator client` (clap), as the user types them; what each
-//! one does is planned in the parent module.
+//! one does is planned in the sibling module `plan`.
 
 use std::path::PathBuf;
 use std::time::Duration;

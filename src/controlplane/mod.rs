@@ -4,6 +4,7 @@
 
 mod binaries;
 mod certs;
+mod data_dir;
 mod install;
 mod kubevirt;
 pub mod node;
@@ -16,13 +17,15 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use kube::Client;
 use kube::config::{KubeConfigOptions, Kubeconfig};
-use serde::{Deserialize, Serialize};
 
 pub use binaries::{Binaries, KUBERNETES_VERSION, KUBEVIRT_VERSION, PROMETHEUS_VERSION, source_root};
 pub use certs::{Authority, Pem};
+pub use data_dir::kubeconfig_yaml;
 pub use install::{apply_crds, apply_yaml, ensure_namespace, wait_for_default_service_account};
 pub use kubevirt::KUBEVIRT_NAMESPACE;
 pub use process::{Process, Supervised, free_port};
+
+use data_dir::{LAYOUT_FILE, Layout, new_temp_dir, prepare};
 
 /// How to start a control plane.
 #[derive(Clone, Debug, Default)]
@@ -42,20 +45,6 @@ pub struct Options {
 pub const SERVICE_RANGE: &str = "198.18.128.0/24";
 /// The `kubernetes` Service's address in [`SERVICE_RANGE`] (a SAN of the serving certificate).
 pub const KUBERNETES_SERVICE_IP: &str = "198.18.128.1";
-
-/// Where a control plane's data folder records its [`Layout`].
-const LAYOUT_FILE: &str = "layout.json";
-
-/// Ports and secrets that stay the same across restarts of a persistent control plane.
-#[derive(Clone, Debug, Deserialize, Serialize)]
-struct Layout {
-    etcd_client: u16,
-    etcd_peer: u16,
-    apiserver: u16,
-    controller_manager: u16,
-    scheduler: u16,
-    token: String,
-}
 
 /// A running control plane. Dropping it stops every process, newest first.
 pub struct ControlPlane {
@@ -395,91 +384,4 @@ pub async fn client_from_kubeconfig(path: &Path) -> Result<Client> {
     let kubeconfig = Kubeconfig::read_from(path).with_context(|| format!("read {}", path.display()))?;
     let config = kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await?;
     Ok(Client::try_from(config)?)
-}
-
-/// Writes certificates, keys, the token file and the kubeconfig on first use; reads the
-/// saved layout afterwards.
-fn prepare(dir: &Path) -> Result<Layout> {
-    let saved = dir.join(LAYOUT_FILE);
-    if saved.exists() {
-        return Ok(serde_json::from_slice(&std::fs::read(&saved)?)?);
-    }
-    let layout = Layout {
-        etcd_client: free_port()?,
-        etcd_peer: free_port()?,
-        apiserver: free_port()?,
-        controller_manager: free_port()?,
-        scheduler: free_port()?,
-        token: random_token(),
-    };
-    let pki = dir.join("pki");
-    let write = |name: &str, contents: &str| std::fs::write(pki.join(name), contents);
-    let ca = Authority::new("vps-local-ca")?;
-    write("ca.crt", &ca.cert)?;
-    let serving = ca.serving(
-        "kube-apiserver",
-        &[
-            "127.0.0.1",
-            "localhost",
-            node::NODE_IP,
-            KUBERNETES_SERVICE_IP,
-            "kubernetes",
-            "kubernetes.default",
-            "kubernetes.default.svc",
-        ],
-    )?;
-    write("apiserver.crt", &serving.cert)?;
-    write("apiserver.key", &serving.key)?;
-    let front = Authority::new("vps-front-proxy-ca")?;
-    write("front-proxy-ca.crt", &front.cert)?;
-    let proxy = front.client("front-proxy-client", None)?;
-    write("front-proxy-client.crt", &proxy.cert)?;
-    write("front-proxy-client.key", &proxy.key)?;
-    // The API server's credentials towards kubelets (logs, exec) of real nodes.
-    let kubelet_client = ca.client("kube-apiserver-kubelet-client", Some("system:masters"))?;
-    write("kubelet-client.crt", &kubelet_client.cert)?;
-    write("kubelet-client.key", &kubelet_client.key)?;
-    let (sa_key, sa_pub) = certs::service_account_key()?;
-    write("sa.key", &sa_key)?;
-    write("sa.pub", &sa_pub)?;
-    write("tokens.csv", &format!("{},admin,admin-uid,\"system:masters\"\n", layout.token))?;
-    std::fs::write(
-        dir.join("kubeconfig"),
-        kubeconfig_yaml(&format!("https://127.0.0.1:{}", layout.apiserver), &pki.join("ca.crt"), &layout.token),
-    )?;
-    std::fs::write(&saved, serde_json::to_vec_pretty(&layout)?)?;
-    Ok(layout)
-}
-
-/// A kubeconfig for one cluster and one bearer-token user.
-pub fn kubeconfig_yaml(server: &str, ca: &Path, token: &str) -> String {
-    format!(
-        "apiVersion: v1\nkind: Config\nclusters:\n- name: local\n  cluster:\n    server: {server}\n    certificate-authority: {ca}\n\
-         users:\n- name: admin\n  user:\n    token: {token}\ncontexts:\n- name: local\n  context:\n    cluster: local\n    user: admin\n\
-         current-context: local\n",
-        ca = ca.display()
-    )
-}
-
-fn random_token() -> String {
-    use rand::RngExt as _;
-    let bytes: [u8; 24] = rand::rng().random();
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// A new folder under the system temp dir; folders left by dead processes are removed.
-fn new_temp_dir() -> Result<PathBuf> {
-    let base = std::env::temp_dir();
-    if let Ok(entries) = std::fs::read_dir(&base) {
-        for entry in entries.flatten() {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if let Some(pid) = name.strip_prefix("vps-cp-").and_then(|rest| rest.split('-').next())
-                && let Ok(pid) = pid.parse::<u32>()
-                && !Path::new(&format!("/proc/{pid}")).exists()
-            {
-                let _ = std::fs::remove_dir_all(entry.path());
-            }
-        }
-    }
-    Ok(tempfile::Builder::new().prefix(&format!("vps-cp-{}-", std::process::id())).tempdir_in(&base)?.keep())
 }

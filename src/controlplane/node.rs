@@ -16,6 +16,9 @@
 //! then removes what the node leaves behind: its mounts, kube-proxy's and kubelet's iptables
 //! chains, the bridge, the pods' network namespaces and the CNI state.
 
+mod cleanup;
+mod config;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -24,6 +27,10 @@ use anyhow::{Context, Result, bail};
 
 use super::binaries::Binaries;
 use super::process::{Process, free_port};
+
+use self::cleanup::{clean_stale, stop_sandboxes};
+pub use self::cleanup::{clean_up, leftovers};
+use self::config::{cni_config, containerd_config, kubelet_config};
 
 /// The node's name.
 pub const NODE_NAME: &str = "vps-node-0";
@@ -38,8 +45,6 @@ pub const NODE_IP: &str = "198.18.192.1";
 /// addressed to [`super::SERVICE_RANGE`] after kube-proxy's DNAT (the filter table sees the
 /// translated address): such a packet has no Service behind it and must not leave the machine.
 pub const FENCE_CHAIN: &str = "VPS-NODE-FENCE";
-/// The iptables chains a node makes (kube-proxy's and kubelet's, and the fence).
-const OWN_CHAINS: [&str; 2] = ["KUBE-", "VPS-"];
 /// The sandbox image every pod starts with, built from `tests/node/pause`.
 pub const PAUSE_IMAGE: &str = "vps.local/pause:3.10";
 
@@ -352,174 +357,6 @@ extern "C" fn at_exit() {
     }
 }
 
-/// What a node of a process that died without its exit handler (killed) left: containerd
-/// shims whose containerd socket is gone, mounts under the folders of dead control planes,
-/// the pods' network namespaces (one real node runs on a machine at a time).
-fn clean_stale() {
-    kill_stale_shims();
-    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
-    let dead = |path: &str| {
-        path.split('/')
-            .find_map(|part| part.strip_prefix("vps-cp-")?.split('-').next()?.parse::<u32>().ok())
-            .is_some_and(|pid| pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists())
-    };
-    let mut stale: Vec<&str> = mounts.lines().filter_map(|l| l.split(' ').nth(1)).filter(|m| dead(m)).collect();
-    stale.sort_by_key(|m| std::cmp::Reverse(m.len()));
-    for mount in stale {
-        let _ = run("umount", &["-l", mount]);
-    }
-    if let Ok(entries) = std::fs::read_dir("/var/run/netns") {
-        for entry in entries.flatten() {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if name.starts_with("cni-") {
-                let _ = run("ip", &["netns", "delete", &name]);
-            }
-        }
-    }
-}
-
-/// Kills containerd shims whose containerd socket is gone.
-fn kill_stale_shims() {
-    let Ok(entries) = std::fs::read_dir("/proc") else { return };
-    for entry in entries.flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else { continue };
-        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else { continue };
-        let args: Vec<String> = cmdline.split(|b| *b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
-        if !args.first().is_some_and(|a| a.ends_with("containerd-shim-runc-v2")) {
-            continue;
-        }
-        let socket = args.iter().skip_while(|a| *a != "-address").nth(1);
-        if socket.is_some_and(|s| s.ends_with("node/containerd/containerd.sock") && !Path::new(s).exists()) {
-            // SAFETY: SIGKILL to an orphaned shim of a dead node.
-            unsafe {
-                libc::kill(pid, libc::SIGKILL);
-            }
-        }
-    }
-}
-
-/// Kills every container and sandbox containerd runs for kubelet.
-fn stop_sandboxes(socket: &Path) {
-    let address = socket.display().to_string();
-    let tasks = run("ctr", &["--address", &address, "-n", "k8s.io", "tasks", "list", "-q"]).unwrap_or_default();
-    for task in tasks.lines().filter(|t| !t.is_empty()) {
-        let _ = run("ctr", &["--address", &address, "-n", "k8s.io", "tasks", "kill", "-s", "SIGKILL", task]);
-    }
-    std::thread::sleep(Duration::from_millis(500));
-    for task in tasks.lines().filter(|t| !t.is_empty()) {
-        let _ = run("ctr", &["--address", &address, "-n", "k8s.io", "tasks", "delete", "-f", task]);
-    }
-}
-
-/// What a node leaves when its processes are gone, removed: mounts under its folder,
-/// kube-proxy's and kubelet's iptables chains, the bridge, the pods' network namespaces.
-pub fn clean_up(dir: &Path, kube_proxy: &Path) {
-    // Mounts under the node's folder (kubelet's pod volumes, containerd's snapshots), deepest first.
-    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
-    let prefix = dir.display().to_string();
-    let mut ours: Vec<String> = mounts
-        .lines()
-        .filter_map(|l| l.split(' ').nth(1))
-        .map(|m| m.replace("\\040", " "))
-        .filter(|m| m.starts_with(&prefix))
-        .collect();
-    ours.sort_by_key(|m| std::cmp::Reverse(m.len()));
-    for mount in ours {
-        let _ = run("umount", &["-l", &mount]);
-    }
-    let _ = run(&kube_proxy.display().to_string(), &["--cleanup"]);
-    // kubelet's chains (KUBE-FIREWALL, KUBE-KUBELET-CANARY, ...) and what jumps to them.
-    for table in ["filter", "nat", "mangle"] {
-        let rules = run("iptables", &["-t", table, "-S"]).unwrap_or_default();
-        // Rules of built-in chains that jump to a KUBE- chain (those inside go with it).
-        let jumps = rules.lines().filter(|r| {
-            r.starts_with("-A ") && !own_chain(&r[3..]) && OWN_CHAINS.iter().any(|c| r.contains(&format!("-j {c}")))
-        });
-        for rule in jumps {
-            let words = shell_words(&rule[3..]);
-            let mut args = vec!["-t", table, "-D"];
-            args.extend(words.iter().map(String::as_str));
-            let _ = run("iptables", &args);
-        }
-        for chain in rules.lines().filter_map(|r| r.strip_prefix("-N ")).filter(|c| own_chain(c)) {
-            let _ = run("iptables", &["-t", table, "-F", chain]);
-            let _ = run("iptables", &["-t", table, "-X", chain]);
-        }
-    }
-    let _ = run("ip", &["link", "delete", BRIDGE]);
-    if let Ok(entries) = std::fs::read_dir("/var/run/netns") {
-        for entry in entries.flatten() {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if name.starts_with("cni-") {
-                let _ = run("ip", &["netns", "delete", &name]);
-            }
-        }
-    }
-}
-
-/// Whether `text` (a chain's name, or a rule from its chain's name on) is a node's chain.
-fn own_chain(text: &str) -> bool {
-    OWN_CHAINS.iter().any(|c| text.starts_with(c))
-}
-
-/// The words of an `iptables -S` rule, double-quoted ones (comments) kept whole.
-fn shell_words(rule: &str) -> Vec<String> {
-    let (mut words, mut word, mut quoted) = (Vec::new(), String::new(), false);
-    for c in rule.chars() {
-        match c {
-            '"' => quoted = !quoted,
-            ' ' if !quoted => {
-                if !word.is_empty() {
-                    words.push(std::mem::take(&mut word));
-                }
-            }
-            c => word.push(c),
-        }
-    }
-    if !word.is_empty() {
-        words.push(word);
-    }
-    words
-}
-
-/// What is left on the machine by nodes (checked by the real-node suite after its node has
-/// stopped): iptables chains of kube-proxy or kubelet, the bridge, pod network namespaces,
-/// mounts under `dir`.
-pub fn leftovers(dir: &Path) -> Vec<String> {
-    let mut left = Vec::new();
-    for table in ["filter", "nat", "mangle"] {
-        let rules = run("iptables", &["-t", table, "-S"]).unwrap_or_default();
-        left.extend(
-            rules
-                .lines()
-                .filter(|l| OWN_CHAINS.iter().any(|c| l.contains(c)))
-                .map(|l| format!("iptables -t {table}: {l}")),
-        );
-    }
-    if run("ip", &["link", "show", BRIDGE]).is_ok() {
-        left.push(format!("the bridge {BRIDGE}"));
-    }
-    if let Ok(entries) = std::fs::read_dir("/var/run/netns") {
-        left.extend(
-            entries
-                .flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .filter(|n| n.starts_with("cni-"))
-                .map(|n| format!("netns {n}")),
-        );
-    }
-    let prefix = dir.display().to_string();
-    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
-    left.extend(
-        mounts
-            .lines()
-            .filter_map(|l| l.split(' ').nth(1))
-            .filter(|m| m.starts_with(&prefix))
-            .map(|m| format!("mount {m}")),
-    );
-    left
-}
-
 async fn wait_for_socket(socket: &Path, limit: Duration) -> Result<()> {
     let deadline = Instant::now() + limit;
     while !socket.exists() {
@@ -529,92 +366,4 @@ async fn wait_for_socket(socket: &Path, limit: Duration) -> Result<()> {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     Ok(())
-}
-
-/// containerd with its own root, state and socket; the sandbox image built here; no
-/// negative OOM score adjustments (the sandbox refuses them).
-fn containerd_config(dir: &Path, socket: &Path) -> String {
-    format!(
-        r#"version = 2
-root = "{root}"
-state = "{state}"
-[grpc]
-  address = "{socket}"
-[plugins."io.containerd.grpc.v1.cri"]
-  sandbox_image = "{PAUSE_IMAGE}"
-  restrict_oom_score_adj = true
-  [plugins."io.containerd.grpc.v1.cri".containerd]
-    snapshotter = "overlayfs"
-  [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
-    runtime_type = "io.containerd.runc.v2"
-  [plugins."io.containerd.grpc.v1.cri".cni]
-    bin_dir = "{cni}/bin"
-    conf_dir = "{cni}/conf"
-"#,
-        root = dir.join("containerd/root").display(),
-        state = dir.join("containerd/state").display(),
-        socket = socket.display(),
-        cni = dir.join("cni").display(),
-    )
-}
-
-/// The pods' network: a bridge with the node as gateway, addresses from host-local.
-fn cni_config(dir: &Path) -> String {
-    serde_json::json!({
-        "cniVersion": "1.0.0",
-        "name": "vps-test",
-        "plugins": [
-            {"type": "bridge", "bridge": BRIDGE, "isGateway": true, "ipMasq": false, "hairpinMode": true,
-             "ipam": {"type": "host-local", "ranges": [[{"subnet": POD_SUBNET, "gateway": NODE_IP}]],
-                      "routes": [{"dst": "0.0.0.0/0"}],
-                      "dataDir": dir.join("cni/ipam").display().to_string()}},
-            {"type": "portmap", "capabilities": {"portMappings": true}},
-        ],
-    })
-    .to_string()
-}
-
-/// kubelet for this machine: cgroup v1 allowed, no QoS cgroups or node-allocatable
-/// enforcement, no eviction or image garbage collection; its API on the node's address for
-/// the API server only (client certificates of the cluster CA).
-fn kubelet_config(socket: &Path, ca: &Path, port: u16, healthz_port: u16) -> String {
-    format!(
-        r#"apiVersion: kubelet.config.k8s.io/v1beta1
-kind: KubeletConfiguration
-failCgroupV1: false
-cgroupsPerQOS: false
-enforceNodeAllocatable: []
-cgroupDriver: cgroupfs
-authentication:
-  anonymous: {{enabled: false}}
-  webhook: {{enabled: false}}
-  x509: {{clientCAFile: {ca}}}
-authorization: {{mode: AlwaysAllow}}
-address: {NODE_IP}
-port: {port}
-readOnlyPort: 0
-healthzBindAddress: 127.0.0.1
-healthzPort: {healthz_port}
-containerRuntimeEndpoint: unix://{socket}
-failSwapOn: false
-evictionHard: {{memory.available: "0%", nodefs.available: "0%", imagefs.available: "0%"}}
-imageGCHighThresholdPercent: 100
-imageGCLowThresholdPercent: 99
-resolvConf: /etc/resolv.conf
-"#,
-        socket = socket.display(),
-        ca = ca.display(),
-    )
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn rules_are_split_as_the_shell_would() {
-        let rule = r#"PREROUTING -m comment --comment "kubernetes service portals" -j KUBE-SERVICES"#;
-        assert_eq!(
-            super::shell_words(rule),
-            ["PREROUTING", "-m", "comment", "--comment", "kubernetes service portals", "-j", "KUBE-SERVICES"]
-        );
-    }
 }

@@ -1,6 +1,11 @@
 //! The REST representation of servers and catalog objects: pure functions of the cached
 //! objects, no client code. A server's plan and image are looked up through [`Catalog`].
 
+mod actions;
+mod backups;
+mod catalog;
+mod ssh_keys;
+
 use std::sync::Arc;
 
 use axum::body::Bytes;
@@ -8,12 +13,12 @@ use kube::ResourceExt;
 use serde::{Serialize, Serializer};
 use utoipa::ToSchema;
 
-use crate::api::SSH_KEY_ID_LABEL;
-use crate::api::{
-    ActionState, BACKUP_ID_LABEL, BACKUP_KIND_LABEL, BACKUP_SIZE_ANNOTATION, Phase, PowerState, VpsAction, VpsImage,
-    VpsImageSpec, VpsLocation, VpsPlan, VpsPlanSpec, VpsServer, VpsSshKey,
-};
-use crate::kubevirt::VirtualMachineSnapshot;
+use crate::api::{Phase, PowerState, VpsImage, VpsImageSpec, VpsPlan, VpsPlanSpec, VpsServer};
+
+pub use self::actions::{ActionView, action_view};
+pub use self::backups::{BackupView, backup_id, backup_view};
+pub use self::catalog::{LocationView, PlanView, location_view, os_view, plan_view};
+pub use self::ssh_keys::{SshKeyView, ssh_key_id, ssh_key_view};
 
 /// Annotation the gateway sets on every write it makes to a server.
 pub const UPDATED_AT_ANNOTATION: &str = "vps.org/updated-at";
@@ -238,85 +243,6 @@ pub struct ActionResponse {
     pub action: Option<ActionView>,
 }
 
-/// A backup of a server (`GET /api/v1/servers/{id}/backups/`).
-#[derive(Serialize, ToSchema, Debug, Clone, PartialEq)]
-pub struct BackupView {
-    pub id: i64,
-    /// scheduled or on-demand.
-    #[serde(rename = "type")]
-    pub type_: String,
-    /// in-progress, available or failed.
-    pub status: &'static str,
-    pub created_at: Option<String>,
-    /// GiB (rounded up) a disk restored from it needs, where its volume snapshots say.
-    pub size: Option<i64>,
-}
-
-/// A backup's id (its label), if it has one.
-pub fn backup_id(s: &VirtualMachineSnapshot) -> Option<i64> {
-    s.labels().get(BACKUP_ID_LABEL).and_then(|v| v.parse().ok())
-}
-
-/// The REST view of a backup; `None` without an id or while it is being deleted.
-pub fn backup_view(s: &VirtualMachineSnapshot) -> Option<BackupView> {
-    if s.metadata.deletion_timestamp.is_some() {
-        return None;
-    }
-    let st = s.status.as_ref();
-    let status = if st.and_then(|st| st.ready_to_use) == Some(true) {
-        "available"
-    } else if st.and_then(|st| st.phase.as_deref()) == Some("Failed") {
-        "failed"
-    } else {
-        "in-progress"
-    };
-    Some(BackupView {
-        id: backup_id(s)?,
-        type_: s.labels().get(BACKUP_KIND_LABEL).cloned().unwrap_or_else(|| "scheduled".into()),
-        status,
-        created_at: created_at(s),
-        size: s
-            .annotations()
-            .get(BACKUP_SIZE_ANNOTATION)
-            .and_then(|b| b.parse::<u128>().ok())
-            .and_then(|b| i64::try_from(b.div_ceil(1 << 30)).ok()),
-    })
-}
-
-/// A tracked action (`GET /api/v1/actions/{id}/`).
-#[derive(Serialize, ToSchema, Debug, Clone, PartialEq)]
-pub struct ActionView {
-    pub id: i64,
-    /// create, start, stop, reboot, resize, rebuild, restore, backup or delete.
-    #[serde(rename = "type")]
-    pub type_: &'static str,
-    /// in-progress, completed or errored.
-    pub status: &'static str,
-    /// The server's id.
-    pub server_id: i64,
-    pub started_at: String,
-    pub completed_at: Option<String>,
-    pub error: Option<String>,
-}
-
-/// The REST view of an action.
-pub fn action_view(a: &VpsAction) -> ActionView {
-    let status = a.status.clone().unwrap_or_default();
-    ActionView {
-        id: a.spec.id,
-        type_: a.spec.type_.as_str(),
-        status: match status.status {
-            ActionState::InProgress => "in-progress",
-            ActionState::Completed => "completed",
-            ActionState::Errored => "errored",
-        },
-        server_id: a.spec.server_id,
-        started_at: a.spec.started_at.clone(),
-        completed_at: status.completed_at,
-        error: status.error,
-    }
-}
-
 /// A page of results, as Django REST Framework's page-number pagination.
 #[derive(Serialize, ToSchema, Debug, Clone)]
 pub struct Page<T> {
@@ -326,64 +252,8 @@ pub struct Page<T> {
     pub results: Vec<T>,
 }
 
-/// A plan in the catalog: the plan a server shows, and its price.
-#[derive(Serialize, ToSchema, Debug, Clone)]
-pub struct PlanView {
-    #[serde(flatten)]
-    pub plan: PlanDetail,
-    /// Price per month in cents.
-    pub monthly_price_cents: i64,
-}
-
-/// A location in the catalog.
-#[derive(Serialize, ToSchema, Debug, Clone)]
-pub struct LocationView {
-    /// The location code used by servers (`us-west`).
-    pub code: String,
-    pub name: String,
-    /// How many more servers the location has public addresses for (each server keeps its
-    /// own for its life); `null` where servers sit on the pod network, with no fixed address.
-    pub addresses_available: Option<u64>,
-}
-
-/// An SSH key of the account.
-#[derive(Serialize, ToSchema, Debug, Clone)]
-pub struct SshKeyView {
-    pub id: i64,
-    pub name: String,
-    pub public_key: String,
-    pub created_at: Option<String>,
-}
-
-pub fn plan_view(p: &VpsPlan) -> PlanView {
-    PlanView { plan: PlanDetail::of(p), monthly_price_cents: p.spec.monthly_price_cents }
-}
-
-pub fn os_view(i: &VpsImage) -> OsRef {
-    os_of_spec(&i.spec)
-}
-
 fn os_of_spec(spec: &VpsImageSpec) -> OsRef {
     OsRef { id: spec.id, name: spec.display_name.clone() }
-}
-
-/// A location, with `addresses_left` ([`super::cache::Caches::addresses_left`]).
-pub fn location_view(l: &VpsLocation, addresses_left: Option<u64>) -> LocationView {
-    LocationView { code: l.name_any(), name: l.spec.display_name.clone(), addresses_available: addresses_left }
-}
-
-/// The key's integer id, from its label.
-pub fn ssh_key_id(k: &VpsSshKey) -> Option<i64> {
-    k.labels().get(SSH_KEY_ID_LABEL).and_then(|v| v.parse().ok())
-}
-
-pub fn ssh_key_view(k: &VpsSshKey) -> Option<SshKeyView> {
-    Some(SshKeyView {
-        id: ssh_key_id(k)?,
-        name: k.spec.name.clone(),
-        public_key: k.spec.public_key.clone(),
-        created_at: created_at(k),
-    })
 }
 
 /// The detail of a server; `None` when it has no id yet.
