@@ -28,7 +28,7 @@ impl Observation {
 /// `rebooting_from` is the UID of the instance a reboot replaced, while that reboot lasts;
 /// `rebuild` says, while a rebuild lasts, whether the root disk is replaced yet;
 /// `previous` is the phase the server's status shows. Addresses are reported while the
-/// instance runs.
+/// instance runs, except while the server is suspended.
 pub fn observe(
     spec: &VpsServerSpec,
     fault: Option<(&str, &str)>,
@@ -47,7 +47,7 @@ pub fn observe(
     if rebuild.is_some_and(|replaced| !replaced || !settled) {
         obs = Observation::new(Phase::Rebuilding, "Rebuilding", "The server's disk is being rebuilt from its image");
     }
-    if let Some(vmi) = vmi.filter(|v| v.running) {
+    if let Some(vmi) = vmi.filter(|v| v.running && obs.phase != Phase::Suspended) {
         (obs.ipv4, obs.ipv6) = (vmi.ipv4.map(|a| a.to_string()), vmi.ipv6.map(|a| a.to_string()));
     }
     obs
@@ -111,6 +111,11 @@ fn phase_only(
         // still provisioning, not starting yet.
         "Stopped" if want_running && matches!(previous, None | Some(Phase::Provisioning)) => provisioning(),
         "Stopped" | "Halted" if want_running => Observation::new(Phase::Starting, "Starting", "The server is starting"),
+        // The VM may say so before the watch delivers its instance's end: not stopped while
+        // an instance still runs (and shows its address).
+        "Stopped" | "Halted" if vmi.is_some_and(|v| v.running) => {
+            Observation::new(Phase::Stopping, "Stopping", "The server is shutting down")
+        }
         "Stopped" | "Halted" => Observation::new(Phase::Stopped, "Stopped", "The server is stopped"),
         other => Observation::new(Phase::Starting, &camel(other), format!("KubeVirt reports {other}")),
     }
@@ -263,6 +268,18 @@ mod tests {
         let vmi = mk_vmi("a", "Running", true);
         assert_eq!(phase(&spec, Some(&mk_vm("Running", true)), Some(&vmi)), Phase::Stopping);
         assert_eq!(phase(&spec, Some(&mk_vm("Stopped", false)), None), Phase::Stopped);
+        let stale = observe(&spec, None, Some(&mk_vm("Stopped", false)), Some(&vmi), None, None, None);
+        assert_eq!(stale.phase, Phase::Stopping, "stopped only once its instance is seen to end");
+        let ended = observe(
+            &spec,
+            None,
+            Some(&mk_vm("Stopped", false)),
+            Some(&mk_vmi("a", "Succeeded", false)),
+            None,
+            None,
+            None,
+        );
+        assert_eq!((ended.phase, ended.ipv4), (Phase::Stopped, None), "a stopped server has no address");
     }
 
     #[test]
@@ -319,6 +336,9 @@ mod tests {
         let mut spec = mk_spec();
         spec.suspended = true;
         assert_eq!(phase(&spec, Some(&mk_vm("Stopped", false)), None), Phase::Suspended);
+        let halting =
+            observe(&spec, None, Some(&mk_vm("Running", true)), Some(&mk_vmi("a", "Running", true)), None, None, None);
+        assert_eq!((halting.phase, halting.ipv4), (Phase::Suspended, None), "a suspended server shows no address");
     }
 
     #[test]
